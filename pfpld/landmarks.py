@@ -1,0 +1,93 @@
+"""Index maps between the landmark schemes the project reads (WFLW 98, iBUG 68, LaPa 106).
+
+Pure data and small functions; every parser, the flip augmentation, the synthetic generator and the metrics
+use these tables, so no module re-types an index.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+NUM_POINTS = 98
+
+# Horizontal-flip order of the WFLW 98-point scheme: after x -> 1 - x, point i of the flipped face is point
+# MIRROR_98[i] of the original.
+MIRROR_98 = np.array(
+    list(range(32, -1, -1))
+    + [46, 45, 44, 43, 42, 50, 49, 48, 47, 37, 36, 35, 34, 33, 41, 40, 39, 38]
+    + [51, 52, 53, 54, 59, 58, 57, 56, 55]
+    + [72, 71, 70, 69, 68, 75, 74, 73, 64, 63, 62, 61, 60, 67, 66, 65]
+    + [82, 81, 80, 79, 78, 77, 76, 87, 86, 85, 84, 83, 92, 91, 90, 89, 88, 95, 94, 93]
+    + [97, 96],
+    dtype=np.int64,
+)
+
+EYE_POINTS = np.arange(60, 76)          # both 8-point eyes; weighted x5 in the loss
+LEFT_EYE_8 = np.arange(60, 68)          # image-left eye (subject's right), corners 60 and 64
+RIGHT_EYE_8 = np.arange(68, 76)         # corners 68 and 72
+PUPILS = np.array([96, 97])
+INTER_OCULAR = (60, 72)                 # outer eye corners: the NME normaliser
+
+# iBUG 68 -> WFLW 98 placement: 98-index of each 68-point.
+MAP_68_TO_98 = np.array(
+    [2 * i for i in range(17)]
+    + [33, 34, 35, 36, 37, 42, 43, 44, 45, 46]
+    + list(range(51, 60))
+    + [60, 61, 63, 64, 65, 67, 68, 69, 71, 72, 73, 75]
+    + list(range(76, 96)),
+    dtype=np.int64,
+)
+
+# The 98-indices PFPLD supervises on 300W-LP: the rest are annotated differently there (3D jaw contour,
+# 6-point eyes) and would teach the wrong place.
+SUPERVISED_300WLP_98 = np.array(
+    [33, 34, 35, 36, 37, 42, 43, 44, 45, 46] + list(range(51, 61)) + [64, 68, 72] + list(range(76, 96)),
+    dtype=np.int64,
+)
+
+# LaPa 106 -> WFLW 98: drop these 0-based LaPa indices, the rest are in WFLW order.
+LAPA_DROPPED_106 = np.array([55, 56, 57, 63, 64, 65, 74, 83], dtype=np.int64)
+LAPA_KEPT_106 = np.array([i for i in range(106) if i not in set(LAPA_DROPPED_106.tolist())], dtype=np.int64)
+
+CLOSED_EYE_EAR = 0.1
+
+
+def flip_points(points_norm: np.ndarray) -> np.ndarray:
+    """Mirror [0,1]-normalised points (98,2) horizontally and reorder them so index i keeps its meaning."""
+    flipped = points_norm[MIRROR_98].copy()
+    flipped[:, 0] = 1.0 - flipped[:, 0]
+    return flipped
+
+
+def flip_mask(mask: np.ndarray) -> np.ndarray:
+    return mask[MIRROR_98].copy()
+
+
+def flip_pose(pose_rad: np.ndarray) -> np.ndarray:
+    """yaw, pitch, roll of the mirrored face: yaw and roll change sign, pitch does not."""
+    return np.array([-pose_rad[0], pose_rad[1], -pose_rad[2]], dtype=pose_rad.dtype)
+
+
+def points_68_to_98(points_68: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Place 68 points into the 98 scheme. Returns (points (98,2), mask (98,)) where mask marks the points
+    PFPLD supervises from a 68-point annotation."""
+    points = np.zeros((NUM_POINTS, 2), dtype=np.float32)
+    points[MAP_68_TO_98] = points_68
+    mask = np.zeros(NUM_POINTS, dtype=bool)
+    mask[SUPERVISED_300WLP_98] = True
+    return points, mask
+
+
+def points_106_to_98(points_106: np.ndarray) -> np.ndarray:
+    return np.asarray(points_106, dtype=np.float32)[LAPA_KEPT_106]
+
+
+def eye_aspect_ratio(eye8: np.ndarray) -> float:
+    """EAR of an 8-point eye (p0 and p4 the corners): mean of the three vertical chords over the width."""
+    p = np.asarray(eye8, dtype=np.float64)
+    vertical = np.linalg.norm(p[1] - p[7]) + np.linalg.norm(p[2] - p[6]) + np.linalg.norm(p[3] - p[5])
+    width = np.linalg.norm(p[0] - p[4])
+    return float(vertical / (3.0 * width)) if width > 0 else float("inf")
+
+
+def has_closed_eye(points_98: np.ndarray, threshold: float = CLOSED_EYE_EAR) -> bool:
+    return min(eye_aspect_ratio(points_98[LEFT_EYE_8]), eye_aspect_ratio(points_98[RIGHT_EYE_8])) <= threshold
