@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-
-class ContractError(ValueError):
-    pass
+from .errors import ContractError  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

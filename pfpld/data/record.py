@@ -13,8 +13,7 @@ import numpy as np
 WFLW_ATTRIBUTES = ("pose", "expression", "illumination", "makeup", "occlusion", "blur")
 
 
-class DatasetError(ValueError):
-    """A dataset file is not what its format promises. The message names the file (and line)."""
+from ..errors import DatasetError  # noqa: F401  (re-exported: parsers raise it from here)
 
 
 @dataclass

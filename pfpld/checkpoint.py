@@ -1,0 +1,108 @@
+"""Checkpoints: state_dict + model spec + preprocessing contract + the training record, in one file.
+
+Written atomically (temporary file, then rename) and read with torch.load(weights_only=True): a checkpoint is
+plain data, never code. Anything that is not a file of ours fails with one line that names it.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .contract import PreprocessContract
+from .errors import CheckpointError  # noqa: F401 (re-exported)
+from .models import build_from_spec
+from .models.spec import ModelSpec
+
+FORMAT = "pfpld-checkpoint"
+VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    state_dict: dict
+    spec: ModelSpec
+    contract: PreprocessContract
+    epoch: int = 0
+    metrics: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+    versions: dict = field(default_factory=dict)
+
+
+def tool_versions() -> dict:
+    import numpy
+    from . import __version__
+    return {"pfpld": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: Path, *, state_dict: dict, spec: ModelSpec, contract: PreprocessContract, epoch: int = 0,
+                    metrics: dict | None = None, config: dict | None = None, history: list | None = None,
+                    optimizer: dict | None = None, scheduler: dict | None = None) -> None:
+    atomic_torch_save({
+        "format": FORMAT, "version": VERSION,
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "spec": spec.to_dict(), "contract": contract.to_dict(),
+        "epoch": epoch, "metrics": metrics or {}, "config": config or {}, "history": history or [],
+        "optimizer": optimizer, "scheduler": scheduler, "versions": tool_versions(),
+    }, path)
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file (expected a pfpld checkpoint .pt)")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # pickle, zip and unsafe-global errors all mean "not our checkpoint"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable pfpld checkpoint ({first[:160]})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        what = "a bare state_dict" if isinstance(raw, dict) and raw and all(
+            isinstance(v, torch.Tensor) for v in raw.values()) else "something else"
+        raise CheckpointError(f"{path}: not a pfpld checkpoint (found {what}; expected format {FORMAT!r} "
+                              f"with state_dict, spec and contract)")
+    if raw.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {raw['version']} is newer than this pfpld ({VERSION})")
+    try:
+        return Checkpoint(path=path, state_dict=raw["state_dict"], spec=ModelSpec.from_dict(raw["spec"]),
+                          contract=PreprocessContract.from_dict(raw["contract"]), epoch=int(raw.get("epoch", 0)),
+                          metrics=raw.get("metrics") or {}, config=raw.get("config") or {},
+                          history=raw.get("history") or [], optimizer=raw.get("optimizer"),
+                          scheduler=raw.get("scheduler"), versions=raw.get("versions") or {})
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: pfpld checkpoint is missing or has a malformed field ({e})") from None
+
+
+def load_model(path: Path) -> tuple[torch.nn.Module, Checkpoint]:
+    """The checkpoint's model in eval mode, with its record."""
+    ckpt = load_checkpoint(path)
+    model = build_from_spec(ckpt.spec)
+    try:
+        model.load_state_dict(ckpt.state_dict, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit model {ckpt.spec.name} {ckpt.spec.options} "
+                              f"({str(e).splitlines()[0][:160]})") from None
+    model.eval()
+    return model, ckpt

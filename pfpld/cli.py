@@ -1,0 +1,170 @@
+"""The `pfpld` command: a thin face over the modules. Each command parses options and calls one function that a
+test can call too. User mistakes (PfpldError) become one red line and exit code 2, never a traceback."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import PfpldError
+
+
+def user_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PfpldError as e:
+            click.secho(f"error: {e}", fg="red", err=True)
+            sys.exit(2)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pfpld")
+def main():
+    """Face landmarks and head pose, from training to NNIE and ncnn."""
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write (replaced if it is a "
+              "previous synth output).")
+@click.option("--n", type=click.IntRange(min=20), default=1000, show_default=True, help="Number of faces.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@user_errors
+def synth(out, n, seed):
+    """Render synthetic faces and write them as WFLW, LaPa, 300W-LP and AFLW2000 on-disk datasets."""
+    from .data.synthetic import generate_dataset
+    summary = generate_dataset(out, n=n, seed=seed)
+    click.echo(summary.table())
+    click.echo(f"wrote {out}  (contact sheet: {out / 'preview.png'})")
+
+
+@main.command("prepare-data")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--wflw", type=click.Path(exists=True, file_okay=False, path_type=Path), help="WFLW root "
+              "(holds WFLW_annotations/ and WFLW_images/).")
+@click.option("--lapa", type=click.Path(exists=True, file_okay=False, path_type=Path), help="LaPa root "
+              "(holds train/ val/ test/).")
+@click.option("--300wlp", "w300lp", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="300W-LP root (holds AFW/ HELEN/ ... landmarks/).")
+@click.option("--aflw2000", type=click.Path(exists=True, file_okay=False, path_type=Path), help="AFLW2000-3D folder.")
+@user_errors
+def prepare_data(out, wflw, lapa, w300lp, aflw2000):
+    """Crop every face with the contract's rule and write the merged training/test set."""
+    from .data.prepare import prepare_dataset
+    if not any([wflw, lapa, w300lp, aflw2000]):
+        raise click.UsageError("give at least one of --wflw, --lapa, --300wlp, --aflw2000")
+    summary = prepare_dataset(out, wflw=wflw, lapa=lapa, w300lp=w300lp, aflw2000=aflw2000)
+    click.echo(summary.table())
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="A folder written by `pfpld prepare-data`.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder (last.pt, best.pt, "
+              "metrics.csv).")
+@click.option("--model", default="pfpld", show_default=True)
+@click.option("--width", type=float, default=1.0, show_default=True, help="Channel width multiplier.")
+@click.option("--epochs", type=click.IntRange(min=1), default=80, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--milestones", default="", help="Epochs where lr x0.1, e.g. 30,60 (default: 3/8 and 3/4 of "
+              "--epochs).")
+@click.option("--resume", type=click.Path(path_type=Path), help="A last.pt to continue exactly.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--wing-w", type=float, default=10.0, show_default=True, help="Wing w, in crop pixels.")
+@click.option("--wing-epsilon", type=float, default=2.0, show_default=True, help="Wing epsilon, in crop pixels.")
+@click.option("--eye-weight", type=float, default=5.0, show_default=True)
+@click.option("--landmark-weight", type=float, default=1.0, show_default=True)
+@click.option("--pose-weight", type=float, default=1000.0, show_default=True, help="On smooth-L1 of radians.")
+@click.option("--no-augment", is_flag=True, help="Train on the plain contract crops.")
+@user_errors
+def train(data, out, model, width, epochs, batch_size, lr, weight_decay, milestones, resume, seed, workers,
+          wing_w, wing_epsilon, eye_weight, landmark_weight, pose_weight, no_augment):
+    """Train a model on a prepared dataset (data-parallel when started with torchrun)."""
+    from .losses import LossConfig
+    from .train import TrainConfig, train as run_training
+    try:
+        ms = tuple(int(m) for m in milestones.split(",") if m.strip())
+    except ValueError:
+        raise click.BadParameter(f"{milestones!r}: expected comma-separated epochs", param_hint="--milestones")
+    cfg = TrainConfig(data=str(data), out=str(out), model=model, width=width, epochs=epochs, batch_size=batch_size,
+                      lr=lr, weight_decay=weight_decay, milestones=ms, seed=seed, workers=workers,
+                      augment=not no_augment,
+                      loss=LossConfig(wing_w_px=wing_w, wing_epsilon_px=wing_epsilon, eye_weight=eye_weight,
+                                      landmark_weight=landmark_weight, pose_weight=pose_weight))
+    row = run_training(cfg, resume=str(resume) if resume else None)
+    if row:
+        click.echo(f"done: epoch {row['epoch']}  val NME {100 * row['val_nme']:.2f}%  -> {out}/last.pt, "
+                   f"{out}/best.pt, {out}/metrics.csv")
+
+
+@main.command("eval")
+@click.argument("ckpt", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--split", default="test", show_default=True)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the metrics as JSON.")
+@user_errors
+def eval_cmd(ckpt, data, split, json_out):
+    """NME / failure rate / AUC (overall, per source, per WFLW attribute) and pose MAE of a checkpoint."""
+    from .checkpoint import load_model
+    from .evaluate import evaluate_model
+    model, record = load_model(ckpt)
+    report = evaluate_model(model, data, split=split, contract=record.contract, progress=True)
+    click.echo(report.table())
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = json_out.with_suffix(".tmp")
+        tmp.write_text(report.to_json())
+        tmp.replace(json_out)
+        click.echo(f"wrote {json_out}")
+
+
+@main.command()
+@click.argument("ckpt", type=click.Path(path_type=Path))
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--box", required=True, help="Face box X1,Y1,X2,Y2 in pixels (the crop rule's box).")
+@click.option("--out", type=click.Path(path_type=Path), help="Write the image with landmarks and pose axes.")
+@click.option("--json", "as_json", is_flag=True, help="Print landmarks and pose as JSON.")
+@user_errors
+def predict(ckpt, image, box, out, as_json):
+    """Landmarks and head pose for one face in one image."""
+    from .checkpoint import load_model
+    from .predict import draw_prediction, parse_box, predict_face, read_image, write_image_atomic
+    face_box = parse_box(box)
+    model, record = load_model(ckpt)
+    picture = read_image(image)
+    pred = predict_face(model, record.contract, picture, face_box)
+    if as_json:
+        click.echo(json.dumps(pred.to_dict()))
+    else:
+        yaw, pitch, roll = pred.to_dict()["pose_deg"].values()
+        click.echo(f"pose (deg): yaw {yaw:+.1f}  pitch {pitch:+.1f}  roll {roll:+.1f}")
+    if out:
+        write_image_atomic(out, draw_prediction(picture, pred))
+        if not as_json:
+            click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option("--n", type=click.IntRange(min=20), default=2000, show_default=True, help="Synthetic faces.")
+@click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True)
+@click.option("--width", type=float, default=0.25, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@user_errors
+def demo(out, n, epochs, width, seed):
+    """The main job on built-in data: synth -> prepare-data -> train -> eval -> predict."""
+    from .demo import run_demo
+    run_demo(out, n=n, epochs=epochs, width=width, seed=seed)
+
+
+if __name__ == "__main__":
+    main()

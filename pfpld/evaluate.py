@@ -1,0 +1,96 @@
+"""Evaluation on a prepared dataset: NME / failure rate / AUC overall, per source and per WFLW attribute subset,
+and pose MAE under the AFLW2000 protocol. Used by `pfpld eval` and by training's per-epoch validation.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .data.dataset import PreparedFaces
+from .data.record import WFLW_ATTRIBUTES
+from .errors import DatasetError
+from .metrics import landmark_summary, nme_per_face, pose_mae_deg
+
+
+@torch.no_grad()
+def predict_dataset(model: torch.nn.Module, dataset: PreparedFaces, batch_size: int = 64, workers: int = 0,
+                    progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(landmarks (N,98,2) in [0,1], pose (N,3) rad) for every face, in dataset order."""
+    from tqdm import tqdm
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    lmk, pose = [], []
+    for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        out_l, out_p = model(batch["image"])
+        lmk.append(out_l.numpy())
+        pose.append(out_p.numpy())
+    return np.concatenate(lmk).reshape(-1, 98, 2), np.concatenate(pose)
+
+
+@dataclass
+class EvalReport:
+    landmarks: dict                      # overall summary
+    by_source: dict = field(default_factory=dict)
+    by_attribute: dict = field(default_factory=dict)
+    pose: dict = field(default_factory=dict)
+    pose_by_source: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"landmarks": self.landmarks, "by_source": self.by_source, "by_attribute": self.by_attribute,
+                "pose": self.pose, "pose_by_source": self.pose_by_source}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=True)
+
+    def table(self) -> str:
+        def pct(v):
+            return "   -  " if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:6.2f}"
+        rows = [f"{'subset':<22} {'faces':>6} {'NME %':>7} {'FR@0.1 %':>9} {'AUC@0.1':>8}"]
+        for name, s in [("all", self.landmarks)] + [(f"source:{k}", v) for k, v in self.by_source.items()] + \
+                [(f"wflw:{k}", v) for k, v in self.by_attribute.items()]:
+            auc = "    -   " if math.isnan(s["auc"]) else f"{s['auc']:8.4f}"
+            rows.append(f"{name:<22} {s['n']:>6} {pct(s['nme']):>7} {pct(s['failure_rate']):>9} {auc}")
+        rows.append("")
+        rows.append(f"{'pose (|angle|<=99)':<22} {'faces':>6} {'yaw':>7} {'pitch':>7} {'roll':>7} {'MAE deg':>8}")
+        for name, p in [("all", self.pose)] + [(f"source:{k}", v) for k, v in self.pose_by_source.items()]:
+            if p.get("n", 0):
+                rows.append(f"{name:<22} {p['n']:>6} {p['yaw']:7.2f} {p['pitch']:7.2f} {p['roll']:7.2f} "
+                            f"{p['mean']:8.2f}")
+            else:
+                rows.append(f"{name:<22} {0:>6}   (no pose labels)")
+        return "\n".join(rows)
+
+
+def evaluate_predictions(dataset: PreparedFaces, landmarks: np.ndarray, pose: np.ndarray) -> EvalReport:
+    nme = nme_per_face(landmarks, dataset.points, dataset.mask)
+    sources = np.array(dataset.sources)
+    report = EvalReport(landmarks=landmark_summary(nme))
+    for src in sorted(set(dataset.sources)):
+        report.by_source[src] = landmark_summary(nme[sources == src])
+    if dataset.has_attributes.any():
+        for k, attr in enumerate(WFLW_ATTRIBUTES):
+            sel = dataset.has_attributes & (dataset.attributes[:, k] == 1)
+            report.by_attribute[attr] = landmark_summary(nme[sel])
+    hp = dataset.has_pose
+    report.pose = pose_mae_deg(pose[hp], dataset.pose[hp])
+    for src in sorted(set(sources[hp].tolist())):
+        sel = hp & (sources == src)
+        report.pose_by_source[src] = pose_mae_deg(pose[sel], dataset.pose[sel])
+    return report
+
+
+def evaluate_model(model: torch.nn.Module, data: Path, split: str = "test", contract=None, batch_size: int = 64,
+                   workers: int = 0, progress: bool = False) -> EvalReport:
+    """Evaluate on a prepared split. With `contract` (the checkpoint's), refuse data cropped differently."""
+    dataset = PreparedFaces(data, split)
+    if contract is not None and contract != dataset.contract:
+        raise DatasetError(f"{Path(data) / 'index.jsonl'}: prepared with contract {dataset.contract.to_json()}, "
+                           f"but the model expects {contract.to_json()}")
+    lmk, pose = predict_dataset(model, dataset, batch_size, workers, progress)
+    return evaluate_predictions(dataset, lmk, pose)

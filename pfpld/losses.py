@@ -1,0 +1,65 @@
+"""Training losses: Wing loss on landmarks (in pixels of the crop, masked, eyes weighted) and smooth-L1 on pose.
+
+The Wing paper's w and epsilon are pixel quantities; PFPLD's reference applied them to [0,1] coordinates,
+where the loss never leaves its log branch. We scale the coordinates to crop pixels first.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .landmarks import EYE_POINTS, NUM_POINTS
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    wing_w_px: float = 10.0
+    wing_epsilon_px: float = 2.0
+    eye_weight: float = 5.0
+    landmark_weight: float = 1.0
+    pose_weight: float = 1000.0          # on smooth-L1 of radians, as the reference
+    pose_beta_rad: float = 1.0
+
+
+def wing(x: torch.Tensor, w: float, epsilon: float) -> torch.Tensor:
+    """Element-wise Wing loss of an error x (same units as w and epsilon)."""
+    c = w - w * math.log(1.0 + w / epsilon)
+    ax = x.abs()
+    return torch.where(ax < w, w * torch.log1p(ax / epsilon), ax - c)
+
+
+def point_weights(device=None) -> torch.Tensor:
+    return torch.ones(NUM_POINTS, device=device)
+
+
+def landmark_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, crop_px: int,
+                  cfg: LossConfig = LossConfig()) -> torch.Tensor:
+    """pred, target: (N,196) in [0,1]; mask (N,98) bool. Mean over the weighted valid points of the per-point
+    Wing loss summed over x and y. Faces with no valid point contribute nothing."""
+    err_px = (pred - target).view(-1, NUM_POINTS, 2) * crop_px
+    per_point = wing(err_px, cfg.wing_w_px, cfg.wing_epsilon_px).sum(-1)          # (N,98)
+    weights = torch.ones(NUM_POINTS, device=pred.device, dtype=pred.dtype)
+    weights[torch.as_tensor(EYE_POINTS, device=pred.device)] = cfg.eye_weight
+    w = mask.to(pred.dtype) * weights
+    denom = w.sum()
+    if denom.item() == 0:
+        return pred.sum() * 0.0
+    return (per_point * w).sum() / denom
+
+
+def pose_loss(pred: torch.Tensor, target: torch.Tensor, has_pose: torch.Tensor,
+              cfg: LossConfig = LossConfig()) -> torch.Tensor:
+    """Smooth-L1 on (yaw, pitch, roll) radians, averaged over the faces that carry a pose label."""
+    sel = has_pose.bool()
+    if not sel.any():
+        return pred.sum() * 0.0
+    return F.smooth_l1_loss(pred[sel], target[sel], beta=cfg.pose_beta_rad)
+
+
+def total_loss(landmarks, pose, batch, crop_px: int, cfg: LossConfig = LossConfig()):
+    lmk = landmark_loss(landmarks, batch["points"], batch["mask"], crop_px, cfg)
+    pos = pose_loss(pose, batch["pose"], batch["has_pose"], cfg)
+    return cfg.landmark_weight * lmk + cfg.pose_weight * pos, lmk.detach(), pos.detach()

@@ -1,0 +1,90 @@
+"""`pfpld predict`: one image and a face box -> landmarks in image pixels and the head pose, drawn.
+
+The crop is the contract's, exactly as at training and on the device; landmarks are mapped back through the
+inverse of the same matrix.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .contract import PreprocessContract
+from .errors import InputError
+from .pose import project_axes
+
+
+@dataclass
+class Prediction:
+    points_px: np.ndarray       # (98, 2) image pixels
+    points_crop: np.ndarray     # (98, 2) [0,1] of the crop
+    pose_rad: np.ndarray        # (3,) yaw, pitch, roll
+    box: tuple[float, float, float, float]
+
+    def to_dict(self) -> dict:
+        return {"box": list(self.box), "landmarks_px": np.round(self.points_px, 3).tolist(),
+                "pose_rad": {"yaw": float(self.pose_rad[0]), "pitch": float(self.pose_rad[1]),
+                             "roll": float(self.pose_rad[2])},
+                "pose_deg": dict(zip(("yaw", "pitch", "roll"), np.degrees(self.pose_rad).round(3).tolist()))}
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or not (values[2] > values[0] and values[3] > values[1]):
+        raise InputError(f"--box {text!r}: expected X1,Y1,X2,Y2 in pixels with X1 < X2 and Y1 < Y2")
+    return values  # type: ignore[return-value]
+
+
+def read_image(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(f"{path}: not a readable image (expected a file OpenCV can decode: jpg, png, bmp, ...)")
+    return image
+
+
+@torch.no_grad()
+def predict_face(model: torch.nn.Module, contract: PreprocessContract, image_bgr: np.ndarray, box) -> Prediction:
+    crop, matrix = contract.crop_image(image_bgr, box)
+    x = torch.from_numpy(contract.to_tensor_layout(crop))[None]
+    landmarks, pose = model(x)
+    points_crop = landmarks.numpy().reshape(98, 2)
+    return Prediction(points_px=contract.points_from_crop(points_crop, matrix), points_crop=points_crop,
+                      pose_rad=pose.numpy().reshape(3).astype(np.float64), box=tuple(float(v) for v in box))
+
+
+def draw_prediction(image_bgr: np.ndarray, pred: Prediction, gt_points: np.ndarray | None = None) -> np.ndarray:
+    """Landmarks (green; ground truth in red when given), the box, and the pose axes (x red, y green, z blue)."""
+    out = image_bgr.copy()
+    x1, y1, x2, y2 = pred.box
+    size = max(x2 - x1, y2 - y1)
+    radius = max(1, int(round(size / 150)))
+    cv2.rectangle(out, (int(x1), int(y1)), (int(x2), int(y2)), (255, 200, 0), max(1, radius // 2))
+    if gt_points is not None:
+        for x, y in gt_points:
+            cv2.circle(out, (int(round(x)), int(round(y))), radius, (0, 0, 255), -1, cv2.LINE_AA)
+    for x, y in pred.points_px:
+        cv2.circle(out, (int(round(x)), int(round(y))), radius, (0, 255, 0), -1, cv2.LINE_AA)
+    origin = pred.points_px[54]          # nose tip
+    axes = project_axes(pred.pose_rad, length=0.5 * size)
+    for (dx, dy), colour in zip(axes, [(0, 0, 255), (0, 255, 0), (255, 0, 0)]):
+        cv2.arrowedLine(out, tuple(int(v) for v in origin), (int(origin[0] + dx), int(origin[1] + dy)), colour,
+                        max(1, radius), cv2.LINE_AA, tipLength=0.15)
+    yaw, pitch, roll = np.degrees(pred.pose_rad)
+    cv2.putText(out, f"yaw {yaw:+.1f} pitch {pitch:+.1f} roll {roll:+.1f}", (int(x1), max(12, int(y1) - 6)),
+                cv2.FONT_HERSHEY_SIMPLEX, max(0.35, size / 400), (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def write_image_atomic(path: Path, image: np.ndarray) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    if not cv2.imwrite(str(tmp), image):
+        raise InputError(f"{path}: could not write the image (unsupported extension?)")
+    tmp.replace(path)

@@ -1,0 +1,171 @@
+"""`pfpld train`: one loop read top to bottom. Build data, build model, loop, validate, checkpoint.
+
+Runs single-process, or data-parallel when started with torchrun (gloo on CPU, NCCL on GPU): the global batch
+is split over the processes and only rank 0 validates and writes. Every epoch writes RUN/last.pt (and
+RUN/best.pt when the validation NME improves) atomically; `--resume` continues exactly, because every random
+draw of the data pipeline is seeded by (seed, epoch, index) and the shuffle by (seed, epoch).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .data.dataset import AugmentConfig, PreparedFaces
+from .data.prepare import read_prepared_header
+from .evaluate import evaluate_predictions, predict_dataset
+from .losses import LossConfig, total_loss
+from .models import build_model
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    model: str = "pfpld"
+    width: float = 1.0
+    epochs: int = 80
+    batch_size: int = 128               # global, split over data-parallel processes
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    milestones: tuple[int, ...] = ()    # empty: at 3/8 and 3/4 of the epochs (the reference's 30 and 60 of 80)
+    gamma: float = 0.1
+    seed: int = 0
+    workers: int = 2
+    augment: bool = True
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def resolved_milestones(self) -> list[int]:
+        if self.milestones:
+            return sorted(int(m) for m in self.milestones)
+        return sorted({max(1, round(self.epochs * 0.375)), max(1, round(self.epochs * 0.75))})
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["milestones"] = list(self.resolved_milestones())
+        return d
+
+
+METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_landmark_loss", "train_pose_loss", "val_nme",
+                  "val_failure_rate", "val_auc", "val_pose_mae_deg", "train_images_per_s", "epoch_seconds"]
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); initialises the process group when torchrun started us."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if world > 1 else (0, 1)
+
+
+def _write_metrics_csv(path: Path, history: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    for row in history:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    tmp = path.with_suffix(".csv.tmp")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> dict:
+    """Train and return the last epoch's metrics row."""
+    from tqdm import tqdm
+
+    rank, world = _distributed()
+    out = Path(cfg.out)
+    header = read_prepared_header(Path(cfg.data))
+    torch.manual_seed(cfg.seed)
+    model, spec, contract = build_model(cfg.model, width=cfg.width, input_size=header["contract"]["input_size"])
+    if contract.to_dict() != header["contract"]:
+        from .contract import PreprocessContract
+        contract = PreprocessContract.from_dict(header["contract"])   # the data's crop rule is the contract
+
+    train_set = PreparedFaces(Path(cfg.data), "train", AugmentConfig() if cfg.augment else None, seed=cfg.seed)
+    val_set = PreparedFaces(Path(cfg.data), "test") if rank == 0 else None
+    if cfg.batch_size % world:
+        raise ValueError(f"--batch-size {cfg.batch_size} does not split over {world} processes")
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    loader_args = dict(batch_size=cfg.batch_size // world, sampler=sampler, num_workers=cfg.workers,
+                       drop_last=len(train_set) >= 2 * cfg.batch_size)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.resolved_milestones(), gamma=cfg.gamma)
+    start_epoch, history, best_nme = 0, [], math.inf
+    if resume:
+        ckpt = load_checkpoint(Path(resume))
+        if ckpt.spec != spec:
+            raise CheckpointError(f"{resume}: model {ckpt.spec.name} {ckpt.spec.options} differs from the requested "
+                                  f"{spec.name} {spec.options}")
+        if ckpt.optimizer is None or ckpt.scheduler is None:
+            raise CheckpointError(f"{resume}: has no optimizer/scheduler state to resume from")
+        model.load_state_dict(ckpt.state_dict)
+        optimizer.load_state_dict(ckpt.optimizer)
+        scheduler.load_state_dict(ckpt.scheduler)
+        start_epoch, history = ckpt.epoch, list(ckpt.history)
+        best_nme = min((h["val_nme"] for h in history if not math.isnan(h["val_nme"])), default=math.inf)
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+
+    row = history[-1] if history else {}
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        loader = DataLoader(train_set, **loader_args)
+        model.train()
+        t0 = time.perf_counter()
+        sums = torch.zeros(4, dtype=torch.float64)   # loss, landmark loss, pose loss, images
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0, leave=False)
+        for batch in bar:
+            landmarks, pose = ddp_model(batch["image"])
+            loss, lmk_loss, pose_loss = total_loss(landmarks, pose, batch, contract.input_size, cfg.loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = batch["image"].shape[0]
+            sums += torch.tensor([loss.item() * n, lmk_loss.item() * n, pose_loss.item() * n, n], dtype=torch.float64)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        seconds = time.perf_counter() - t0
+        if world > 1:
+            dist.all_reduce(sums)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+
+        if rank == 0:
+            lmk, pose_pred = predict_dataset(model, val_set, batch_size=64)
+            report = evaluate_predictions(val_set, lmk, pose_pred)
+            row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(sums[0] / sums[3]),
+                   "train_landmark_loss": float(sums[1] / sums[3]), "train_pose_loss": float(sums[2] / sums[3]),
+                   "val_nme": report.landmarks["nme"], "val_failure_rate": report.landmarks["failure_rate"],
+                   "val_auc": report.landmarks["auc"], "val_pose_mae_deg": report.pose.get("mean", float("nan")),
+                   "train_images_per_s": float(sums[3]) / seconds, "epoch_seconds": seconds}
+            history.append(row)
+            common = dict(state_dict=model.state_dict(), spec=spec, contract=contract, epoch=epoch + 1,
+                          metrics=row, config=cfg.to_dict(), history=history, optimizer=optimizer.state_dict(),
+                          scheduler=scheduler.state_dict())
+            save_checkpoint(out / "last.pt", **common)
+            if not math.isnan(row["val_nme"]) and row["val_nme"] < best_nme:
+                best_nme = row["val_nme"]
+                save_checkpoint(out / "best.pt", **common)
+            _write_metrics_csv(out / "metrics.csv", history)
+            if progress:
+                pose_txt = "" if math.isnan(row["val_pose_mae_deg"]) else f"  pose MAE {row['val_pose_mae_deg']:.2f} deg"
+                tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.3f}  "
+                           f"val NME {100 * row['val_nme']:.2f}%{pose_txt}  {row['train_images_per_s']:.0f} img/s")
+        if world > 1:
+            dist.barrier()
+    if world > 1:
+        dist.destroy_process_group()
+    return row
