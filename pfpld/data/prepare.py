@@ -1,0 +1,371 @@
+"""Dataset sources on disk -> one prepared folder of face crops + index.jsonl, what training and eval read.
+
+Each face is cropped with the preprocessing contract's crop rule (box = extent of its valid landmarks), with
+extra context around it for augmentation; the contract crop itself is exactly the centre input_size window.
+The folder is written under a temporary name and renamed at the end, so it is either complete or absent.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from ..contract import ContractError, PreprocessContract, landmark_box
+from ..landmarks import NUM_POINTS
+from .record import DatasetError, FaceRecord
+from .sources import iter_300wlp, iter_aflw2000, iter_lapa, iter_wflw
+
+FORMAT = "pfpld-prepared"
+VERSION = 1
+INDEX_FILE = "index.jsonl"
+README_FILE = "README.txt"
+SPLITS = ("train", "test")
+SOURCE_ORDER = ("wflw", "lapa", "300wlp", "aflw2000")
+POINT_DECIMALS = 6          # 1e-6 of a 112-px crop is far below annotation noise
+POSE_DECIMALS = 7
+HEADER_KEYS = ("format", "version", "contract", "context", "crop_size_px", "counts")
+
+
+@dataclass
+class PrepareSummary:
+    out: Path
+    counts: dict[str, int]          # "<source>/<split>" -> faces written
+    crop_size_px: int
+    seconds: float = 0.0
+
+    def count(self, source: str, split: str) -> int:
+        return self.counts.get(f"{source}/{split}", 0)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def table(self) -> str:
+        sources = [s for s in SOURCE_ORDER if any(k.startswith(s + "/") for k in self.counts)]
+        sources += sorted({k.split("/")[0] for k in self.counts} - set(sources))
+        rows = [("source", *SPLITS, "total")]
+        for s in sources:
+            per_split = [self.count(s, sp) for sp in SPLITS]
+            rows.append((s, *map(str, per_split), str(sum(per_split))))
+        totals = [sum(self.count(s, sp) for s in sources) for sp in SPLITS]
+        rows.append(("total", *map(str, totals), str(sum(totals))))
+        return "\n".join(f"{r[0]:<10}" + "".join(f"{c:>8}" for c in r[1:]) for r in rows)
+
+
+@dataclass
+class SourceStream:
+    """One (source, on-disk split) to read; `records` opens the reader lazily so faces stream through."""
+    source: str
+    split: str                      # the record split it yields: train or test
+    label: str                      # for the progress bar, e.g. "lapa val"
+    records: Callable[[], Iterator[FaceRecord]] = field(repr=False)
+
+
+def source_streams(wflw: Path | None, lapa: Path | None, w300lp: Path | None,
+                   aflw2000: Path | None) -> list[SourceStream]:
+    streams = []
+    if wflw is not None:
+        for split in ("train", "test"):
+            streams.append(SourceStream("wflw", split, f"wflw {split}", lambda s=split: iter_wflw(wflw, s)))
+    if lapa is not None:
+        for lapa_split, split in (("train", "train"), ("val", "test"), ("test", "test")):
+            streams.append(SourceStream("lapa", split, f"lapa {lapa_split}",
+                                        lambda s=lapa_split: iter_lapa(lapa, s, closed_eye_only=True)))
+    if w300lp is not None:
+        streams.append(SourceStream("300wlp", "train", "300wlp", lambda: iter_300wlp(w300lp)))
+    if aflw2000 is not None:
+        streams.append(SourceStream("aflw2000", "test", "aflw2000", lambda: iter_aflw2000(aflw2000, protocol=True)))
+    return streams
+
+
+def crop_size_for(contract: PreprocessContract, context: float) -> int:
+    """Side of the stored crops. The contract crop must sit on whole pixels in their centre, so
+    input_size * context has to be an integer with the parity of input_size."""
+    size = contract.input_size * context
+    size_px = int(round(size))
+    if context < 1.0 or not math.isclose(size, size_px, abs_tol=1e-6) or (size_px - contract.input_size) % 2:
+        raise ContractError(f"context {context}: expected >= 1 with input_size x context ({size:g}) a whole number "
+                            f"of pixels of the same parity as input_size {contract.input_size}")
+    return size_px
+
+
+# --- one face --------------------------------------------------------------------------------------------
+
+def face_box(record: FaceRecord) -> tuple[float, float, float, float]:
+    if not record.point_mask.any():
+        raise DatasetError(f"{record.image_path} ({record.name}): no valid landmark to measure the face box on")
+    return landmark_box(record.points, record.point_mask)
+
+
+def crop_face(image: np.ndarray, record: FaceRecord, contract: PreprocessContract,
+              context: float) -> tuple[np.ndarray, np.ndarray]:
+    """(stored crop BGR, points (98,2) in [0,1] of the contract crop). The centre window is pasted from the
+    contract crop itself: warping the wider crop gives the same pixels only up to 1 grey level of rounding."""
+    box = face_box(record)
+    try:
+        crop, _ = contract.crop_image(image, box, context=context)
+        centre, matrix = contract.crop_image(image, box)
+    except ContractError as e:
+        raise DatasetError(f"{record.image_path} ({record.name}): {e}") from None
+    offset = (crop.shape[0] - contract.input_size) // 2
+    crop[offset:offset + contract.input_size, offset:offset + contract.input_size] = centre
+    points = contract.points_to_crop(record.points, matrix)
+    if not np.all(np.isfinite(points)):
+        raise DatasetError(f"{record.image_path} ({record.name}): landmarks are not finite")
+    return crop, points
+
+
+def index_entry(record: FaceRecord, image_rel: str, points_crop: np.ndarray) -> dict:
+    return {
+        "image": image_rel,
+        "split": record.split,
+        "source": record.source,
+        "name": record.name,
+        "points": [round(float(v), POINT_DECIMALS) for v in points_crop.reshape(-1)],
+        "mask": "".join("1" if m else "0" for m in record.point_mask),
+        "pose": None if record.pose_rad is None else [round(float(v), POSE_DECIMALS) for v in record.pose_rad],
+        "attributes": None if record.attributes is None else [int(a) for a in record.attributes],
+    }
+
+
+class ImageReader:
+    """Decodes images, keeping the last one: WFLW lists several faces of one photo on consecutive lines."""
+
+    def __init__(self):
+        self.path: Path | None = None
+        self.image: np.ndarray | None = None
+
+    def read(self, path: Path) -> np.ndarray:
+        if path != self.path:
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is None:
+                raise DatasetError(f"{path}: cannot decode image (missing, unreadable or corrupt)")
+            self.path, self.image = path, image
+        return self.image
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise DatasetError(f"{path}: cannot encode crop as PNG")
+    path.write_bytes(buf.tobytes())
+
+
+# --- the folder ------------------------------------------------------------------------------------------
+
+def is_prepared(path: Path) -> bool:
+    return (path / INDEX_FILE).is_file()
+
+
+def check_replaceable(out: Path) -> None:
+    """Only a prepared dataset or an empty folder may be replaced: never someone's other data."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise DatasetError(f"{out}: exists and is not a folder: expected a prepared dataset folder or nothing")
+    if not is_prepared(out) and any(out.iterdir()):
+        raise DatasetError(f"{out}: exists, is not empty and has no {INDEX_FILE}: "
+                           "not a prepared dataset, refusing to replace it")
+
+
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Move the finished `tmp` to `out`; an old prepared dataset is removed only once the new one is in place."""
+    check_replaceable(out)
+    if not out.exists():
+        tmp.rename(out)
+        return
+    if not is_prepared(out):                    # an empty folder
+        out.rmdir()
+        tmp.rename(out)
+        return
+    old = out.parent / f"{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}"   # unique: borrows tmp's random part
+    out.rename(old)
+    try:
+        tmp.rename(out)
+    except BaseException:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_faces(tmp: Path, streams: list[SourceStream], contract: PreprocessContract, context: float,
+                progress: bool) -> dict[str, int]:
+    """Crop every face of every stream into tmp/<split>/<source>/NNNNNN.png and append its index line to
+    tmp/index.body.jsonl. Returns the counts per "<source>/<split>"."""
+    counts: dict[str, int] = {}
+    for s in streams:
+        counts.setdefault(f"{s.source}/{s.split}", 0)
+    reader = ImageReader()
+    body = tmp / "index.body.jsonl"
+    with open(body, "w", encoding="utf-8") as f, tqdm(unit="face", disable=not progress, dynamic_ncols=True) as bar:
+        for stream in streams:
+            bar.set_description_str(stream.label)
+            for record in stream.records():
+                key = f"{record.source}/{record.split}"
+                n = counts.get(key, 0)
+                image_rel = f"{record.split}/{record.source}/{n:06d}.png"
+                crop, points = crop_face(reader.read(record.image_path), record, contract, context)
+                (tmp / image_rel).parent.mkdir(parents=True, exist_ok=True)
+                write_png(tmp / image_rel, crop)
+                f.write(json.dumps(index_entry(record, image_rel, points), separators=(",", ":")) + "\n")
+                counts[key] = n + 1
+                bar.update(1)
+    return counts
+
+
+def write_index(tmp: Path, header: dict) -> None:
+    """index.jsonl = header line + the face lines streamed to the body file (counts are known only now)."""
+    body = tmp / "index.body.jsonl"
+    with open(tmp / INDEX_FILE, "w", encoding="utf-8") as f:
+        f.write(json.dumps(header, sort_keys=False) + "\n")
+        with open(body, encoding="utf-8") as b:
+            shutil.copyfileobj(b, f)
+    body.unlink()
+
+
+def write_readme(tmp: Path, summary: PrepareSummary, contract: PreprocessContract, sources: dict[str, Path]) -> None:
+    made_from = ", ".join(f"{k}={v}" for k, v in sources.items())
+    size, inp = summary.crop_size_px, contract.input_size
+    text = (
+        f"pfpld prepared dataset ({FORMAT} v{VERSION}): {size}x{size} px face crops (PNG) and {INDEX_FILE} "
+        f"(line 1 a header, then one face a line; points in [0,1] of the centre {inp}x{inp} contract crop).\n"
+        f"Made by `pfpld prepare-data` (pfpld.data.prepare.prepare_dataset) on "
+        f"{datetime.date.today().isoformat()} from {made_from}.\n"
+        "Re-run the command to rebuild it: the folder is replaced as a whole, do not edit it by hand.\n\n"
+        f"{summary.table()}\n"
+    )
+    (tmp / README_FILE).write_text(text, encoding="utf-8")
+
+
+def prepare_dataset(out: Path, *, wflw: Path | None = None, lapa: Path | None = None, w300lp: Path | None = None,
+                    aflw2000: Path | None = None, contract: PreprocessContract | None = None, context: float = 1.5,
+                    progress: bool = True) -> PrepareSummary:
+    """Read the given sources (WFLW train+test, LaPa closed-eye train -> train and val/test -> test, 300W-LP ->
+    train, AFLW2000 protocol -> test), crop every face and write the prepared folder `out` atomically."""
+    start = time.monotonic()
+    out = Path(out)
+    contract = contract or PreprocessContract()
+    size_px = crop_size_for(contract, context)
+    sources = {k: Path(v) for k, v in
+               (("wflw", wflw), ("lapa", lapa), ("300wlp", w300lp), ("aflw2000", aflw2000)) if v is not None}
+    if not sources:
+        raise DatasetError(f"{out}: nothing to prepare: give at least one of wflw, lapa, w300lp, aflw2000")
+    streams = source_streams(sources.get("wflw"), sources.get("lapa"), sources.get("300wlp"),
+                             sources.get("aflw2000"))
+    check_replaceable(out)              # fail before hours of cropping, not after
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    try:
+        counts = write_faces(tmp, streams, contract, context, progress)
+        header = {"format": FORMAT, "version": VERSION, "contract": contract.to_dict(), "context": float(context),
+                  "crop_size_px": size_px, "counts": counts}
+        write_index(tmp, header)
+        summary = PrepareSummary(out=out, counts=counts, crop_size_px=size_px)
+        write_readme(tmp, summary, contract, sources)
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    summary.seconds = time.monotonic() - start
+    return summary
+
+
+# --- reading it back (for the torch Dataset and eval) ----------------------------------------------------
+
+def read_prepared_header(out: Path) -> dict:
+    index = Path(out) / INDEX_FILE
+    if not index.is_file():
+        raise DatasetError(f"{index}: not found: {out} is not a prepared dataset (make one with `pfpld prepare-data`)")
+    try:
+        with open(index, encoding="utf-8") as f:
+            first = f.readline()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{index}: cannot read ({type(e).__name__}: {e})") from None
+    return parse_header(first, f"{index}:1")
+
+
+def parse_header(line: str, where: str) -> dict:
+    header = _json_object(line, where)
+    if header.get("format") != FORMAT:
+        raise DatasetError(f"{where}: format {header.get('format')!r}: expected {FORMAT!r} header")
+    if header.get("version") != VERSION:
+        raise DatasetError(f"{where}: version {header.get('version')!r}: this pfpld reads version {VERSION}")
+    missing = [k for k in HEADER_KEYS if k not in header]
+    if missing:
+        raise DatasetError(f"{where}: header lacks {', '.join(missing)}")
+    counts = header["counts"]
+    if not isinstance(counts, dict) or not all(isinstance(v, int) and v >= 0 for v in counts.values()):
+        raise DatasetError(f"{where}: 'counts' must map '<source>/<split>' to face counts")
+    if not isinstance(header["crop_size_px"], int) or not isinstance(header["contract"], dict):
+        raise DatasetError(f"{where}: 'crop_size_px' must be an integer and 'contract' an object")
+    return header
+
+
+def _json_object(line: str, where: str) -> dict:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(value, dict):
+        raise DatasetError(f"{where}: expected a JSON object")
+    return value
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_face_entry(entry: dict, where: str) -> dict:
+    for key, kind in (("image", str), ("split", str), ("source", str), ("name", str), ("mask", str),
+                      ("points", list)):
+        if not isinstance(entry.get(key), kind):
+            raise DatasetError(f"{where}: '{key}' missing or not a {kind.__name__}")
+    if entry["split"] not in SPLITS:
+        raise DatasetError(f"{where}: split {entry['split']!r}: expected one of {SPLITS}")
+    points = entry["points"]
+    if len(points) != 2 * NUM_POINTS or not all(_is_number(v) for v in points):
+        raise DatasetError(f"{where}: 'points' must be {2 * NUM_POINTS} finite numbers, got {len(points)} values")
+    mask = entry["mask"]
+    if len(mask) != NUM_POINTS or set(mask) - {"0", "1"}:
+        raise DatasetError(f"{where}: 'mask' must be {NUM_POINTS} characters 0/1")
+    pose = entry.get("pose")
+    if pose is not None and not (isinstance(pose, list) and len(pose) == 3 and all(_is_number(v) for v in pose)):
+        raise DatasetError(f"{where}: 'pose' must be null or [yaw, pitch, roll] in radians")
+    attrs = entry.get("attributes")
+    if attrs is not None and not (isinstance(attrs, list) and len(attrs) == 6 and all(a in (0, 1) for a in attrs)):
+        raise DatasetError(f"{where}: 'attributes' must be null or 6 flags 0/1")
+    return entry
+
+
+def iter_prepared(out: Path, split: str | None = None) -> Iterator[dict]:
+    """Yield the face entries of a prepared dataset (optionally one split), each checked. At the end, the
+    number of faces is checked against the header's counts, so a truncated index does not pass unnoticed."""
+    index = Path(out) / INDEX_FILE
+    header = read_prepared_header(out)
+    seen: dict[str, int] = {}
+    try:
+        with open(index, encoding="utf-8") as f:
+            next(f)                              # the header, checked above
+            for lineno, line in enumerate(f, start=2):
+                if not line.strip():
+                    continue
+                entry = check_face_entry(_json_object(line, f"{index}:{lineno}"), f"{index}:{lineno}")
+                key = f"{entry['source']}/{entry['split']}"
+                seen[key] = seen.get(key, 0) + 1
+                if split is None or entry["split"] == split:
+                    yield entry
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{index}: not UTF-8 text (byte {e.start})") from None
+    expected = {k: v for k, v in header["counts"].items() if v}
+    if seen != expected:
+        raise DatasetError(f"{index}: header counts {expected} but the file lists {seen}: truncated or edited index")
