@@ -40,8 +40,21 @@ class Checkpoint:
 def tool_versions() -> dict:
     import numpy
     from . import __version__
-    return {"pfpld": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+    return {"pfpld": __version__, "torch": str(torch.__version__), "numpy": numpy.__version__,
             "python": platform.python_version()}
+
+
+def plain(value):
+    """Numbers, strings, lists and dicts only: what torch.load(weights_only=True) reads back without any global."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if hasattr(value, "item"):          # numpy / torch scalars
+        return value.item()
+    return str(value)
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -64,7 +77,8 @@ def save_checkpoint(path: Path, *, state_dict: dict, spec: ModelSpec, contract: 
         "format": FORMAT, "version": VERSION,
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         "spec": spec.to_dict(), "contract": contract.to_dict(),
-        "epoch": epoch, "metrics": metrics or {}, "config": config or {}, "history": history or [],
+        "epoch": epoch, "metrics": plain(metrics or {}), "config": plain(config or {}),
+        "history": plain(history or []),
         "optimizer": optimizer, "scheduler": scheduler, "versions": tool_versions(),
     }, path)
 
@@ -76,7 +90,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:   # pickle, zip and unsafe-global errors all mean "not our checkpoint"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+        first = next((ln for ln in lines if "WeightsUnpickler error" in ln), lines[0])
         raise CheckpointError(f"{path}: not a readable pfpld checkpoint ({first[:160]})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         what = "a bare state_dict" if isinstance(raw, dict) and raw and all(

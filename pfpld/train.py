@@ -150,10 +150,11 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                    "train_landmark_loss": float(sums[1] / sums[3]), "train_pose_loss": float(sums[2] / sums[3]),
                    "val_nme": report.landmarks["nme"], "val_failure_rate": report.landmarks["failure_rate"],
                    "val_auc": report.landmarks["auc"], "val_pose_mae_deg": report.pose.get("mean", float("nan")),
-                   "train_images_per_s": float(sums[3]) / seconds, "epoch_seconds": seconds}
+                   "train_images": float(sums[3]), "train_images_per_s": float(sums[3]) / seconds,
+                   "epoch_seconds": seconds}
             history.append(row)
             common = dict(state_dict=model.state_dict(), spec=spec, contract=contract, epoch=epoch + 1,
-                          metrics=row, config=cfg.to_dict(), history=history, optimizer=optimizer.state_dict(),
+                          metrics=row, config={**cfg.to_dict(), "world_size": world}, history=history, optimizer=optimizer.state_dict(),
                           scheduler=scheduler.state_dict())
             save_checkpoint(out / "last.pt", **common)
             if not math.isnan(row["val_nme"]) and row["val_nme"] < best_nme:

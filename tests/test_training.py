@@ -1,0 +1,122 @@
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pfpld.checkpoint import load_checkpoint, load_model
+from pfpld.data.dataset import AugmentConfig, PreparedFaces
+from pfpld.evaluate import evaluate_model
+from pfpld.models import build_model
+from pfpld.train import TrainConfig, train
+
+PFPLD = [sys.executable, "-m", "pfpld.cli"]
+
+
+def _cfg(data, out, **kw):
+    base = dict(data=str(data), out=str(out), width=0.25, epochs=2, batch_size=32, lr=3e-3, workers=0,
+                milestones=(1,), seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_dataset_without_augmentation_is_the_contract_crop(prepared_dir):
+    ds = PreparedFaces(prepared_dir, "test")
+    sample = ds[0]
+    crop = ds.load_crop(0)
+    off = (ds.crop_size_px - ds.contract.input_size) // 2
+    centre = crop[off:off + 112, off:off + 112]
+    assert torch.equal(sample["image"], torch.from_numpy(ds.contract.to_tensor_layout(centre)))
+    assert np.allclose(sample["points"].numpy().reshape(98, 2), ds.points[0])
+
+
+def test_augmentation_keeps_landmarks_on_the_pixels_they_label(prepared_dir, tmp_path):
+    """Replace a stored crop by a black image with one white dot on the nose tip, augment it (rotation, scale,
+    shift, mirror), and find the dot where the augmented label says it is."""
+    import shutil
+    import cv2
+    data = tmp_path / "data"
+    shutil.copytree(prepared_dir, data)
+    ds = PreparedFaces(data, "train", AugmentConfig(brightness=0, contrast=0, saturation=0, hue=0,
+                                                    grayscale_p=0, erasing_p=0, flip_p=1.0))
+    off = (ds.crop_size_px - 112) / 2
+    for index in range(5):
+        marker = np.zeros((ds.crop_size_px, ds.crop_size_px, 3), np.uint8)
+        x, y = ds.points[index, 54] * 112 + off
+        cv2.circle(marker, (int(round(x)), int(round(y))), 2, (255, 255, 255), -1)
+        cv2.imwrite(str(data / ds.images[index]), marker)
+        s = ds[index]
+        img = s["image"].numpy()[0]
+        ys, xs = np.nonzero(img > 0.5)
+        px, py = s["points"].numpy().reshape(98, 2)[54] * 112     # the mirror keeps the nose tip at index 54
+        assert abs(px - xs.mean()) <= 1.0 and abs(py - ys.mean()) <= 1.0
+
+
+def test_flip_augmentation_negates_yaw_and_roll(prepared_dir):
+    no_geo = dict(rotation_deg=0, shift_frac=0, scale_range=(1, 1), brightness=0, contrast=0, saturation=0,
+                  hue=0, grayscale_p=0, erasing_p=0)
+    plain = PreparedFaces(prepared_dir, "train", AugmentConfig(flip_p=0.0, **no_geo))
+    flipped = PreparedFaces(prepared_dir, "train", AugmentConfig(flip_p=1.0, **no_geo))
+    i = int(np.flatnonzero(plain.has_pose)[0])
+    a, b = plain[i], flipped[i]
+    assert np.allclose(b["pose"].numpy(), a["pose"].numpy() * np.array([-1, 1, -1]), atol=1e-5)
+    pa, pb = a["points"].numpy().reshape(98, 2), b["points"].numpy().reshape(98, 2)
+    assert pb[60, 0] == pytest.approx(111 / 112 - pa[72, 0], abs=1e-5)    # the mirrored outer corner
+    assert torch.equal(b["image"], torch.flip(a["image"], dims=[2]))
+
+
+@pytest.mark.slow
+def test_short_training_halves_the_untrained_nme(prepared_dir, tmp_path):
+    torch.manual_seed(3)
+    untrained, _, _ = build_model("pfpld", width=0.25)
+    before = evaluate_model(untrained.eval(), prepared_dir).landmarks["nme"]
+    row = train(_cfg(prepared_dir, tmp_path / "run", epochs=8, milestones=(6,)), progress=False)
+    model, ckpt = load_model(tmp_path / "run" / "best.pt")
+    after = evaluate_model(model, prepared_dir).landmarks["nme"]
+    assert after < 0.5 * before, (before, after)
+    assert ckpt.epoch >= 1 and row["epoch"] == 8
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+
+
+@pytest.mark.slow
+def test_checkpoint_round_trip_and_exact_resume(prepared_dir, tmp_path):
+    straight = tmp_path / "straight"
+    train(_cfg(prepared_dir, straight), progress=False)
+    first = tmp_path / "resumed"
+    train(_cfg(prepared_dir, first, epochs=1), progress=False)
+    train(_cfg(prepared_dir, first, epochs=2), resume=str(first / "last.pt"), progress=False)
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(first / "last.pt")
+    assert a.epoch == b.epoch == 2
+    for k in a.state_dict:
+        assert torch.equal(a.state_dict[k], b.state_dict[k]), k
+    assert a.history[-1]["val_nme"] == b.history[-1]["val_nme"]
+    assert a.scheduler["last_epoch"] == b.scheduler["last_epoch"] == 2
+    # round trip: spec, contract and record survive weights_only loading
+    assert a.spec.options["width"] == 0.25 and a.contract.input_size == 112
+    assert a.config["epochs"] == 2 and "torch" in a.versions
+    assert len(list(csv.DictReader(open(first / "metrics.csv")))) == 2
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_on_cpu(prepared_dir, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29631",
+           "-m", "pfpld.cli", "train", "--data", str(prepared_dir), "--out", str(out), "--width", "0.25",
+           "--epochs", "1", "--batch-size", "32", "--workers", "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt.config["world_size"] == 2
+    assert ckpt.history[0]["train_images_per_s"] > 0
+    n_train = len(PreparedFaces(prepared_dir, "train"))
+    # both processes trained: the all-reduced image count covers the whole (drop-last) epoch
+    assert ckpt.history[0]["train_images"] >= n_train - 32
+    assert not math.isnan(ckpt.history[0]["val_nme"])
