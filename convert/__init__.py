@@ -1,0 +1,1 @@
+"""Conversion chain: ONNX export, simplification, BatchNorm folding, ONNX -> Caffe, ncnn, runtimes, parity."""

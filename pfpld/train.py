@@ -26,6 +26,7 @@ from .data.prepare import read_prepared_header
 from .evaluate import evaluate_predictions, predict_dataset
 from .losses import LossConfig, total_loss
 from .models import build_model
+from .plots import plot_training_curves
 
 
 @dataclass
@@ -154,13 +155,14 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                    "epoch_seconds": seconds}
             history.append(row)
             common = dict(state_dict=model.state_dict(), spec=spec, contract=contract, epoch=epoch + 1,
-                          metrics=row, config={**cfg.to_dict(), "world_size": world}, history=history, optimizer=optimizer.state_dict(),
-                          scheduler=scheduler.state_dict())
+                          metrics=row, config={**cfg.to_dict(), "world_size": world}, history=history,
+                          optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
             save_checkpoint(out / "last.pt", **common)
             if not math.isnan(row["val_nme"]) and row["val_nme"] < best_nme:
                 best_nme = row["val_nme"]
                 save_checkpoint(out / "best.pt", **common)
             _write_metrics_csv(out / "metrics.csv", history)
+            plot_training_curves(history, out / "curves.png")
             if progress:
                 pose_txt = "" if math.isnan(row["val_pose_mae_deg"]) else f"  pose MAE {row['val_pose_mae_deg']:.2f} deg"
                 tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.3f}  "

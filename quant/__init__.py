@@ -1,0 +1,1 @@
+"""Quantisation: calibration sets, NNIE mapper configs and bundles, int8 accuracy estimates."""

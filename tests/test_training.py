@@ -108,7 +108,7 @@ def test_checkpoint_round_trip_and_exact_resume(prepared_dir, tmp_path):
 def test_two_process_ddp_run_on_cpu(prepared_dir, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29631",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "pfpld.cli", "train", "--data", str(prepared_dir), "--out", str(out), "--width", "0.25",
            "--epochs", "1", "--batch-size", "32", "--workers", "0"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)

@@ -1,0 +1,35 @@
+"""Pictures a person would rather look at than a CSV: training curves."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+
+def plot_training_curves(history: list[dict], path: Path) -> None:
+    """Loss and validation NME / pose MAE per epoch, written atomically as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    axes[0].plot(epochs, [h["train_loss"] for h in history], "o-", label="total")
+    axes[0].plot(epochs, [h["train_landmark_loss"] for h in history], "o-", label="landmark (Wing, px)")
+    axes[0].set_title("training loss")
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(epochs, [100 * h["val_nme"] for h in history], "o-", color="tab:green")
+    axes[1].set_title("validation NME (%)")
+    pose = [h["val_pose_mae_deg"] for h in history]
+    if any(not math.isnan(p) for p in pose):
+        axes[2].plot(epochs, pose, "o-", color="tab:red")
+    axes[2].set_title("validation pose MAE (deg)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = Path(path).with_name(Path(path).stem + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
