@@ -20,3 +20,8 @@ class ContractError(PfpldError, ValueError):
 
 class InputError(PfpldError, ValueError):
     """A command-line input (image, box, option) is invalid."""
+
+
+class ConversionError(PfpldError, ValueError):
+    """A model file cannot be converted exactly (unreadable file, unsupported op or attribute, a shape the
+    target would compute differently); the message names the file or the graph node."""
