@@ -116,7 +116,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         scheduler.load_state_dict(ckpt.scheduler)
         start_epoch, history = ckpt.epoch, list(ckpt.history)
         best_nme = min((h["val_nme"] for h in history if not math.isnan(h["val_nme"])), default=math.inf)
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    # bn8 and fc_aux exist only so released state_dicts load strictly: forward never uses them.
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
 

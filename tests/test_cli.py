@@ -22,10 +22,12 @@ def run(*args, cwd=None):
 def assert_user_error(proc, *fragments):
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
+    # a progress bar may have run before the failure; the error itself is one line, the last one
+    lines = [part for line in proc.stderr.splitlines() for part in line.split("\r") if part.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
     for f in fragments:
-        assert f in lines[0], (f, lines[0])
+        assert f in errors[0], (f, errors[0])
 
 
 @pytest.fixture(scope="module")
