@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from .data.dataset import AugmentConfig, PreparedFaces
 from .data.prepare import prepare_dataset
 from .data.synthetic import generate_dataset
+from .fileio import write_text_atomic
 from .losses import total_loss
 from .models import build_model
 
@@ -84,10 +85,7 @@ def main(argv=None) -> None:
              f"| width {w} | {best_loader / ips:.2f} |" for w, ips in trains.items()] + [
              "", "A ratio above 1 means the loader outpaces training on its own; during training they share "
              "the same cores."]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".tmp")
-    tmp_out.write_text("\n".join(lines) + "\n")
-    tmp_out.replace(args.out)
+    write_text_atomic(args.out, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -5,9 +5,7 @@ plain data, never code. Anything that is not a file of ours fails with one line 
 """
 from __future__ import annotations
 
-import os
 import platform
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import torch
 
 from .contract import PreprocessContract
 from .errors import CheckpointError  # noqa: F401 (re-exported)
+from .fileio import atomic_path
 from .models import build_from_spec
 from .models.spec import ModelSpec
 
@@ -58,16 +57,8 @@ def plain(value):
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: Path, *, state_dict: dict, spec: ModelSpec, contract: PreprocessContract, epoch: int = 0,

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from .errors import PfpldError
+from .fileio import write_text_atomic
 
 
 def user_errors(fn):
@@ -120,10 +121,7 @@ def eval_cmd(ckpt, data, split, json_out):
     report = evaluate_model(model, data, split=split, contract=record.contract, progress=True)
     click.echo(report.table())
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = json_out.with_suffix(".tmp")
-        tmp.write_text(report.to_json())
-        tmp.replace(json_out)
+        write_text_atomic(json_out, report.to_json())
         click.echo(f"wrote {json_out}")
 
 
@@ -164,6 +162,94 @@ def demo(out, n, epochs, width, seed):
     """The main job on built-in data: synth -> prepare-data -> train -> eval -> predict."""
     from .demo import run_demo
     run_demo(out, n=n, epochs=epochs, width=width, seed=seed)
+
+
+def _parse_mean(text: str | None) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise click.BadParameter(f"{text!r}: expected three comma-separated numbers", param_hint="--mean")
+    return values  # type: ignore[return-value]
+
+
+@main.command("export")
+@click.argument("ckpt", required=False, type=click.Path(path_type=Path))
+@click.option("--model", help="Build this registry model instead of reading a checkpoint (needs --init random).")
+@click.option("--width", type=float, default=1.0, show_default=True, help="Channel width, with --model.")
+@click.option("--init", type=click.Choice(["random"]), help="Random weights with randomized BatchNorm statistics "
+              "(to try the chain without training).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --init random.")
+@click.option("--onnx", "onnx_file", type=click.Path(path_type=Path), help="Start from your own ONNX file.")
+@click.option("--target", "targets", multiple=True, type=click.Choice(["onnx", "caffe", "ncnn", "all"]),
+              default=("all",), show_default=True, help="Repeat for several; caffe and ncnn include onnx.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Export folder (written atomically).")
+@click.option("--opset", type=click.IntRange(9, 23), default=13, show_default=True, help="ONNX opset of the export "
+              "(a given --onnx file keeps its own).")
+@click.option("--fp16", is_flag=True, help="ncnn weights in fp16 (default fp32, for exact parity).")
+@click.option("--force", is_flag=True, help="Replace --out if it holds a previous export.")
+@click.option("--color-order", type=click.Choice(["RGB", "BGR"]), help="Contract of an --onnx file: channel order.")
+@click.option("--scale", help="Contract of an --onnx file: input = (pixel - mean) * scale, e.g. 1/255.")
+@click.option("--mean", help="Contract of an --onnx file: per-channel mean R,G,B (network channel order).")
+@click.option("--crop-expand", type=float, help="Contract of an --onnx file: square side / face box side.")
+@click.option("--crop-shift-y", type=float, help="Contract of an --onnx file: crop centre shift, fraction of side.")
+@user_errors
+def export_cmd(ckpt, model, width, init, seed, onnx_file, targets, out, opset, fp16, force, color_order, scale, mean,
+               crop_expand, crop_shift_y):
+    """Export a model to ONNX, Caffe 1.0 and ncnn, with manifest.json (check it with `pfpld check-parity`).
+
+    \b
+    pfpld export CKPT --target all --out DIR
+    pfpld export --model pfpld --width 0.25 --init random --target all --out DIR
+    pfpld export --onnx model.onnx --color-order RGB --scale 1/255 --target caffe --out DIR
+    """
+    from convert.export import export, source_from_checkpoint, source_from_onnx, source_from_random_init
+    model = model or ("pfpld" if init else None)
+    if sum(v is not None for v in (ckpt, model, onnx_file)) != 1:
+        raise click.UsageError("give exactly one source: CKPT, --model NAME --init random, or --onnx FILE")
+    contract_options = {"color_order": color_order, "scale": scale, "mean": _parse_mean(mean),
+                        "expand": crop_expand, "shift_y": crop_shift_y}
+    if onnx_file is None and any(v is not None for v in contract_options.values()):
+        raise click.UsageError("contract options (--color-order, --scale, ...) apply to --onnx only: a checkpoint "
+                               "and a registry model carry their own contract")
+    if model is not None and init != "random":
+        raise click.UsageError("--model needs --init random (trained weights come from a checkpoint: give CKPT)")
+    if ckpt is not None:
+        source = source_from_checkpoint(ckpt)
+    elif onnx_file is not None:
+        source = source_from_onnx(onnx_file, contract_options)
+    else:
+        source = source_from_random_init(model, width, seed)
+    click.echo(f"export {source.spec.name} {source.spec.options or ''} ({source.record['kind']}) -> {out}")
+    result = export(source, targets, out, opset=opset, fp16=fp16, force=force, log=click.echo)
+    click.echo(f"done in {result.manifest['export_seconds']:.2f} s: {out} (manifest.json); "
+               f"next: pfpld check-parity {out}")
+
+
+@main.command("check-parity")
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--images", type=click.Path(path_type=Path), help="Face crops, images with boxes.txt, or a prepared "
+              "dataset (default: synthetic faces).")
+@click.option("--n", type=click.IntRange(min=1), default=8, show_default=True, help="Random inputs, and face crops.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the result as JSON.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@user_errors
+def check_parity_cmd(export_dir, images, n, json_out, threads, seed):
+    """Run torch -> onnx -> onnxsim -> caffe -> ncnn on the same inputs; exit code 1 when a stage misses its
+    tolerance (the first diverging layer is named)."""
+    from convert.parity import check_parity, write_report_json
+    report = check_parity(export_dir, images=images, n=n, seed=seed, threads=threads)
+    click.echo(report.table())
+    click.echo(f"wrote {report.markdown}" + (f", {report.picture}" if report.picture else ""))
+    if json_out:
+        write_report_json(report, json_out)
+        click.echo(f"wrote {json_out}")
+    if not report.passed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

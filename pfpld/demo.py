@@ -17,6 +17,7 @@ from .checkpoint import load_model
 from .data.prepare import prepare_dataset
 from .data.synthetic import generate_dataset, render_face
 from .evaluate import evaluate_model
+from .fileio import write_text_atomic
 from .losses import LossConfig
 from .predict import draw_prediction, predict_face, write_image_atomic
 from .train import TrainConfig, train
@@ -60,7 +61,7 @@ def run_demo(out: Path, n: int = 2000, epochs: int = 12, width: float = 0.25, se
     model, record = load_model(run_dir / "best.pt")
     report = evaluate_model(model, data_dir, "test", contract=record.contract, progress=True)
     click.echo(report.table())
-    (out / "eval.json").write_text(report.to_json())
+    write_text_atomic(out / "eval.json", report.to_json())
     timings["eval_s"] = time.perf_counter() - t
 
     t = _step("5/5 predict on a held-out synthetic image")
@@ -78,7 +79,7 @@ def run_demo(out: Path, n: int = 2000, epochs: int = 12, width: float = 0.25, se
 
     result = {"eval": report.to_dict(), "heldout": {"nme": float(err), "pose_abs_err_deg": pose_err.tolist()},
               "timings_s": timings, "checkpoint": str(run_dir / "best.pt")}
-    (out / "demo.json").write_text(json.dumps(result, indent=2))
+    write_text_atomic(out / "demo.json", json.dumps(result, indent=2))
     click.secho("\n== results", bold=True)
     for label, path in [("synthetic data + contact sheet", synth_dir / "preview.png"),
                         ("prepared dataset", data_dir / "index.jsonl"),

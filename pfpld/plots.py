@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
+
+from .fileio import atomic_path
 
 
 def plot_training_curves(history: list[dict], path: Path) -> None:
@@ -29,7 +30,6 @@ def plot_training_curves(history: list[dict], path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = Path(path).with_name(Path(path).stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
-    os.replace(tmp, path)

@@ -14,6 +14,7 @@ import torch
 
 from .contract import PreprocessContract
 from .errors import InputError
+from .fileio import atomic_path
 from .pose import project_axes
 
 
@@ -82,9 +83,6 @@ def draw_prediction(image_bgr: np.ndarray, pred: Prediction, gt_points: np.ndarr
 
 
 def write_image_atomic(path: Path, image: np.ndarray) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    if not cv2.imwrite(str(tmp), image):
-        raise InputError(f"{path}: could not write the image (unsupported extension?)")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), image):
+            raise InputError(f"{path}: could not write the image (unsupported extension?)")

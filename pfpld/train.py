@@ -23,6 +23,7 @@ from torch.utils.data.distributed import DistributedSampler
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data.dataset import AugmentConfig, PreparedFaces
 from .data.prepare import read_prepared_header
+from .fileio import write_text_atomic
 from .evaluate import evaluate_predictions, predict_dataset
 from .losses import LossConfig, total_loss
 from .models import build_model
@@ -75,9 +76,7 @@ def _write_metrics_csv(path: Path, history: list[dict]) -> None:
     w.writeheader()
     for row in history:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    tmp = path.with_suffix(".csv.tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    write_text_atomic(path, buf.getvalue())
 
 
 def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> dict:
@@ -117,6 +116,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         start_epoch, history = ckpt.epoch, list(ckpt.history)
         best_nme = min((h["val_nme"] for h in history if not math.isnan(h["val_nme"])), default=math.inf)
     # bn8 and fc_aux exist only so released state_dicts load strictly: forward never uses them.
+    if not resume and hasattr(model, "init_landmark_head"):
+        model.init_landmark_head(torch.from_numpy(train_set.mean_landmarks()))
     ddp_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)

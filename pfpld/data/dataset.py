@@ -61,6 +61,13 @@ class PreparedFaces(Dataset):
         self.attributes = np.array([r["attributes"] if r.get("attributes") is not None else [0] * 6
                                     for r in rows], dtype=np.int8)
 
+    def mean_landmarks(self) -> np.ndarray:
+        """(98, 2) mean of the labelled points in [0,1] crop coordinates (0.5 where a point is never labelled)."""
+        w = self.mask[..., None].astype(np.float64)
+        total = (self.points * w).sum(0)
+        count = w.sum(0)
+        return np.where(count > 0, total / np.maximum(count, 1), 0.5).astype(np.float32)
+
     def __len__(self) -> int:
         return len(self.images)
 

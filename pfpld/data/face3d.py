@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..landmarks import LAPA_DROPPED_106, LAPA_KEPT_106, MIRROR_98, NUM_POINTS
+from ..pose import rotation_matrix as pose_rotation_matrix
 
 # Extra points after the 98 WFLW ones, in the order of LAPA_DROPPED_106 (LaPa indices 55, 56, 57, 63, 64, 65,
 # 74, 83), then the two ear lobes (for AFLW's 21 points).
@@ -393,15 +394,9 @@ TEMPLATE_98 = _readonly(TEMPLATE[:NUM_POINTS].copy())
 # --- pose (FACTS section 3, the 300W-LP / AFLW2000 Pose_Para convention) ------------------------------------
 
 def rotation_matrix(pitch: float, yaw: float, roll: float) -> np.ndarray:
-    """R = Rx(pitch) Ry(yaw) Rz(roll), radians, with the matrices exactly as 3DDFA writes them. With this model
-    frame: +yaw turns the face toward image-left, +pitch looks up, +roll tilts it clockwise on screen."""
-    cx, sx = np.cos(pitch), np.sin(pitch)
-    cy, sy = np.cos(yaw), np.sin(yaw)
-    cz, sz = np.cos(roll), np.sin(roll)
-    rx = np.array([[1.0, 0.0, 0.0], [0.0, cx, sx], [0.0, -sx, cx]])
-    ry = np.array([[cy, 0.0, -sy], [0.0, 1.0, 0.0], [sy, 0.0, cy]])
-    rz = np.array([[cz, sz, 0.0], [-sz, cz, 0.0], [0.0, 0.0, 1.0]])
-    return rx @ ry @ rz
+    """R = Rx(pitch) Ry(yaw) Rz(roll) in Pose_Para argument order (pfpld.pose holds the one definition). With
+    this model frame: +yaw turns the face toward image-left, +pitch looks up, +roll tilts it clockwise."""
+    return pose_rotation_matrix(yaw=yaw, pitch=pitch, roll=roll)
 
 
 def project(points3d: np.ndarray, pose_para: np.ndarray, image_height: int) -> np.ndarray:

@@ -99,6 +99,14 @@ class PFPLD(nn.Module):
         self.fc1_aux = nn.Linear(c128, 32)
         self.fc2_aux = nn.Linear(32 + features, 3)
 
+    @torch.no_grad()
+    def init_landmark_head(self, mean_landmarks: torch.Tensor) -> None:
+        """Start the landmark regressor at the training set's mean shape (bias) with small weights, so early
+        training refines a face instead of first learning where faces are. Not part of the reference; only the
+        initial values change, never the architecture or the state_dict layout."""
+        self.fc.bias.copy_(mean_landmarks.reshape(-1))
+        self.fc.weight.mul_(0.1)
+
     def forward(self, x):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.relu(self.bn2(self.conv2(x)))
