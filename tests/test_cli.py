@@ -121,3 +121,36 @@ def test_eval_prints_table_and_writes_json(ckpt, prepared_dir, tmp_path):
     assert metrics["landmarks"]["n"] > 0 and "wflw" in metrics["by_source"]
     assert set(metrics["by_attribute"]) == {"pose", "expression", "illumination", "makeup", "occlusion", "blur"}
     assert metrics["pose"]["n"] > 0
+
+
+def test_prepare_data_with_mat_missing_pose_para_names_the_file(synth_dir, tmp_path):
+    import shutil
+    import scipy.io
+    root = tmp_path / "300W_LP"
+    shutil.copytree(synth_dir / "300W_LP", root)
+    mat = sorted(root.glob("AFW/*.mat"))[0]
+    fields = {k: v for k, v in scipy.io.loadmat(mat).items() if not k.startswith("__") and k != "Pose_Para"}
+    scipy.io.savemat(mat, fields)
+    assert_user_error(run("prepare-data", "--out", tmp_path / "prepared", "--300wlp", root), mat.name, "Pose_Para")
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_prepare_data_with_lapa_wrong_point_count_names_the_file(synth_dir, tmp_path):
+    import shutil
+    root = tmp_path / "LaPa"
+    shutil.copytree(synth_dir / "LaPa", root)
+    txt = sorted((root / "train" / "landmarks").glob("*.txt"))[0]
+    lines = txt.read_text().splitlines()
+    txt.write_text("\n".join(["98"] + lines[1:99]) + "\n")
+    assert_user_error(run("prepare-data", "--out", tmp_path / "prepared", "--lapa", root), txt.name, "106")
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_prepare_data_with_missing_image_names_the_image(synth_dir, tmp_path):
+    import shutil
+    root = tmp_path / "AFLW2000"
+    shutil.copytree(synth_dir / "AFLW2000", root)
+    jpg = sorted(root.glob("*.jpg"))[0]
+    jpg.unlink()
+    assert_user_error(run("prepare-data", "--out", tmp_path / "prepared", "--aflw2000", root), jpg.name)
+    assert not (tmp_path / "prepared").exists()
