@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -16,23 +17,25 @@ import torch
 
 from pfpld.contract import PreprocessContract
 from pfpld.errors import ConversionError
-from pfpld.models.spec import ModelSpec
+from pfpld.models.spec import ModelSpec, OutputSpec
+
+from .onnx_graph import load_onnx
 
 DEFAULT_OPSET = 13
 META_SPEC = "pfpld.spec"
 META_CONTRACT = "pfpld.contract"
 
 
-def _atomic_save_onnx(model: onnx.ModelProto, path: Path) -> None:
+def save_onnx_atomic(model: onnx.ModelProto, path: Path) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # Not mkstemp: its 0600 mode would survive the rename, and exported models are meant to be shared.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        onnx.save_model(model, tmp)
+        with open(tmp, "xb") as handle:
+            handle.write(model.SerializeToString())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def set_metadata(model: onnx.ModelProto, spec: ModelSpec, contract: PreprocessContract) -> None:
@@ -45,10 +48,35 @@ def set_metadata(model: onnx.ModelProto, spec: ModelSpec, contract: PreprocessCo
 
 
 def read_metadata(model: onnx.ModelProto) -> tuple[ModelSpec | None, PreprocessContract | None]:
+    """The spec and contract an export wrote into metadata_props (None for each one that is absent)."""
     props = {p.key: p.value for p in model.metadata_props}
-    spec = ModelSpec.from_dict(json.loads(props[META_SPEC])) if META_SPEC in props else None
-    contract = PreprocessContract.from_dict(json.loads(props[META_CONTRACT])) if META_CONTRACT in props else None
+    try:
+        spec = ModelSpec.from_dict(json.loads(props[META_SPEC])) if META_SPEC in props else None
+        contract = (PreprocessContract.from_dict(json.loads(props[META_CONTRACT])) if META_CONTRACT in props
+                    else None)
+    except (ValueError, TypeError, KeyError) as exc:   # JSONDecodeError, ContractError, missing fields
+        raise ConversionError(f"ONNX metadata {META_SPEC!r}/{META_CONTRACT!r} is malformed ({exc})") from None
     return spec, contract
+
+
+def spec_from_graph(model: onnx.ModelProto, name: str) -> ModelSpec:
+    """A spec for an ONNX file that carries none: its single input (square NCHW) and its outputs, named and
+    shaped as in the graph. The meaning of an output is unknown unless its name is one the project knows."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    if len(inputs) != 1:
+        raise ConversionError(f"the graph has {len(inputs)} inputs ({[v.name for v in inputs]}); expected one image "
+                              f"input")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or dims[1] != 3 or dims[2] is None or dims[2] != dims[3]:
+        raise ConversionError(f"input '{inputs[0].name}' has shape {dims}; expected [N, 3, S, S] with a fixed size S")
+    known = {"landmarks": "98 points x0,y0,x1,y1,... in [0,1] of the square crop, WFLW order",
+             "pose": "yaw, pitch, roll in radians"}
+    outputs = []
+    for value in model.graph.output:
+        shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim)
+        outputs.append(OutputSpec(value.name, shape[1:], known.get(value.name, "unknown (read from the ONNX graph)")))
+    return ModelSpec(name=name, input_name=inputs[0].name, input_size=int(dims[2]), outputs=tuple(outputs))
 
 
 def export_onnx(module: torch.nn.Module, spec: ModelSpec, contract: PreprocessContract, path: Path,
@@ -66,35 +94,31 @@ def export_onnx(module: torch.nn.Module, spec: ModelSpec, contract: PreprocessCo
         Path(tmp).unlink(missing_ok=True)
     set_metadata(model, spec, contract)
     onnx.checker.check_model(model)
-    _atomic_save_onnx(model, path)
+    save_onnx_atomic(model, path)
     return path
 
 
-def load_onnx(path: Path) -> onnx.ModelProto:
-    """Read and check an ONNX file; anything else is one ConversionError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"{path}: not a file (expected an .onnx model)")
+def load_checked_onnx(path: Path) -> onnx.ModelProto:
+    """Read an ONNX file (onnx_graph.load_onnx: one-line error for a missing, truncated or foreign file) and run
+    onnx.checker on it; a checker failure is one ConversionError naming the file too."""
+    model = load_onnx(path)
     try:
-        model = onnx.load(str(path))
         onnx.checker.check_model(model)
-    except Exception as e:    # protobuf DecodeError, checker ValidationError, ...
+    except Exception as e:    # checker ValidationError, ...
         msg = " ".join(str(e).split())[:200] or type(e).__name__
         raise ConversionError(f"{path}: not a valid ONNX model ({msg})") from None
-    if not model.graph.node:
-        raise ConversionError(f"{path}: not a valid ONNX model (the graph has no nodes)")
     return model
 
 
 def simplify_onnx(src: Path, dst: Path) -> Path:
     """onnxsim as its own stage: constant folding, shape inference, dead-node removal; metadata kept."""
     import onnxsim
-    model = load_onnx(src)
+    model = load_checked_onnx(src)
     simplified, ok = onnxsim.simplify(model)
     if not ok:
         raise ConversionError(f"{src}: onnxsim could not validate the simplified model against the original")
     del simplified.metadata_props[:]
     simplified.metadata_props.extend(model.metadata_props)
     onnx.checker.check_model(simplified)
-    _atomic_save_onnx(simplified, Path(dst))
+    save_onnx_atomic(simplified, Path(dst))
     return Path(dst)

@@ -154,7 +154,7 @@ def predict(ckpt, image, box, out, as_json):
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
 @click.option("--n", type=click.IntRange(min=20), default=2000, show_default=True, help="Synthetic faces.")
-@click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--width", type=float, default=0.25, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @user_errors
@@ -223,7 +223,8 @@ def export_cmd(ckpt, model, width, init, seed, onnx_file, targets, out, opset, f
         source = source_from_onnx(onnx_file, contract_options)
     else:
         source = source_from_random_init(model, width, seed)
-    click.echo(f"export {source.spec.name} {source.spec.options or ''} ({source.record['kind']}) -> {out}")
+    options = " ".join(f"{k}={v}" for k, v in source.spec.options.items())
+    click.echo(f"export {source.spec.name}{' ' + options if options else ''} ({source.record['kind']}) -> {out}")
     result = export(source, targets, out, opset=opset, fp16=fp16, force=force, log=click.echo)
     click.echo(f"done in {result.manifest['export_seconds']:.2f} s: {out} (manifest.json); "
                f"next: pfpld check-parity {out}")

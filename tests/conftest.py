@@ -23,3 +23,23 @@ def prepared_dir(synth_dir, tmp_path_factory) -> Path:
     prepare_dataset(out, wflw=synth_dir / "WFLW", lapa=synth_dir / "LaPa", w300lp=synth_dir / "300W_LP",
                     aflw2000=synth_dir / "AFLW2000", progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def random_export(tmp_path_factory):
+    """`pfpld export --model pfpld --width W --init random --target all` run as a user runs it (a subprocess),
+    once per width per session; returns (export folder, the finished process)."""
+    import subprocess
+    import sys
+    done = {}
+
+    def make(width: float):
+        if width not in done:
+            out = tmp_path_factory.mktemp(f"export_{width}") / "pfpld"
+            proc = subprocess.run([sys.executable, "-m", "pfpld.cli", "export", "--model", "pfpld", "--width",
+                                   str(width), "--init", "random", "--seed", "3", "--target", "all", "--out",
+                                   str(out)], capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, proc.stderr
+            done[width] = (out, proc)
+        return done[width]
+    return make

@@ -215,14 +215,16 @@ def _prototxt_text(net: caffe_pb2.NetParameter, source: str) -> str:
         text_format.MessageToString(structure)
 
 
-def convert_onnx_to_caffe(model: onnx.ModelProto | str | Path, prototxt: Path, caffemodel: Path) -> CaffeConversion:
+def convert_onnx_to_caffe(model: onnx.ModelProto | str | Path, prototxt: Path, caffemodel: Path,
+                          source_name: str | None = None) -> CaffeConversion:
     """Convert an ONNX model to a Caffe 1.0 prototxt + caffemodel.
 
     BatchNormalization directly after a Conv is folded here (fold_batchnorm_into_conv) so callers may pass
     onnxsim output or a raw export alike; other BatchNorms become BatchNorm + Scale. Any op, attribute or
     shape Caffe would compute differently raises ConversionError naming the node, and no file is written.
+    `source_name` is what the prototxt's first comment calls the input (default: its path).
     """
-    source = "<ModelProto>" if isinstance(model, onnx.ModelProto) else str(model)
+    source = source_name or ("<ModelProto>" if isinstance(model, onnx.ModelProto) else str(model))
     prototxt, caffemodel = Path(prototxt), Path(caffemodel)
     folded_model, folded = fold_batchnorm_into_conv(load_onnx(model))
     assert_no_foldable_batchnorm(folded_model)

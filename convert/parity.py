@@ -1,0 +1,503 @@
+"""`pfpld check-parity`: the same inputs through every stage of an export (torch -> onnx -> onnxsim -> caffe ->
+ncnn), each stage compared with the reference (torch, or the ONNX file for a user's ONNX) by output name.
+
+Inputs are N random tensors over the contract's value range plus N real-looking face crops (synthetic faces cut
+with the contract's crop rule, or a folder of the user's). A stage that misses its tolerance is localised: its
+intermediate tensors are compared with the previous stage's by name (ONNX tensor names through onnxruntime,
+Caffe blobs through the converter's name map, ncnn blobs by matching each one to the ONNX tensor holding the
+same values) and the first layer that diverges is named. Results: a table, parity.md with a picture of every
+stage's landmarks on the same faces, and the verdict in manifest.json.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pfpld.contract import PreprocessContract
+from pfpld.errors import ConversionError, InputError
+from pfpld.metrics import nme_per_face
+from pfpld.models.spec import ModelSpec
+
+from .export import MANIFEST, read_manifest, sha256_of, stage_file, write_json_atomic
+from .runtimes import CaffeRunner, NcnnRunner, OnnxRunner, Runner, TorchRunner
+
+FP32_MAX_ABS = 1e-5           # landmarks in [0,1] of the crop, pose in radians
+FP16_MAX_ABS = 1e-2           # ncnn fp16 (pnnx's own whole-model threshold): 1.1 px at 112 px, 0.57 degrees
+LAYER_REL_FP32 = 1e-4         # an intermediate tensor "diverges" above this x max(1, max |reference|)
+LAYER_REL_FP16 = 2e-2
+CHAIN = ("torch", "onnx", "onnxsim", "caffe", "ncnn")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+
+
+# --- inputs -----------------------------------------------------------------------------------------------------
+@dataclass
+class ParityInputs:
+    x: np.ndarray                   # (N, 3, S, S) float32, random inputs first, then faces
+    n_random: int
+    faces: str                      # where the face crops came from
+
+    @property
+    def face_slice(self) -> slice:
+        return slice(self.n_random, len(self.x))
+
+
+def random_inputs(contract: PreprocessContract, n: int, seed: int) -> np.ndarray:
+    """Uniform over what the contract can produce from 8-bit pixels: (0..255 - mean) x scale per channel."""
+    rng = np.random.default_rng(seed)
+    low = (0.0 - np.asarray(contract.mean, dtype=np.float64)) * contract.scale
+    high = (255.0 - np.asarray(contract.mean, dtype=np.float64)) * contract.scale
+    size = contract.input_size
+    u = rng.random((n, 3, size, size))     # mean is in the network's channel order (to_tensor_layout)
+    return (low[None, :, None, None] + u * (high - low)[None, :, None, None]).astype(np.float32)
+
+
+def synthetic_face_crops(contract: PreprocessContract, n: int, seed: int) -> list[np.ndarray]:
+    """BGR crops of synthetic faces rendered by the project's generator, cut with the contract from their box."""
+    from pfpld.data.synthetic import render_face
+    rng = np.random.default_rng(seed)
+    crops = []
+    for _ in range(n):
+        face = render_face(rng, image_size=2 * contract.input_size + 32)
+        crop, _ = contract.crop_image(face.image, face.box)
+        crops.append(crop)
+    return crops
+
+
+def folder_face_crops(folder: Path, contract: PreprocessContract, n: int) -> list[np.ndarray]:
+    """Face crops from a folder: a prepared dataset (index.jsonl: its test split's contract crops), images with
+    a boxes.txt (`file x1 y1 x2 y2` per line, cut with the contract), or square crops (resized to the input
+    size when they are not already)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder (expected face crops, images with boxes.txt, or a prepared "
+                         f"dataset)")
+    size = contract.input_size
+    if (folder / "index.jsonl").is_file():
+        from pfpld.data.dataset import PreparedFaces
+        faces = PreparedFaces(folder, "test")
+        crops = []
+        for i in range(min(n, len(faces))):
+            stored = faces.load_crop(i)
+            offset = (faces.crop_size_px - size) // 2
+            crops.append(stored[offset:offset + size, offset:offset + size])
+        return crops
+    if (folder / "boxes.txt").is_file():
+        crops = []
+        for number, line in enumerate((folder / "boxes.txt").read_text().splitlines(), start=1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            fields = line.split()
+            try:
+                box = tuple(float(v) for v in fields[1:5])
+                if len(fields) != 5:
+                    raise ValueError
+            except ValueError:
+                raise InputError(f"{folder / 'boxes.txt'}:{number}: expected 'file x1 y1 x2 y2'") from None
+            image = _read_image(folder / fields[0])
+            crops.append(contract.crop_image(image, box)[0])
+            if len(crops) == n:
+                break
+        return crops
+    crops = []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:n]:
+        image = _read_image(path)
+        if image.shape[0] != image.shape[1]:
+            raise InputError(f"{path}: {image.shape[1]}x{image.shape[0]} is not a square face crop (give "
+                             f"boxes.txt for whole images)")
+        if image.shape[0] != size:
+            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+        crops.append(image)
+    if not crops:
+        raise InputError(f"{folder}: no images (png, jpg, bmp), boxes.txt or index.jsonl")
+    return crops
+
+
+def _read_image(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(f"{path}: not a readable image")
+    return image
+
+
+def crop_from_input(contract: PreprocessContract, x: np.ndarray) -> np.ndarray:
+    """A network input back to the BGR uint8 crop it was made from (for drawing)."""
+    img = x.transpose(1, 2, 0) / np.float32(contract.scale) + np.asarray(contract.mean, dtype=np.float32)
+    img = np.clip(np.round(img), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(img[:, :, ::-1] if contract.color_order == "RGB" else img)
+
+
+def build_inputs(contract: PreprocessContract, n: int, images: Path | None, seed: int) -> ParityInputs:
+    crops = (folder_face_crops(images, contract, n) if images is not None
+             else synthetic_face_crops(contract, n, seed))
+    faces = np.stack([contract.to_tensor_layout(c) for c in crops]) if crops else np.zeros((0, 3, contract.input_size,
+                                                                                            contract.input_size))
+    x = np.concatenate([random_inputs(contract, n, seed), faces.astype(np.float32)])
+    what = str(images) if images is not None else f"{len(crops)} synthetic faces (render_face, seed {seed})"
+    return ParityInputs(x=x, n_random=n, faces=what)
+
+
+# --- the stages of an export ------------------------------------------------------------------------------------
+@dataclass
+class ExportFolder:
+    folder: Path
+    manifest: dict
+    spec: ModelSpec
+    contract: PreprocessContract
+
+    @classmethod
+    def open(cls, folder: Path) -> "ExportFolder":
+        manifest = read_manifest(folder)
+        return cls(Path(folder), manifest, ModelSpec.from_dict(manifest["spec"]),
+                   PreprocessContract.from_dict(manifest["contract"]))
+
+    def file(self, role: str) -> Path | None:
+        path = stage_file(self.folder, self.manifest, role)
+        if path is not None and not path.is_file():
+            raise ConversionError(f"{path}: listed in {MANIFEST} but missing")
+        return path
+
+    def stages(self) -> list[str]:
+        present = {s["name"] for s in self.manifest["stages"]}
+        return [s for s in CHAIN if s in present]
+
+    @property
+    def ncnn_fp16(self) -> bool:
+        return bool(self.manifest.get("fp16"))
+
+    def modified_files(self) -> list[str]:
+        """Files whose sha256 no longer matches the manifest (edited after export)."""
+        changed = []
+        for name, record in self.manifest["files"].items():
+            path = self.folder / name
+            if not path.is_file() or sha256_of(path) != record["sha256"]:
+                changed.append(name)
+        return changed
+
+    def runner(self, stage: str, threads: int = 1) -> Runner:
+        if stage == "torch":
+            from pfpld.checkpoint import load_model
+            module, _ = load_model(self.file("torch"))
+            return TorchRunner(module, self.spec.output_names, threads=threads)
+        if stage in ("onnx", "onnxsim"):
+            return OnnxRunner(self.file(stage), threads=threads)
+        if stage == "caffe":
+            return CaffeRunner(self.file("caffe.prototxt"), self.file("caffe.caffemodel"),
+                               self.file("caffe.names"), threads=threads)
+        if stage == "ncnn":
+            return NcnnRunner(self.file("ncnn.param"), self.file("ncnn.bin"), self.file("ncnn.names"),
+                              threads=threads)
+        raise ValueError(stage)
+
+
+# --- comparing ---------------------------------------------------------------------------------------------------
+@dataclass
+class StageParity:
+    stage: str
+    reference: str                          # the stage compared against ("" for the reference itself)
+    tolerance: float | None = None
+    max_abs: float | None = None
+    mean_abs: float | None = None
+    cosine: float | None = None             # smallest per-input cosine of all outputs concatenated
+    nme: float | None = None                # landmark NME vs the reference (inter-ocular of the reference)
+    pose_deg: float | None = None           # largest |pose difference| in degrees
+    per_output_max_abs: dict = field(default_factory=dict)
+    verdict: str = "reference"              # reference | pass | FAIL | ERROR
+    first_divergence: str | None = None
+    error: str | None = None
+    outputs: dict = field(default_factory=dict, repr=False)    # name -> (N, ...) values, not serialised
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict in ("FAIL", "ERROR")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("outputs")
+        return d
+
+
+def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], face_slice: slice,
+                    tolerance: float) -> dict:
+    """Metrics of a stage's outputs against the reference's, by output name."""
+    missing = set(reference) - set(candidate)
+    if missing:
+        raise ConversionError(f"outputs {sorted(missing)} are missing (has {sorted(candidate)})")
+    n = next(iter(reference.values())).shape[0]
+    per_output, diffs, passed = {}, [], True
+    ref_flat, cand_flat = [], []
+    for name, ref in reference.items():
+        ref2 = ref.reshape(n, -1).astype(np.float64)
+        got = candidate[name].reshape(n, -1).astype(np.float64)
+        if got.shape != ref2.shape:
+            raise ConversionError(f"output {name!r} has {got.shape[1]} values per input, reference {ref2.shape[1]}")
+        diff = np.abs(got - ref2)
+        per_output[name] = float(diff.max())
+        diffs.append(diff.reshape(-1))
+        ref_flat.append(ref2)
+        cand_flat.append(got)
+        # Landmarks ([0,1]) and pose (radians) have an absolute tolerance; an output of unknown meaning is
+        # judged relative to its magnitude when that exceeds 1.
+        known = name in ("landmarks", "pose")
+        limit = tolerance if known else tolerance * max(1.0, float(np.abs(ref2).max()))
+        passed &= per_output[name] <= limit
+    a, b = np.concatenate(ref_flat, axis=1), np.concatenate(cand_flat, axis=1)
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    metrics = {"max_abs": float(max(d.max() for d in diffs)), "mean_abs": float(np.concatenate(diffs).mean()),
+               "cosine": float(cos.min()), "per_output_max_abs": per_output, "passed": bool(passed)}
+    if "landmarks" in reference and reference["landmarks"][0].size == 196:      # 98 (x, y) points
+        rows = face_slice if face_slice.stop > face_slice.start else slice(None)
+        ref_points = reference["landmarks"][rows].reshape(-1, 98, 2)
+        got_points = candidate["landmarks"][rows].reshape(-1, 98, 2)
+        metrics["nme"] = float(np.nanmean(nme_per_face(got_points, ref_points)))
+    if "pose" in reference and reference["pose"][0].size == 3:
+        metrics["pose_deg"] = float(np.degrees(np.abs(candidate["pose"].reshape(n, 3).astype(np.float64)
+                                                      - reference["pose"].reshape(n, 3))).max())
+    return metrics
+
+
+def _diverges(ref: np.ndarray, got: np.ndarray, rel: float) -> tuple[bool, float]:
+    diff = float(np.abs(ref.reshape(-1).astype(np.float64) - got.reshape(-1)).max()) if ref.size else 0.0
+    scale = max(1.0, float(np.abs(ref).max())) if ref.size else 1.0
+    return diff > rel * scale, diff / scale
+
+
+def localize_by_name(previous: OnnxRunner, current: Runner, names: list[str], x1: np.ndarray, rel: float,
+                     describe) -> str:
+    """First tensor (in the previous stage's graph order) whose values differ between the two stages."""
+    if not names:
+        return "no intermediate tensor is shared with the previous stage"
+    ref = previous.run_intermediates(x1, names)
+    got = current.run_intermediates(x1, names)
+    worst = (0.0, names[0])
+    for name in names:
+        bad, relative = _diverges(ref[name], got[name], rel)
+        if bad:
+            return f"first diverging layer: {describe(name)} (relative max abs diff {relative:.3g})"
+        worst = max(worst, (relative, name))
+    return (f"no single layer diverges from the previous stage (largest relative diff {worst[0]:.3g} at "
+            f"{describe(worst[1])}): the difference accumulates over layers or comes from an earlier stage")
+
+
+def localize_ncnn(previous: OnnxRunner, current: NcnnRunner, x1: np.ndarray, rel: float) -> str:
+    """ncnn blobs have pnnx's numbers, not ONNX names: each blob is matched to the ONNX tensor of the same size
+    holding the closest values; the first ncnn layer (file order) whose blob matches none is named."""
+    onnx_names = previous.tensor_names()
+    ref = previous.run_intermediates(x1, onnx_names)
+    by_size: dict[int, list[str]] = {}
+    for name, value in ref.items():
+        by_size.setdefault(value.size, []).append(name)
+    layers = [layer for layer in current.layers if layer.type not in ("Input", "Split") and layer.tops]
+    blobs = [layer.tops[0] for layer in layers]
+    got = current.run_intermediates(x1, blobs)
+    worst = (0.0, "", "")
+    for layer, blob in zip(layers, blobs):
+        candidates = by_size.get(got[blob].size, [])
+        if not candidates:
+            continue
+        relative, nearest = min((_diverges(ref[n], got[blob], rel)[1], n) for n in candidates)
+        if relative > rel:
+            return (f"first diverging layer: ncnn {layer.type} '{layer.name}' (blob {blob}; nearest ONNX tensor "
+                    f"'{nearest}', relative max abs diff {relative:.3g})")
+        worst = max(worst, (relative, layer.name, nearest))
+    return (f"no single ncnn layer diverges from the ONNX model (largest relative diff {worst[0]:.3g} at "
+            f"'{worst[1]}'): the difference accumulates over layers or comes from an earlier stage")
+
+
+def localize(export: ExportFolder, stage: str, runners: dict[str, Runner], x1: np.ndarray, rel: float) -> str:
+    if stage == "onnx":
+        return "no shared tensor names between torch and ONNX: compare the ONNX graph with the module by hand"
+    previous_stage = "onnx" if stage == "onnxsim" else "onnxsim"
+    previous = runners.get(previous_stage)
+    if not isinstance(previous, OnnxRunner):
+        return f"previous stage {previous_stage} unavailable"
+    current = runners[stage]
+    if isinstance(current, NcnnRunner):
+        return localize_ncnn(previous, current, x1, rel)
+    graph_order = previous.tensor_names()
+    if isinstance(current, CaffeRunner):
+        names = [n for n in graph_order if n in current.blob_map or n in current.outputs]
+        return localize_by_name(previous, current, names, x1, rel,
+                                lambda n: f"Caffe layer '{current.blob_of(n)}' (ONNX tensor '{n}')")
+    assert isinstance(current, OnnxRunner)
+    shared = set(current.tensor_names())
+    return localize_by_name(previous, current, [n for n in graph_order if n in shared], x1, rel,
+                            lambda n: f"ONNX tensor '{n}'")
+
+
+# --- the report ----------------------------------------------------------------------------------------------------
+@dataclass
+class ParityReport:
+    folder: Path
+    rows: list[StageParity]
+    inputs: str
+    n_random: int
+    n_faces: int
+    modified_files: list[str]
+    checked: str
+    picture: Path | None = None
+    markdown: Path | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not any(r.failed for r in self.rows)
+
+    @property
+    def verdict(self) -> str:
+        return "pass" if self.passed else "fail"
+
+    def table_rows(self) -> list[list[str]]:
+        def num(v, fmt="{:.3g}"):
+            return "-" if v is None else fmt.format(v)
+        rows = []
+        for r in self.rows:
+            rows.append([r.stage, r.reference or "-", num(r.max_abs, "{:.2e}"), num(r.mean_abs, "{:.2e}"),
+                         num(r.cosine, "{:.9f}"), num(r.nme, "{:.2e}"), num(r.pose_deg, "{:.2e}"),
+                         num(r.tolerance, "{:.0e}"), r.verdict])
+        return rows
+
+    HEADER = ["stage", "vs", "max abs diff", "mean abs diff", "cosine (min)", "landmark NME", "pose diff (deg)",
+              "tolerance", "verdict"]
+
+    def notes(self) -> list[str]:
+        lines = []
+        for r in self.rows:
+            if r.error:
+                lines.append(f"{r.stage}: {r.error}")
+            if r.first_divergence:
+                lines.append(f"{r.stage}: {r.first_divergence}")
+        if self.modified_files:
+            lines.append(f"files changed since export (sha256 differs from {MANIFEST}): "
+                         f"{', '.join(self.modified_files)}")
+        return lines
+
+    def table(self) -> str:
+        rows = [self.HEADER] + self.table_rows()
+        widths = [max(len(row[i]) for row in rows) for i in range(len(self.HEADER))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        lines.append(f"inputs: {self.n_random} random + {self.n_faces} face crops ({self.inputs}); "
+                     f"verdict: {self.verdict.upper()}")
+        return "\n".join(lines + self.notes())
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.verdict, "checked": self.checked, "inputs": {"random": self.n_random,
+                "faces": self.n_faces, "faces_from": self.inputs},
+                "tolerance": {"fp32_max_abs": FP32_MAX_ABS, "fp16_max_abs": FP16_MAX_ABS,
+                              "applies_to": "landmarks ([0,1]) and pose (radians), absolute; other outputs "
+                                            "x max(1, max |reference|)"},
+                "stages": [r.to_dict() for r in self.rows], "modified_files": self.modified_files,
+                "report": self.markdown.name if self.markdown else None,
+                "picture": self.picture.name if self.picture else None}
+
+    def to_markdown(self) -> str:
+        lines = [f"# Parity of {self.folder.name}", "",
+                 f"Checked {self.checked}: {self.n_random} random inputs and {self.n_faces} face crops "
+                 f"({self.inputs}), each stage against `{self.rows[0].stage}` by output name.", "",
+                 "| " + " | ".join(self.HEADER) + " |", "|" + "---|" * len(self.HEADER)]
+        lines += ["| " + " | ".join(row) + " |" for row in self.table_rows()]
+        lines += ["", f"**Verdict: {self.verdict.upper()}.** Tolerance: max abs diff {FP32_MAX_ABS:g} for fp32 "
+                  f"stages and {FP16_MAX_ABS:g} for an fp16 ncnn model, on landmarks ([0,1] of the crop) and pose "
+                  f"(radians); NME is normalised by the inter-ocular distance of the reference's prediction."]
+        notes = self.notes()
+        if notes:
+            lines += [""] + [f"- {n}" for n in notes]
+        if self.picture:
+            lines += ["", f"![landmarks of every stage]({self.picture.name})", "",
+                      "Each row is one face, each column one stage's landmarks on it."]
+        return "\n".join(lines) + "\n"
+
+
+def draw_stages(contract: PreprocessContract, faces: np.ndarray, rows: list[StageParity], path: Path,
+                max_faces: int = 4, zoom: int = 2) -> Path | None:
+    """A grid: one face per row, one stage per column, each with that stage's landmarks."""
+    stages = [r for r in rows if "landmarks" in r.outputs]
+    if not len(faces) or not stages:
+        return None
+    size = contract.input_size * zoom
+    header = 24
+    grid = np.full((header + size * min(max_faces, len(faces)), size * len(stages), 3), 255, np.uint8)
+    for col, row in enumerate(stages):
+        cv2.putText(grid, row.stage, (col * size + 6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+        for i, x in enumerate(faces[:max_faces]):
+            tile = cv2.resize(crop_from_input(contract, x), (size, size), interpolation=cv2.INTER_LINEAR)
+            points = row.outputs["landmarks"][i].reshape(-1, 2) * size
+            colour = (0, 200, 0) if not row.failed else (0, 0, 255)
+            for px, py in points:
+                if np.isfinite(px) and np.isfinite(py) and -size < px < 2 * size and -size < py < 2 * size:
+                    cv2.circle(tile, (int(round(px)), int(round(py))), 2, colour, -1, cv2.LINE_AA)
+            grid[header + i * size:header + (i + 1) * size, col * size:(col + 1) * size] = tile
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    if not cv2.imwrite(str(tmp), grid):
+        raise ConversionError(f"{path}: could not write the picture")
+    tmp.replace(path)
+    return path
+
+
+def check_parity(export_dir: Path, images: Path | None = None, n: int = 8, seed: int = 0, threads: int = 1,
+                 write: bool = True) -> ParityReport:
+    """Run every stage of the export on the same inputs; returns the report (and, with write, updates
+    manifest.json and writes parity.md + parity.png in the export folder)."""
+    export = ExportFolder.open(Path(export_dir))
+    inputs = build_inputs(export.contract, n, images, seed)
+    stages = export.stages()
+    runners: dict[str, Runner] = {}
+    rows: list[StageParity] = []
+    reference: StageParity | None = None
+    for stage in stages:
+        fp16 = stage == "ncnn" and export.ncnn_fp16
+        tolerance = FP16_MAX_ABS if fp16 else FP32_MAX_ABS
+        try:
+            runners[stage] = export.runner(stage, threads)
+            outputs = runners[stage].run(inputs.x)
+        except Exception as exc:   # a stage that cannot even run is a failed stage, not a crash
+            message = " ".join(str(exc).split())[:300] or type(exc).__name__
+            rows.append(StageParity(stage, reference.stage if reference else "", tolerance, verdict="ERROR",
+                                    error=f"cannot run: {message}"))
+            continue
+        if reference is None:
+            reference = StageParity(stage, "", outputs=outputs)
+            rows.append(reference)
+            continue
+        row = StageParity(stage, reference.stage, tolerance, outputs=outputs)
+        try:
+            m = compare_outputs(reference.outputs, outputs, inputs.face_slice, tolerance)
+        except ConversionError as exc:
+            row.verdict, row.error = "ERROR", str(exc)
+            rows.append(row)
+            continue
+        row.max_abs, row.mean_abs, row.cosine = m["max_abs"], m["mean_abs"], m["cosine"]
+        row.nme, row.pose_deg, row.per_output_max_abs = m.get("nme"), m.get("pose_deg"), m["per_output_max_abs"]
+        row.verdict = "pass" if m["passed"] else "FAIL"
+        if not m["passed"]:
+            worst = int(np.argmax(sum(np.abs(outputs[k].reshape(len(inputs.x), -1) -
+                                             reference.outputs[k].reshape(len(inputs.x), -1)).max(1)
+                                      for k in reference.outputs)))
+            try:
+                row.first_divergence = localize(export, stage, runners, inputs.x[worst:worst + 1],
+                                                LAYER_REL_FP16 if fp16 else LAYER_REL_FP32)
+            except Exception as exc:   # localisation is a diagnosis: its failure must not hide the verdict
+                row.first_divergence = f"could not localise ({type(exc).__name__}: {str(exc)[:200]})"
+        rows.append(row)
+    report = ParityReport(folder=export.folder, rows=rows, inputs=inputs.faces, n_random=inputs.n_random,
+                          n_faces=len(inputs.x) - inputs.n_random, modified_files=export.modified_files(),
+                          checked=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    if write:
+        report.picture = draw_stages(export.contract, inputs.x[inputs.face_slice], rows,
+                                     export.folder / "parity.png")
+        report.markdown = export.folder / "parity.md"
+        tmp = report.markdown.with_name(".parity.md.tmp")
+        tmp.write_text(report.to_markdown())
+        tmp.replace(report.markdown)
+        manifest = read_manifest(export.folder)
+        manifest["parity"] = report.to_dict()
+        write_json_atomic(export.folder / MANIFEST, manifest)
+    return report
+
+
+def write_report_json(report: ParityReport, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, report.to_dict())
