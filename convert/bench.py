@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from pfpld.fileio import write_text_atomic
+
 PFPLD_1X_MACS = 433.6e6          # the issue's figure, checked against the graph count below
 TARGETS = {                      # issue 3, "Benchmark": reference PFPLD measured on the project's machines
     "onnxruntime_1x_1t_ms": 5.7,
@@ -288,11 +290,8 @@ def markdown(results: list[dict], peak: float | None, peak_how: str, load: tuple
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("bench/results_export.md"))
-    parser.add_argument("--widths", default="1.0,0.25")
-    args = parser.parse_args(argv)
+def run_export_benchmark(widths=(1.0, 0.25), log=print) -> str:
+    """Measure everything this module benchmarks and return the markdown section."""
     warnings.filterwarnings("ignore")
     cpu = platform.processor() or platform.machine()
     try:
@@ -304,13 +303,18 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="pfpld-bench-") as tmp:
         work = Path(tmp)
         peak, how = fma_peak_gflops(work)
-        print(f"FMA peak: {peak} GFLOP/s ({how})")
-        results = [bench_width(float(w), work) for w in args.widths.split(",")]
-    text = markdown(results, peak, how, (load_before, os.getloadavg()[0]), cpu)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_name(args.out.name + ".tmp")
-    tmp_out.write_text(text)
-    tmp_out.replace(args.out)
+        log(f"FMA peak: {peak} GFLOP/s ({how})")
+        results = [bench_width(float(w), work, log=log) for w in widths]
+    return markdown(results, peak, how, (load_before, os.getloadavg()[0]), cpu)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/results_export.md"))
+    parser.add_argument("--widths", default="1.0,0.25")
+    args = parser.parse_args(argv)
+    text = run_export_benchmark(tuple(float(w) for w in args.widths.split(",")))
+    write_text_atomic(args.out, text)
     print(text)
     print(f"wrote {args.out}")
 

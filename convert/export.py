@@ -27,6 +27,7 @@ import torch
 from pfpld.checkpoint import load_model, save_checkpoint
 from pfpld.contract import PreprocessContract
 from pfpld.errors import ConversionError, PfpldError
+from pfpld.fileio import swap_in_folder, write_json_atomic
 from pfpld.models import build_model
 from pfpld.models.spec import ModelSpec
 
@@ -313,35 +314,10 @@ def check_out_folder(out: Path, force: bool) -> None:
                               f"refusing to replace it")
 
 
-def replace_folder(tmp: Path, out: Path) -> None:
-    """Move the finished `tmp` to `out`; a previous export is deleted only once the new one is in place."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
-        out.rename(old)
-        try:
-            tmp.rename(out)
-        except BaseException:
-            old.rename(out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
-
-
 def file_records(folder: Path, stages: list[StageRecord]) -> dict[str, dict]:
     stage_of = {name: s.name for s in stages for name in s.files.values()}
     return {p.name: {"sha256": sha256_of(p), "size": p.stat().st_size, "stage": stage_of.get(p.name)}
             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "x") as handle:
-            handle.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_manifest(folder: Path) -> dict:
@@ -407,7 +383,7 @@ def export(source: ExportSource, targets, out: Path, *, opset: int = DEFAULT_OPS
         }
         write_json_atomic(tmp / MANIFEST, manifest)
         check_out_folder(out, force)        # someone may have written there meanwhile
-        replace_folder(tmp, out)
+        swap_in_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

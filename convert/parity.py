@@ -22,7 +22,9 @@ from pfpld.errors import ConversionError, InputError
 from pfpld.metrics import nme_per_face
 from pfpld.models.spec import ModelSpec
 
-from .export import MANIFEST, read_manifest, sha256_of, stage_file, write_json_atomic
+from pfpld.fileio import write_json_atomic
+
+from .export import MANIFEST, read_manifest, sha256_of, stage_file
 from .runtimes import CaffeRunner, NcnnRunner, OnnxRunner, Runner, TorchRunner
 
 FP32_MAX_ABS = 1e-5           # landmarks in [0,1] of the crop, pose in radians

@@ -1,8 +1,9 @@
-"""`make bench`: throughput numbers of this machine, written as a markdown table (bench/results.md).
+"""`make bench`: throughput and latency numbers of this machine, written as markdown (bench/results.md).
 
 Training images/s (forward + backward + Adam step) for PFPLD width 1.0 and 0.25, the data loader's images/s
 with the training augmentation, and their ratio (above 1: the loader keeps up with training). Targets live
-here, never in timed tests.
+here, never in timed tests. The export section (stage times, runtime latencies, % of FMA peak) comes from
+convert/bench.py.
 """
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ def loader_images_per_s(data: Path, workers: int, batch_size: int = 64, batches:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, default=Path("bench/results.md"))
+    ap.add_argument("--training-only", action="store_true", help="Skip the export and runtime latency section.")
     args = ap.parse_args(argv)
     threads = torch.get_num_threads()
     rows = []
@@ -85,8 +87,13 @@ def main(argv=None) -> None:
              f"| width {w} | {best_loader / ips:.2f} |" for w, ips in trains.items()] + [
              "", "A ratio above 1 means the loader outpaces training on its own; during training they share "
              "the same cores."]
-    write_text_atomic(args.out, "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = "\n".join(lines) + "\n"
+    if not args.training_only:
+        from convert.bench import run_export_benchmark     # the application layer may use every package
+        text += "\n" + run_export_benchmark()
+    write_text_atomic(args.out, text)
+    print(text)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -161,7 +161,10 @@ def predict(ckpt, image, box, out, as_json):
 def demo(out, n, epochs, width, seed):
     """The main job on built-in data: synth -> prepare-data -> train -> eval -> predict."""
     from .demo import run_demo
-    run_demo(out, n=n, epochs=epochs, width=width, seed=seed)
+    result = run_demo(out, n=n, epochs=epochs, width=width, seed=seed)
+    if result["parity"]["verdict"] != "pass":
+        click.secho("parity check failed: see the export's parity.md", fg="red", err=True)
+        sys.exit(1)
 
 
 def _parse_mean(text: str | None) -> tuple[float, float, float] | None:

@@ -54,25 +54,46 @@ def predict_heldout(model, contract, out: Path, seed: int, n: int = 6) -> dict:
             "pose_abs_err_deg_mean": float(np.mean(pose_errs))}
 
 
-def run_demo(out: Path, n: int = 2000, epochs: int = 12, width: float = 0.25, seed: int = 0,
+def demo_report(out: Path, report, heldout: dict, exported, parity, timings: dict) -> str:
+    """One markdown page a person reads: what was trained, how well, what was exported, and the parity proof."""
+    rel = lambda p: Path(p).relative_to(out).as_posix()   # noqa: E731
+    parity_lines = ["| " + " | ".join(parity.HEADER) + " |", "|" + "---|" * len(parity.HEADER)]
+    parity_lines += ["| " + " | ".join(row) + " |" for row in parity.table_rows()]
+    return "\n".join([
+        "# pfpld demo", "",
+        f"Synthetic faces -> prepared crops -> PFPLD training -> evaluation -> export -> parity, in "
+        f"{sum(timings.values()):.0f} s.", "",
+        "## Evaluation on the held-out test split", "", "```", report.table(), "```", "",
+        f"Training curves: ![curves]({rel(out / 'run' / 'curves.png')})", "",
+        "## Predictions on held-out faces (green: model, red: truth)", "",
+        f"Mean NME {100 * heldout['nme_mean']:.2f}%, mean |pose error| {heldout['pose_abs_err_deg_mean']:.1f} deg.", "",
+        f"![predictions]({rel(out / 'predict.png')})", "",
+        "## Export", "", "```", exported.table(), "```", "",
+        f"## Parity: **{parity.verdict.upper()}**", "", *parity_lines, "",
+        *[f"- {n}" for n in parity.notes()],
+        f"![every stage's landmarks]({rel(parity.picture)})" if parity.picture else "", "",
+        "## Time per step (s)", "", *[f"- {k[:-2]}: {v:.1f}" for k, v in timings.items()], ""])
+
+
+def run_demo(out: Path, n: int = 2000, epochs: int = 20, width: float = 0.25, seed: int = 0,
              batch_size: int = 64, lr: float = 3e-3, workers: int = 1) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
 
-    t = _step(f"1/5 synth: {n} synthetic faces in the WFLW, LaPa, 300W-LP and AFLW2000 formats")
+    t = _step(f"1/7 synth: {n} synthetic faces in the WFLW, LaPa, 300W-LP and AFLW2000 formats")
     synth_dir = out / "synth"
     click.echo(generate_dataset(synth_dir, n=n, seed=seed).table())
     timings["synth_s"] = time.perf_counter() - t
 
-    t = _step("2/5 prepare-data: contract crops + index")
+    t = _step("2/7 prepare-data: contract crops + index")
     data_dir = out / "prepared"
     summary = prepare_dataset(data_dir, wflw=synth_dir / "WFLW", lapa=synth_dir / "LaPa",
                               w300lp=synth_dir / "300W_LP", aflw2000=synth_dir / "AFLW2000")
     click.echo(summary.table())
     timings["prepare_s"] = time.perf_counter() - t
 
-    t = _step(f"3/5 train: PFPLD width {width}, {epochs} epochs")
+    t = _step(f"3/7 train: PFPLD width {width}, {epochs} epochs")
     run_dir = out / "run"
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -81,30 +102,47 @@ def run_demo(out: Path, n: int = 2000, epochs: int = 12, width: float = 0.25, se
     train(cfg)
     timings["train_s"] = time.perf_counter() - t
 
-    t = _step("4/5 eval on the held-out test split (best.pt)")
+    t = _step("4/7 eval on the held-out test split (best.pt)")
     model, record = load_model(run_dir / "best.pt")
     report = evaluate_model(model, data_dir, "test", contract=record.contract, progress=True)
     click.echo(report.table())
     write_text_atomic(out / "eval.json", report.to_json())
     timings["eval_s"] = time.perf_counter() - t
 
-    t = _step("5/5 predict on held-out synthetic images")
+    t = _step("5/7 predict on held-out synthetic images")
     heldout = predict_heldout(model, record.contract, out, seed)
     click.echo(f"held-out faces: mean NME {100 * heldout['nme_mean']:.2f}%, mean |pose error| "
                f"{heldout['pose_abs_err_deg_mean']:.1f} deg; `pfpld predict` command for the first one:")
     click.echo(f"  pfpld predict {run_dir / 'best.pt'} {heldout['image']} --box {heldout['box']} --out predict_1.png")
     timings["predict_s"] = time.perf_counter() - t
 
-    result = {"eval": report.to_dict(), "heldout": heldout,
+    t = _step("6/7 export: onnx -> onnxsim -> caffe (BatchNorm merged) -> ncnn")
+    from convert.export import export, source_from_checkpoint    # the demo is the application layer
+    from convert.parity import check_parity
+    export_dir = out / "export"
+    exported = export(source_from_checkpoint(run_dir / "best.pt"), ["all"], export_dir, force=True)
+    click.echo(exported.table())
+    timings["export_s"] = time.perf_counter() - t
+
+    t = _step("7/7 check-parity: every stage against PyTorch, random inputs + held-out face crops")
+    parity = check_parity(export_dir, images=data_dir, n=8, seed=seed)
+    click.echo(parity.table())
+    timings["parity_s"] = time.perf_counter() - t
+
+    result = {"eval": report.to_dict(), "heldout": heldout, "export": str(export_dir),
+              "parity": parity.to_dict(),
               "timings_s": timings, "checkpoint": str(run_dir / "best.pt")}
     write_text_atomic(out / "demo.json", json.dumps(result, indent=2))
+    write_text_atomic(out / "REPORT.md", demo_report(out, report, heldout, exported, parity, timings))
     click.secho("\n== results", bold=True)
     for label, path in [("synthetic data + contact sheet", synth_dir / "preview.png"),
                         ("prepared dataset", data_dir / "index.jsonl"),
-                        ("checkpoints", run_dir / "best.pt"), ("training curve", run_dir / "metrics.csv"),
+                        ("checkpoints", run_dir / "best.pt"), ("training metrics per epoch", run_dir / "metrics.csv"),
                         ("training curves", run_dir / "curves.png"), ("metrics", out / "eval.json"),
                         ("predictions (green) vs truth (red)", out / "predict.png"),
-                        ("summary", out / "demo.json")]:
-        click.echo(f"  {label:<32} {path}")
+                        ("export (onnx, caffe, ncnn + manifest)", export_dir / "manifest.json"),
+                        ("parity report", export_dir / "parity.md"),
+                        ("the whole story", out / "REPORT.md"), ("summary", out / "demo.json")]:
+        click.echo(f"  {label:<40} {path}")
     click.echo(f"  total {sum(timings.values()):.0f} s")
     return result

@@ -26,3 +26,27 @@ def atomic_path(path: Path):
 def write_text_atomic(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: Path, data) -> None:
+    import json
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def swap_in_folder(tmp: Path, out: Path) -> None:
+    """Move the finished folder `tmp` to `out`. A folder already at `out` (the caller has checked it may be
+    replaced) is set aside first and deleted only once the new one is in place; on failure it is put back."""
+    import secrets
+    import shutil
+    tmp, out = Path(tmp), Path(out)
+    if not out.exists():
+        tmp.rename(out)
+        return
+    old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
+    out.rename(old)
+    try:
+        tmp.rename(out)
+    except BaseException:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

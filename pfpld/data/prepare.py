@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..contract import ContractError, PreprocessContract, landmark_box
+from ..fileio import swap_in_folder
 from ..landmarks import NUM_POINTS
 from .record import DatasetError, FaceRecord
 from .sources import iter_300wlp, iter_aflw2000, iter_lapa, iter_wflw
@@ -181,21 +182,7 @@ def check_replaceable(out: Path) -> None:
 def replace_folder(tmp: Path, out: Path) -> None:
     """Move the finished `tmp` to `out`; an old prepared dataset is removed only once the new one is in place."""
     check_replaceable(out)
-    if not out.exists():
-        tmp.rename(out)
-        return
-    if not is_prepared(out):                    # an empty folder
-        out.rmdir()
-        tmp.rename(out)
-        return
-    old = out.parent / f"{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}"   # unique: borrows tmp's random part
-    out.rename(old)
-    try:
-        tmp.rename(out)
-    except BaseException:
-        old.rename(out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in_folder(tmp, out)
 
 
 def write_faces(tmp: Path, streams: list[SourceStream], contract: PreprocessContract, context: float,

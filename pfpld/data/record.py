@@ -13,7 +13,7 @@ import numpy as np
 WFLW_ATTRIBUTES = ("pose", "expression", "illumination", "makeup", "occlusion", "blur")
 
 
-from ..errors import DatasetError  # noqa: F401  (re-exported: parsers raise it from here)
+from ..errors import DatasetError  # noqa: F401 (re-exported: parsers raise it from here)
 
 
 @dataclass

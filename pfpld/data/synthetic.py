@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..fileio import swap_in_folder
 from ..landmarks import MAP_68_TO_98, MIRROR_98, NUM_POINTS, has_closed_eye
 from . import face3d
 from .face3d import EAR_LOBES, Expression, FaceShape
@@ -1472,13 +1473,7 @@ def generate_dataset(out: Path, n: int = 1000, seed: int = 0, progress: bool = T
         (tmp / SYNTH_JSON).write_text(json.dumps({
             "generator": "pfpld.data.synthetic", "version": GENERATOR_VERSION, "seed": seed, "n": n,
             "faces": faces, "images": images, "seconds": round(seconds, 2)}, indent=2) + "\n")
-        if out.exists():
-            old = out.parent / f".{out.name}.synth-old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
+        swap_in_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

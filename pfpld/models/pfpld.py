@@ -54,7 +54,7 @@ class PFPLD(nn.Module):
         self.width = width
         self.input_size = input_size
         c64, c128, c16, c32 = _ch(64, width), _ch(128, width), _ch(16, width), _ch(32, width)
-        s4, s8, s16 = input_size // 4, input_size // 8, input_size // 16   # 28, 14, 7 at 112
+        s8, s16 = input_size // 8, input_size // 16      # 14, 7 at 112
 
         self.conv1 = nn.Conv2d(3, c64, 3, 2, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(c64)
