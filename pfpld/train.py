@@ -21,10 +21,12 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .contract import PreprocessContract
 from .data.dataset import AugmentConfig, PreparedFaces
 from .data.prepare import read_prepared_header
-from .fileio import write_text_atomic
+from .errors import InputError
 from .evaluate import evaluate_predictions, predict_dataset
+from .fileio import write_text_atomic
 from .losses import LossConfig, total_loss
 from .models import build_model
 from .plots import plot_training_curves
@@ -87,15 +89,13 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     out = Path(cfg.out)
     header = read_prepared_header(Path(cfg.data))
     torch.manual_seed(cfg.seed)
-    model, spec, contract = build_model(cfg.model, width=cfg.width, input_size=header["contract"]["input_size"])
-    if contract.to_dict() != header["contract"]:
-        from .contract import PreprocessContract
-        contract = PreprocessContract.from_dict(header["contract"])   # the data's crop rule is the contract
+    model, spec, _ = build_model(cfg.model, width=cfg.width, input_size=header["contract"]["input_size"])
+    contract = PreprocessContract.from_dict(header["contract"])   # the data was cropped by it: it is the model's
 
     train_set = PreparedFaces(Path(cfg.data), "train", AugmentConfig() if cfg.augment else None, seed=cfg.seed)
     val_set = PreparedFaces(Path(cfg.data), "test") if rank == 0 else None
     if cfg.batch_size % world:
-        raise ValueError(f"--batch-size {cfg.batch_size} does not split over {world} processes")
+        raise InputError(f"--batch-size {cfg.batch_size} does not split evenly over {world} processes")
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     loader_args = dict(batch_size=cfg.batch_size // world, sampler=sampler, num_workers=cfg.workers,
                        drop_last=len(train_set) >= 2 * cfg.batch_size)
@@ -115,9 +115,9 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         scheduler.load_state_dict(ckpt.scheduler)
         start_epoch, history = ckpt.epoch, list(ckpt.history)
         best_nme = min((h["val_nme"] for h in history if not math.isnan(h["val_nme"])), default=math.inf)
-    # bn8 and fc_aux exist only so released state_dicts load strictly: forward never uses them.
     if not resume and hasattr(model, "init_landmark_head"):
         model.init_landmark_head(torch.from_numpy(train_set.mean_landmarks()))
+    # bn8 and fc_aux exist only so released state_dicts load strictly: forward never uses them.
     ddp_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-WFLW_ATTRIBUTES = ("pose", "expression", "illumination", "makeup", "occlusion", "blur")
-
-
 from ..errors import DatasetError  # noqa: F401 (re-exported: parsers raise it from here)
+
+WFLW_ATTRIBUTES = ("pose", "expression", "illumination", "makeup", "occlusion", "blur")
 
 
 @dataclass
