@@ -178,6 +178,10 @@ class ExportJob:
     fp16: bool = False
     files: dict[str, Path] = field(default_factory=dict)      # role -> path ("onnx", "caffe.prototxt", ...)
     info: dict[str, dict] = field(default_factory=dict)       # stage -> facts for the manifest
+    options: dict = field(default_factory=dict)               # stage name -> options of an extra stage
+    # Folders a stage built outside the export folder (temporary, final, commit function): moved into place
+    # only after the export folder itself, removed if anything fails before.
+    commits: list[tuple[Path, Path, Callable[[Path, Path], None]]] = field(default_factory=list)
 
     def path(self, suffix: str) -> Path:
         return self.folder / f"{self.source.stem}{suffix}"
@@ -251,11 +255,11 @@ class StageRecord:
     files: dict[str, str]           # role -> file name inside the export folder
 
 
-def run_stage(name: str, job: ExportJob) -> StageRecord:
+def run_stage(name: str, job: ExportJob, function: Callable[[ExportJob], dict[str, Path]] | None = None) -> StageRecord:
     """Time one stage; any failure becomes one ConversionError that names the stage."""
     start = time.perf_counter()
     try:
-        files = STAGE_FUNCTIONS[name](job)
+        files = (function or STAGE_FUNCTIONS[name])(job)
     except PfpldError as exc:
         raise ConversionError(f"export stage {name}: {exc}") from exc
     except Exception as exc:    # a tool's own exception (onnx checker, onnxsim, protobuf, ...): still one line
@@ -352,27 +356,32 @@ class ExportResult:
 
 
 def export(source: ExportSource, targets, out: Path, *, opset: int = DEFAULT_OPSET, fp16: bool = False,
-           force: bool = False, log: Callable[[str], None] | None = None) -> ExportResult:
-    """Run the stages the targets need into a temporary sibling of `out`, write manifest.json, rename."""
+           force: bool = False, log: Callable[[str], None] | None = None,
+           extra_stages: list[tuple[str, Callable[[ExportJob], dict[str, Path]]]] = (),
+           options: dict | None = None) -> ExportResult:
+    """Run the stages the targets need into a temporary sibling of `out`, write manifest.json, rename.
+    `extra_stages` (name, function) run after the chain's stages, with `options` in job.options (the quant
+    package adds its stages this way: convert knows nothing of them)."""
     out = Path(out)
     stages = stages_for(list(targets), source)
     check_out_folder(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.export-tmp-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()
-    job = ExportJob(source=source, folder=tmp, opset=opset, fp16=fp16)
+    job = ExportJob(source=source, folder=tmp, opset=opset, fp16=fp16, options=dict(options or {}))
     start = time.perf_counter()
     try:
         records = []
-        for name in stages:
-            record = run_stage(name, job)
+        for name, function in [(s, None) for s in stages] + list(extra_stages):
+            record = run_stage(name, job, function)
             records.append(record)
             if log:
                 log(f"  {name:<8} {record.seconds:6.2f} s  {', '.join(record.files.values())}")
         manifest = {
             "format": EXPORT_FORMAT, "version": EXPORT_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "source": source.record, "targets": sorted(set(targets)), "opset": job.info.get("onnx", {}).get("opset"),
+            "source": source.record, "targets": sorted(set(targets) | {name for name, _ in extra_stages}),
+            "opset": job.info.get("onnx", {}).get("opset"),
             "fp16": fp16, "spec": source.spec.to_dict(), "contract": source.contract.to_dict(),
             "stages": [{"name": r.name, "seconds": round(r.seconds, 4), "files": r.files,
                         **({"info": job.info[r.name]} if r.name in job.info else {})} for r in records],
@@ -384,8 +393,14 @@ def export(source: ExportSource, targets, out: Path, *, opset: int = DEFAULT_OPS
         write_json_atomic(tmp / MANIFEST, manifest)
         check_out_folder(out, force)        # someone may have written there meanwhile
         swap_in_folder(tmp, out)
+        while job.commits:
+            built, final, commit = job.commits[0]
+            commit(built, final)
+            job.commits.pop(0)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for built, _, _ in job.commits:
+            shutil.rmtree(built, ignore_errors=True)
         raise
     return ExportResult(out, manifest)
 

@@ -167,6 +167,31 @@ def demo(out, n, epochs, width, seed):
         sys.exit(1)
 
 
+@main.command()
+@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write, e.g. calib_data/NAME.")
+@click.option("--n", type=click.IntRange(min=1), default=32, show_default=True, help="Crops to choose.")
+@click.option("--split", default="train", show_default=True, help="Split of a prepared dataset to choose from.")
+@click.option("--ckpt", type=click.Path(path_type=Path), help="For images with boxes.txt: predict pose and eye state "
+              "with this checkpoint (and use its contract).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace --out if it holds a calibration set.")
+@user_errors
+def calib(data, out, n, split, ckpt, seed, force):
+    """Choose calibration crops spread over head pose and eye state (DATA: a prepared dataset, or a folder of
+    images with boxes.txt), rejecting near-black, near-white and over-exposed crops."""
+    from quant.calibration import make_calibration_set
+    model = contract = None
+    if ckpt is not None:
+        from .checkpoint import load_model
+        model, record = load_model(ckpt)
+        contract = record.contract
+    summary = make_calibration_set(data, out, n=n, split=split, seed=seed, contract=contract, model=model,
+                                   force=force)
+    click.echo(summary.line())
+    click.echo(f"wrote {out} (image_list.txt, report.md, spread.png)")
+
+
 def _parse_mean(text: str | None) -> tuple[float, float, float] | None:
     if text is None:
         return None
@@ -187,8 +212,9 @@ def _parse_mean(text: str | None) -> tuple[float, float, float] | None:
               "(to try the chain without training).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --init random.")
 @click.option("--onnx", "onnx_file", type=click.Path(path_type=Path), help="Start from your own ONNX file.")
-@click.option("--target", "targets", multiple=True, type=click.Choice(["onnx", "caffe", "ncnn", "all"]),
-              default=("all",), show_default=True, help="Repeat for several; caffe and ncnn include onnx.")
+@click.option("--target", "targets", multiple=True, type=click.Choice(["onnx", "caffe", "ncnn", "nnie", "all"]),
+              default=("all",), show_default=True, help="Repeat for several; caffe and ncnn include onnx, nnie "
+              "includes caffe (and needs --calib).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Export folder (written atomically).")
 @click.option("--opset", type=click.IntRange(9, 23), default=13, show_default=True, help="ONNX opset of the export "
               "(a given --onnx file keeps its own).")
@@ -199,17 +225,40 @@ def _parse_mean(text: str | None) -> tuple[float, float, float] | None:
 @click.option("--mean", help="Contract of an --onnx file: per-channel mean R,G,B (network channel order).")
 @click.option("--crop-expand", type=float, help="Contract of an --onnx file: square side / face box side.")
 @click.option("--crop-shift-y", type=float, help="Contract of an --onnx file: crop centre shift, fraction of side.")
+@click.option("--calib", type=click.Path(path_type=Path), help="Calibration set (`pfpld calib`): needed by the nnie "
+              "target and by --int8.")
+@click.option("--precision", type=click.Choice(["int8", "int16", "mixed"]), default="mixed", show_default=True,
+              help="nnie: compile_mode 0 / 1 / 2 (mixed: the --hp-layer layers in 16 bit).")
+@click.option("--hp-layer", "hp_layers", multiple=True, help="nnie mixed: a Caffe layer to run in 16 bit (default: "
+              "the layers producing the outputs). Repeatable.")
+@click.option("--allow-layer", "allow_layers", multiple=True, help="nnie preflight: accept this layer type beyond "
+              "the NNIE-proven set. Repeatable.")
+@click.option("--sdk-dir", type=click.Path(path_type=Path), help="nnie: write the SDK bundle here instead of "
+              "OUT/nnie_sdk.")
+@click.option("--internal-stride", type=click.Choice(["16", "32"]), default="16", show_default=True,
+              help="nnie: 16 for DDR3, 32 for DDR4 boards.")
+@click.option("--int8", "int8", is_flag=True, help="Also write int8 models: onnxruntime QDQ (onnx targets) and ncnn "
+              "int8 (ncnn target), calibrated on --calib.")
+@click.option("--int8-activations", type=click.Choice(["u8", "s8"]), default="u8", show_default=True,
+              help="onnxruntime QDQ activation type (u8 runs faster on x86).")
 @user_errors
 def export_cmd(ckpt, model, width, init, seed, onnx_file, targets, out, opset, fp16, force, color_order, scale, mean,
-               crop_expand, crop_shift_y):
+               crop_expand, crop_shift_y, calib, precision, hp_layers, allow_layers, sdk_dir, internal_stride, int8,
+               int8_activations):
     """Export a model to ONNX, Caffe 1.0 and ncnn, with manifest.json (check it with `pfpld check-parity`).
 
     \b
     pfpld export CKPT --target all --out DIR
     pfpld export --model pfpld --width 0.25 --init random --target all --out DIR
     pfpld export --onnx model.onnx --color-order RGB --scale 1/255 --target caffe --out DIR
+    pfpld export CKPT --target nnie --calib calib_data/NAME --precision mixed --out DIR
+    pfpld export CKPT --target ncnn --int8 --calib calib_data/NAME --out DIR
     """
     from convert.export import export, source_from_checkpoint, source_from_onnx, source_from_random_init
+    from quant.export import Int8Options, quant_stages
+    from quant.nnie import NnieOptions
+    if ("nnie" in targets or int8) and calib is None:
+        raise click.UsageError("--target nnie and --int8 need --calib DIR (make one with `pfpld calib`)")
     model = model or ("pfpld" if init else None)
     if sum(v is not None for v in (ckpt, model, onnx_file)) != 1:
         raise click.UsageError("give exactly one source: CKPT, --model NAME --init random, or --onnx FILE")
@@ -228,7 +277,16 @@ def export_cmd(ckpt, model, width, init, seed, onnx_file, targets, out, opset, f
         source = source_from_random_init(model, width, seed)
     options = " ".join(f"{k}={v}" for k, v in source.spec.options.items())
     click.echo(f"export {source.spec.name}{' ' + options if options else ''} ({source.record['kind']}) -> {out}")
-    result = export(source, targets, out, opset=opset, fp16=fp16, force=force, log=click.echo)
+    nnie = NnieOptions(calib=calib, precision=precision, hp_layers=list(hp_layers), allow_layers=list(allow_layers),
+                       sdk_dir=sdk_dir, force=force, internal_stride=int(internal_stride)) if "nnie" in targets else None
+    chain, extra, options = quant_stages(list(targets), nnie, Int8Options(calib, int8_activations) if int8 else None)
+    result = export(source, chain, out, opset=opset, fp16=fp16, force=force, log=click.echo, extra_stages=extra,
+                    options=options)
+    if "nnie" in result.manifest["targets"]:
+        info = next(s["info"] for s in result.manifest["stages"] if s["name"] == "nnie")
+        bundle = out / info["bundle"] if info["bundle"] == "nnie_sdk" else Path(info["bundle"])
+        click.echo(f"NNIE bundle: {bundle} ({info['precision']}, _hp: {', '.join(info['hp_layers']) or 'none'}); "
+                   f"see {bundle / 'README.md'}")
     click.echo(f"done in {result.manifest['export_seconds']:.2f} s: {out} (manifest.json); "
                f"next: pfpld check-parity {out}")
 
@@ -241,18 +299,35 @@ def export_cmd(ckpt, model, width, init, seed, onnx_file, targets, out, opset, f
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the result as JSON.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--int8", "int8", is_flag=True, help="Also estimate what int8 costs: NNIE simulation, onnxruntime QDQ "
+              "and ncnn int8 as NME / pose-MAE deltas against float on held-out labelled faces.")
+@click.option("--calib", type=click.Path(path_type=Path), help="--int8: calibration set for stages the export did "
+              "not calibrate (default: the export's own ranges).")
+@click.option("--heldout", type=click.IntRange(min=1), default=64, show_default=True, help="--int8: held-out faces "
+              "(the test split of a prepared --images, else synthetic faces).")
 @user_errors
-def check_parity_cmd(export_dir, images, n, json_out, threads, seed):
+def check_parity_cmd(export_dir, images, n, json_out, threads, seed, int8, calib, heldout):
     """Run torch -> onnx -> onnxsim -> caffe -> ncnn on the same inputs; exit code 1 when a stage misses its
-    tolerance (the first diverging layer is named)."""
-    from convert.parity import check_parity, write_report_json
+    tolerance (the first diverging layer is named) or, with --int8, a deployed int8 stage costs more than
+    0.3 NME points."""
+    from convert.parity import check_parity
     report = check_parity(export_dir, images=images, n=n, seed=seed, threads=threads)
     click.echo(report.table())
     click.echo(f"wrote {report.markdown}" + (f", {report.picture}" if report.picture else ""))
+    passed = report.passed
+    result = report.to_dict()
+    if int8:
+        from quant.int8 import check_int8
+        int8_report = check_int8(export_dir, images=images, calib=calib, n=heldout, seed=seed, threads=threads)
+        click.echo("")
+        click.echo(int8_report.table())
+        click.echo(f"wrote {int8_report.markdown}")
+        passed = passed and int8_report.passed
+        result["int8"] = int8_report.to_dict()
     if json_out:
-        write_report_json(report, json_out)
+        write_text_atomic(json_out, json.dumps(result, indent=2) + "\n")
         click.echo(f"wrote {json_out}")
-    if not report.passed:
+    if not passed:
         sys.exit(1)
 
 

@@ -1,0 +1,290 @@
+"""`pfpld check-parity DIR --int8`: what int8 costs, measured before the board as the task's own metrics (landmark
+NME and pose MAE on held-out labelled faces), each int8 stage against the float model on the same faces:
+
+- nnie-sim   the NNIE-style simulation of the mapper's Caffe files (quant/nnie_sim.py) at the exported
+             precision, plus the two other precisions as what-if rows (what _hp / int16 would buy);
+- onnx-int8  onnxruntime static QDQ (the exported file, or one made now from --calib);
+- ncnn-int8  the ncnn int8 model of the export, run by the ncnn runtime.
+
+Budget: at most 0.3 NME points (percentage points of inter-ocular NME) above float for the stages that are
+deployed (the exported NNIE precision, onnx-int8, ncnn-int8).
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from convert.export import MANIFEST, read_manifest, stage_file, write_json_atomic
+from convert.parity import ExportFolder
+from convert.runtimes import NcnnRunner, OnnxRunner, Runner
+from pfpld.contract import PreprocessContract, landmark_box
+from pfpld.errors import ConversionError, InputError
+from pfpld.metrics import nme_per_face, pose_mae_deg
+
+from .calibration import read_calibration_set
+from .nnie import default_hp_layers
+from .nnie_sim import PRECISIONS, CaffeGraph, NniePlan, NnieSimRunner, calibrate_ranges, hp_layers_of, read_ranges
+
+BUDGET_NME_POINTS = 0.3
+HELDOUT_SEED_OFFSET = 20_000        # synthetic held-out faces come from a generator no dataset used
+
+
+@dataclass
+class HeldOut:
+    x: np.ndarray                   # (N, 3, S, S) network inputs
+    points: np.ndarray              # (N, 98, 2) ground truth in [0,1] of the crop
+    mask: np.ndarray                # (N, 98)
+    pose: np.ndarray                # (N, 3) radians (zeros where unknown)
+    has_pose: np.ndarray            # (N,)
+    source: str
+
+
+def heldout_faces(contract: PreprocessContract, images: Path | None, n: int, seed: int) -> HeldOut:
+    """Labelled held-out faces: a prepared dataset's test split (evenly spaced n), or synthetic faces rendered
+    from a seed no dataset uses, cut with the contract's crop rule from their landmark box."""
+    if images is not None:
+        images = Path(images)
+        if not (images / "index.jsonl").is_file():
+            raise InputError(f"{images}: the int8 estimate needs labelled faces: give a prepared dataset "
+                             f"(its test split is used)")
+        from pfpld.data.dataset import PreparedFaces
+        faces = PreparedFaces(images, "test")
+        picks = np.unique(np.linspace(0, len(faces) - 1, min(n, len(faces))).round().astype(int))
+        items = [faces[int(i)] for i in picks]
+        return HeldOut(x=np.stack([it["image"].numpy() for it in items]).astype(np.float32),
+                       points=np.stack([it["points"].numpy().reshape(-1, 2) for it in items]),
+                       mask=np.stack([it["mask"].numpy() for it in items]),
+                       pose=np.stack([it["pose"].numpy() for it in items]),
+                       has_pose=np.array([bool(it["has_pose"]) for it in items]),
+                       source=f"{images} (test split, {len(items)} of {len(faces)} faces)")
+    from pfpld.data.synthetic import render_face
+    rng = np.random.default_rng(seed + HELDOUT_SEED_OFFSET)
+    xs, pts, poses = [], [], []
+    for _ in range(n):
+        face = render_face(rng, image_size=2 * contract.input_size + 64)
+        crop, matrix = contract.crop_image(face.image, landmark_box(face.points_98))
+        xs.append(contract.to_tensor_layout(crop))
+        pts.append(contract.points_to_crop(face.points_98, matrix))
+        poses.append(face.pose_rad)
+    return HeldOut(x=np.stack(xs).astype(np.float32), points=np.stack(pts), mask=np.ones((n, 98), dtype=bool),
+                   pose=np.stack(poses).astype(np.float32), has_pose=np.ones(n, dtype=bool),
+                   source=f"{n} synthetic held-out faces (render_face, seed {seed + HELDOUT_SEED_OFFSET})")
+
+
+@dataclass
+class FaceMetrics:
+    nme_pct: float
+    pose_mae_deg: float | None
+
+
+def face_metrics(outputs: dict[str, np.ndarray], faces: HeldOut) -> FaceMetrics:
+    pred = outputs["landmarks"].reshape(len(faces.x), -1, 2)
+    nme = float(np.nanmean(nme_per_face(pred, faces.points, faces.mask))) * 100
+    pose = None
+    if "pose" in outputs and faces.has_pose.any():
+        pose = pose_mae_deg(outputs["pose"].reshape(-1, 3)[faces.has_pose], faces.pose[faces.has_pose])["mean"]
+    return FaceMetrics(nme, pose)
+
+
+@dataclass
+class Int8Row:
+    stage: str
+    detail: str
+    deployed: bool                          # counts for the budget verdict (not a what-if row)
+    nme_pct: float | None = None
+    delta_nme_points: float | None = None
+    pose_mae_deg: float | None = None
+    delta_pose_deg: float | None = None
+    nme_vs_float_pct: float | None = None   # NME of the int8 landmarks against the float landmarks
+    max_abs_landmarks: float | None = None
+    max_pose_diff_deg: float | None = None
+    seconds: float | None = None
+    verdict: str = "-"
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Int8Report:
+    folder: Path
+    faces: str
+    n_faces: int
+    float_stage: str
+    float_metrics: FaceMetrics
+    rows: list[Int8Row] = field(default_factory=list)
+    checked: str = ""
+    markdown: Path | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not any(r.deployed and r.verdict in ("OVER", "ERROR") for r in self.rows)
+
+    HEADER = ["stage", "what", "NME %", "dNME (points)", "pose MAE deg", "dpose deg", "NME vs float %",
+              "max |dlandmark|", "max |dpose| deg", "verdict"]
+
+    def table_rows(self) -> list[list[str]]:
+        def f(v, fmt):
+            return "-" if v is None else fmt.format(v)
+        rows = [[f"float ({self.float_stage})", "reference", f(self.float_metrics.nme_pct, "{:.3f}"), "-",
+                 f(self.float_metrics.pose_mae_deg, "{:.2f}"), "-", "-", "-", "-", "reference"]]
+        for r in self.rows:
+            rows.append([r.stage, r.detail, f(r.nme_pct, "{:.3f}"), f(r.delta_nme_points, "{:+.3f}"),
+                         f(r.pose_mae_deg, "{:.2f}"), f(r.delta_pose_deg, "{:+.2f}"), f(r.nme_vs_float_pct, "{:.3f}"),
+                         f(r.max_abs_landmarks, "{:.2e}"), f(r.max_pose_diff_deg, "{:.2f}"), r.verdict])
+        return rows
+
+    def table(self) -> str:
+        rows = [self.HEADER] + self.table_rows()
+        widths = [max(len(row[i]) for row in rows) for i in range(len(self.HEADER))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        lines.append(f"int8 on {self.n_faces} held-out faces ({self.faces}); budget dNME <= {BUDGET_NME_POINTS} "
+                     f"points for deployed stages; verdict: {'PASS' if self.passed else 'FAIL'}")
+        lines += [f"{r.stage}: {r.error}" for r in self.rows if r.error]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"verdict": "pass" if self.passed else "fail", "checked": self.checked, "faces": self.faces,
+                "n_faces": self.n_faces, "budget_nme_points": BUDGET_NME_POINTS, "float_stage": self.float_stage,
+                "float": asdict(self.float_metrics), "stages": [r.to_dict() for r in self.rows],
+                "report": self.markdown.name if self.markdown else None}
+
+    def to_markdown(self) -> str:
+        lines = [f"# int8 estimate of {self.folder.name}", "",
+                 f"Checked {self.checked} on {self.n_faces} held-out faces ({self.faces}). Every int8 stage runs "
+                 f"the same inputs as the float model (`{self.float_stage}`); NME is inter-ocular, in percent, "
+                 f"against the ground truth; dNME and dpose are int8 minus float. Rows marked what-if are not "
+                 f"deployed (other NNIE precisions of the same files).", "",
+                 "| " + " | ".join(self.HEADER) + " |", "|" + "---|" * len(self.HEADER)]
+        lines += ["| " + " | ".join(r) + " |" for r in self.table_rows()]
+        lines += ["", f"**Verdict: {'PASS' if self.passed else 'FAIL'}** (budget: dNME <= {BUDGET_NME_POINTS} "
+                      f"points for the deployed stages)."]
+        lines += [f"- {r.stage}: {r.error}" for r in self.rows if r.error]
+        return "\n".join(lines) + "\n"
+
+
+def _compare(row: Int8Row, outputs: dict, reference: dict, float_metrics: FaceMetrics, faces: HeldOut) -> None:
+    m = face_metrics(outputs, faces)
+    row.nme_pct = m.nme_pct
+    row.delta_nme_points = m.nme_pct - float_metrics.nme_pct
+    row.pose_mae_deg = m.pose_mae_deg
+    if m.pose_mae_deg is not None and float_metrics.pose_mae_deg is not None:
+        row.delta_pose_deg = m.pose_mae_deg - float_metrics.pose_mae_deg
+    n = len(faces.x)
+    row.nme_vs_float_pct = float(np.nanmean(nme_per_face(outputs["landmarks"].reshape(n, -1, 2),
+                                                         reference["landmarks"].reshape(n, -1, 2)))) * 100
+    row.max_abs_landmarks = float(np.abs(outputs["landmarks"] - reference["landmarks"]).max())
+    if "pose" in outputs:
+        row.max_pose_diff_deg = float(np.degrees(np.abs(outputs["pose"] - reference["pose"]).max()))
+    if not all(np.isfinite(v) for v in (row.nme_pct, row.delta_nme_points)):
+        row.verdict, row.error = "ERROR", "non-finite outputs"
+    else:
+        row.verdict = ("ok" if row.delta_nme_points <= BUDGET_NME_POINTS else "OVER") if row.deployed else "what-if"
+
+
+def nnie_runners(export: ExportFolder, calib_x: np.ndarray | None) -> tuple[list[tuple[str, str, bool, Runner]], str]:
+    """(stage, detail, deployed, runner) for the three NNIE precisions of the export's mapper files (or, for a
+    Caffe-only export, of its Caffe files with the default _hp choice)."""
+    manifest = export.manifest
+    nnie_info = next((s.get("info", {}) for s in manifest["stages"] if s["name"] == "nnie"), None)
+    if nnie_info is not None:
+        prototxt, caffemodel = export.file("nnie.prototxt"), export.file("nnie.caffemodel")
+        names = json.loads(export.file("nnie.names").read_text())
+        graph = CaffeGraph(prototxt, caffemodel)
+        hp = hp_layers_of(graph)
+        ranges_file = stage_file(export.folder, manifest, "nnie.ranges")
+        ranges = read_ranges(ranges_file) if ranges_file is not None and calib_x is None else None
+        exported = nnie_info["precision"]
+        where = f"{prototxt.name}"
+    else:
+        prototxt, caffemodel = export.file("caffe.prototxt"), export.file("caffe.caffemodel")
+        if prototxt is None:
+            raise ConversionError("no Caffe or NNIE files in this export (export with --target caffe or nnie)")
+        names = json.loads(export.file("caffe.names").read_text())
+        graph = CaffeGraph(prototxt, caffemodel)
+        from convert.onnx2caffe import caffe_pb2
+        from google.protobuf import text_format
+        net = caffe_pb2.NetParameter()
+        text_format.Parse(Path(prototxt).read_text(), net)
+        hp = frozenset(default_hp_layers(net, list(names["outputs"].values())))
+        ranges, exported, where = None, None, prototxt.name
+    if ranges is None:
+        if calib_x is None:
+            raise InputError("the NNIE simulation needs activation ranges: give --calib DIR (or export with "
+                             "--target nnie --calib DIR)")
+        ranges = calibrate_ranges(graph, calib_x)
+    out = []
+    for precision in PRECISIONS:
+        plan = NniePlan(precision, ranges, hp)
+        detail = f"compile_mode {PRECISIONS[precision]}" + (f", {len(hp)} _hp layers" if precision == "mixed" else "")
+        deployed = precision == exported
+        out.append((f"nnie-sim {precision}", detail + ("" if deployed else ", what-if"), deployed,
+                    NnieSimRunner(graph, names["outputs"], plan)))
+    return out, where
+
+
+def check_int8(export_dir: Path, images: Path | None = None, calib: Path | None = None, n: int = 64,
+               seed: int = 0, threads: int = 1, write: bool = True) -> Int8Report:
+    export = ExportFolder.open(Path(export_dir))
+    contract = export.contract
+    faces = heldout_faces(contract, images, n, seed)
+    calib_x = read_calibration_set(calib, contract).inputs(contract) if calib is not None else None
+    float_stage = next(s for s in ("onnxsim", "onnx", "torch") if s in export.stages() or s == "torch")
+    reference = export.runner(float_stage, threads).run(faces.x)
+    report = Int8Report(folder=export.folder, faces=faces.source, n_faces=len(faces.x), float_stage=float_stage,
+                        float_metrics=face_metrics(reference, faces),
+                        checked=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def run_row(row: Int8Row, make_runner) -> None:
+        start = time.perf_counter()
+        try:
+            outputs = make_runner().run(faces.x)
+            _compare(row, outputs, reference, report.float_metrics, faces)
+        except Exception as exc:     # one stage that cannot run is a row saying so, not a crash
+            row.verdict, row.error = "ERROR", " ".join(str(exc).split())[:300] or type(exc).__name__
+        row.seconds = time.perf_counter() - start
+        report.rows.append(row)
+
+    try:
+        runners, _ = nnie_runners(export, calib_x)
+        for stage, detail, deployed, runner in runners:
+            run_row(Int8Row(stage, detail, deployed), lambda r=runner: r)
+    except Exception as exc:
+        report.rows.append(Int8Row("nnie-sim", "-", False, verdict="ERROR", error=" ".join(str(exc).split())[:300]))
+
+    onnx_int8 = stage_file(export.folder, export.manifest, "onnx-int8")
+    if onnx_int8 is not None:
+        info = next(s.get("info", {}) for s in export.manifest["stages"] if s["name"] == "onnx-int8")
+        run_row(Int8Row("onnx-int8", f"QDQ {info.get('activations', '?')} act, s8 per-channel", True),
+                lambda: OnnxRunner(onnx_int8, threads=threads))
+    elif calib_x is not None and "onnxsim" in export.stages():
+        from .ort_int8 import quantize_qdq
+        work = tempfile.TemporaryDirectory(prefix="pfpld-int8-")
+
+        def built_now():
+            path = Path(work.name) / "int8.onnx"
+            quantize_qdq(export.file("onnxsim"), path, calib_x)
+            return OnnxRunner(path, threads=threads)
+        run_row(Int8Row("onnx-int8", "QDQ u8 act, s8 per-channel (made now)", True), built_now)
+        work.cleanup()
+    ncnn_param = stage_file(export.folder, export.manifest, "ncnn-int8.param")
+    if ncnn_param is not None:
+        run_row(Int8Row("ncnn-int8", "ncnn runtime, int8 conv/fc", True),
+                lambda: NcnnRunner(ncnn_param, export.file("ncnn-int8.bin"), export.file("ncnn-int8.names"),
+                                   threads=threads))
+    if write:
+        report.markdown = export.folder / "int8.md"
+        tmp = report.markdown.with_name(".int8.md.tmp")
+        tmp.write_text(report.to_markdown())
+        tmp.replace(report.markdown)
+        manifest = read_manifest(export.folder)
+        manifest["int8"] = report.to_dict()
+        write_json_atomic(export.folder / MANIFEST, manifest)
+    return report

@@ -1,0 +1,108 @@
+"""int8 before the board: ncnn's int8 formats (table, tagged int8 weights, scales) as the ncnn runtime reads them,
+the KL threshold, and `pfpld check-parity --int8` reporting NME / pose-MAE deltas of every int8 stage for a
+small trained model."""
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from convert.runtimes import NcnnRunner
+from quant.ncnn_int8 import INT8_TAG, int8_round, kl_threshold_bin, read_table, read_weights, weight_scales
+
+PFPLD = [sys.executable, "-m", "pfpld.cli"]
+
+
+def test_kl_threshold_keeps_a_flat_range_and_clips_a_long_tail():
+    flat = np.ones(2048)
+    assert kl_threshold_bin(flat) >= 2000                     # nothing to gain from clipping a uniform range
+    tail = np.zeros(2048)
+    tail[:200] = 1000.0
+    tail[2040] = 1.0                                          # one outlier far out: clip just past the bulk
+    assert 190 <= kl_threshold_bin(tail) <= 260
+    decaying = np.exp(-np.arange(2048) / 60.0)                # a ReLU-like long tail: clipped, not kept whole
+    assert 300 < kl_threshold_bin(decaying) < 1500
+
+
+def test_int8_round_is_c_round_clamped_to_127():
+    assert int8_round(np.array([0.5, -0.5, 1.49, 126.6, 300.0, -300.0])).tolist() == [1, -1, 1, 127, 127, -127]
+
+
+@pytest.fixture(scope="module")
+def trained_export(prepared_dir, tmp_path_factory):
+    """A PFPLD-0.25 trained for a few epochs on the synthetic set, exported to NNIE (mixed), ncnn and the int8
+    models, with a calibration set from the training split."""
+    from pfpld.losses import LossConfig
+    from pfpld.train import TrainConfig, train
+    from quant.calibration import make_calibration_set
+    root = tmp_path_factory.mktemp("int8")
+    torch.manual_seed(0)
+    train(TrainConfig(data=str(prepared_dir), out=str(root / "run"), width=0.25, epochs=4, batch_size=32, lr=3e-3,
+                      workers=0, milestones=(3,), seed=0, augment=False, loss=LossConfig()), progress=False)
+    make_calibration_set(prepared_dir, root / "calib", n=16, seed=0)
+    out = root / "export"
+    proc = subprocess.run(PFPLD + ["export", str(root / "run" / "best.pt"), "--target", "nnie", "--target", "ncnn",
+                                   "--int8", "--calib", str(root / "calib"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return out, root
+
+
+def test_ncnn_int8_files_follow_ncnn2table_and_ncnn2int8_formats(trained_export):
+    out, _ = trained_export
+    weights, blobs = read_table(out / "pfpld.ncnn.int8.table")
+    layers, fp32, _ = read_weights(out / "pfpld.ncnn.param", out / "pfpld.ncnn.bin")
+    assert set(weights) == set(blobs) == set(fp32)              # every conv / depthwise / fc is quantised
+    for name, w in fp32.items():
+        assert len(weights[name]) == w.rows and len(blobs[name]) == 1
+        assert np.allclose(weights[name], weight_scales(w), rtol=1e-5)
+    lines = {ln.split()[1]: ln.split() for ln in (out / "pfpld.int8.ncnn.param").read_text().splitlines()[2:]}
+    terms = {name: int(next(t for t in lines[name] if t.startswith("8="))[2:]) for name in fp32}
+    kinds = {name: fp32[name].layer.type for name in fp32}
+    assert all(terms[n] in ((1, 101) if kinds[n] == "ConvolutionDepthWise" else (2, 102)) for n in fp32)
+    assert any(t > 100 for t in terms.values())                  # some conv -> conv chains requantize
+    # the first layer's record in the bin: int8 tag, its int8 weights, fp32 bias, scales
+    data = (out / "pfpld.int8.ncnn.bin").read_bytes()
+    first = layers[1].name
+    w = fp32[first]
+    assert struct.unpack_from("<I", data, 0)[0] == INT8_TAG
+    q = np.frombuffer(data[4:4 + w.weight.size], np.int8)
+    assert np.array_equal(q, int8_round(w.weight_rows * weights[first][:, None]).reshape(-1))
+    # and the ncnn runtime runs it close to fp32 on the calibration crops
+    from pfpld.contract import PreprocessContract
+    from quant.calibration import read_calibration_set
+    x = read_calibration_set(trained_export[1] / "calib", PreprocessContract()).inputs(PreprocessContract())[:4]
+    ref = NcnnRunner(out / "pfpld.ncnn.param", out / "pfpld.ncnn.bin", out / "pfpld.ncnn.names.json").run(x)
+    got = NcnnRunner(out / "pfpld.int8.ncnn.param", out / "pfpld.int8.ncnn.bin",
+                     out / "pfpld.int8.ncnn.names.json").run(x)
+    assert 0 < np.abs(got["landmarks"] - ref["landmarks"]).max() < 0.1
+
+
+def test_check_parity_int8_reports_nme_and_pose_deltas(trained_export, prepared_dir, tmp_path):
+    out, _ = trained_export
+    proc = subprocess.run(PFPLD + ["check-parity", str(out), "--n", "2", "--int8", "--images", str(prepared_dir),
+                                   "--heldout", "24", "--json", str(tmp_path / "result.json")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode in (0, 1), proc.stderr
+    assert "int8 on 24 held-out faces" in proc.stdout
+    result = json.loads((tmp_path / "result.json").read_text())["int8"]
+    stages = {s["stage"]: s for s in result["stages"]}
+    assert set(stages) == {"nnie-sim int8", "nnie-sim int16", "nnie-sim mixed", "onnx-int8", "ncnn-int8"}
+    assert [s["stage"] for s in result["stages"] if s["deployed"]] == ["nnie-sim mixed", "onnx-int8", "ncnn-int8"]
+    assert 0 < result["float"]["nme_pct"] < 100 and result["float"]["pose_mae_deg"] > 0
+    for s in stages.values():
+        assert s["error"] is None, s
+        for key in ("nme_pct", "delta_nme_points", "pose_mae_deg", "delta_pose_deg", "nme_vs_float_pct"):
+            assert np.isfinite(s[key]), (s["stage"], key)
+        assert abs(s["delta_nme_points"]) < 5 and abs(s["delta_pose_deg"]) < 10     # int8, not a broken model
+        assert s["nme_vs_float_pct"] > 0                                             # real differences, no shortcut
+    # 16 bit is closer to float than 8 bit, on the same files
+    assert stages["nnie-sim int16"]["nme_vs_float_pct"] < stages["nnie-sim int8"]["nme_vs_float_pct"]
+    verdict_ok = all(s["delta_nme_points"] <= 0.3 for s in stages.values() if s["deployed"])
+    assert (result["verdict"] == "pass") == verdict_ok and (proc.returncode == 0) == verdict_ok
+    assert "| nnie-sim mixed |" in (out / "int8.md").read_text()
