@@ -25,7 +25,8 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
 bench: $(VENV)/.installed
-	$(PY) -m pfpld.bench --out bench/results.md
+	$(PY) -m pfpld.bench --out bench/results.md \
+	  $(if $(wildcard $(DEMO_OUT)/run/best.pt),--ckpt $(DEMO_OUT)/run/best.pt --data $(DEMO_OUT)/prepared)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -63,6 +63,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, default=Path("bench/results.md"))
     ap.add_argument("--training-only", action="store_true", help="Skip the export and runtime latency section.")
+    ap.add_argument("--ckpt", type=Path, help="A trained checkpoint for the int8 accuracy rows (e.g. the demo's).")
+    ap.add_argument("--data", type=Path, help="Its prepared dataset (e.g. runs/demo/prepared).")
     args = ap.parse_args(argv)
     threads = torch.get_num_threads()
     rows = []
@@ -90,7 +92,9 @@ def main(argv=None) -> None:
     text = "\n".join(lines) + "\n"
     if not args.training_only:
         from convert.bench import run_export_benchmark     # the application layer may use every package
+        from quant.bench import run_int8_benchmark
         text += "\n" + run_export_benchmark()
+        text += "\n" + run_int8_benchmark(args.ckpt, args.data)
     write_text_atomic(args.out, text)
     print(text)
     print(f"wrote {args.out}")

@@ -54,7 +54,7 @@ def predict_heldout(model, contract, out: Path, seed: int, n: int = 6) -> dict:
             "pose_abs_err_deg_mean": float(np.mean(pose_errs))}
 
 
-def demo_report(out: Path, report, heldout: dict, exported, parity, timings: dict) -> str:
+def demo_report(out: Path, report, heldout: dict, exported, parity, int8, timings: dict) -> str:
     """One markdown page a person reads: what was trained, how well, what was exported, and the parity proof."""
     rel = lambda p: Path(p).relative_to(out).as_posix()   # noqa: E731
     parity_lines = ["| " + " | ".join(parity.HEADER) + " |", "|" + "---|" * len(parity.HEADER)]
@@ -72,6 +72,8 @@ def demo_report(out: Path, report, heldout: dict, exported, parity, timings: dic
         f"## Parity: **{parity.verdict.upper()}**", "", *parity_lines, "",
         *[f"- {n}" for n in parity.notes()],
         f"![every stage's landmarks]({rel(parity.picture)})" if parity.picture else "", "",
+        "## int8 before the board", "", "```", int8.table(), "```", "",
+        f"NNIE bundle (copy into the SDK sample build): `{rel(out / 'export' / 'nnie_sdk')}`, see its README.md.", "",
         "## Time per step (s)", "", *[f"- {k[:-2]}: {v:.1f}" for k, v in timings.items()], ""])
 
 
@@ -81,19 +83,19 @@ def run_demo(out: Path, n: int = 2000, epochs: int = 20, width: float = 0.25, se
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
 
-    t = _step(f"1/7 synth: {n} synthetic faces in the WFLW, LaPa, 300W-LP and AFLW2000 formats")
+    t = _step(f"1/9 synth: {n} synthetic faces in the WFLW, LaPa, 300W-LP and AFLW2000 formats")
     synth_dir = out / "synth"
     click.echo(generate_dataset(synth_dir, n=n, seed=seed).table())
     timings["synth_s"] = time.perf_counter() - t
 
-    t = _step("2/7 prepare-data: contract crops + index")
+    t = _step("2/9 prepare-data: contract crops + index")
     data_dir = out / "prepared"
     summary = prepare_dataset(data_dir, wflw=synth_dir / "WFLW", lapa=synth_dir / "LaPa",
                               w300lp=synth_dir / "300W_LP", aflw2000=synth_dir / "AFLW2000")
     click.echo(summary.table())
     timings["prepare_s"] = time.perf_counter() - t
 
-    t = _step(f"3/7 train: PFPLD width {width}, {epochs} epochs")
+    t = _step(f"3/9 train: PFPLD width {width}, {epochs} epochs")
     run_dir = out / "run"
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -102,38 +104,56 @@ def run_demo(out: Path, n: int = 2000, epochs: int = 20, width: float = 0.25, se
     train(cfg)
     timings["train_s"] = time.perf_counter() - t
 
-    t = _step("4/7 eval on the held-out test split (best.pt)")
+    t = _step("4/9 eval on the held-out test split (best.pt)")
     model, record = load_model(run_dir / "best.pt")
     report = evaluate_model(model, data_dir, "test", contract=record.contract, progress=True)
     click.echo(report.table())
     write_text_atomic(out / "eval.json", report.to_json())
     timings["eval_s"] = time.perf_counter() - t
 
-    t = _step("5/7 predict on held-out synthetic images")
+    t = _step("5/9 predict on held-out synthetic images")
     heldout = predict_heldout(model, record.contract, out, seed)
     click.echo(f"held-out faces: mean NME {100 * heldout['nme_mean']:.2f}%, mean |pose error| "
                f"{heldout['pose_abs_err_deg_mean']:.1f} deg; `pfpld predict` command for the first one:")
     click.echo(f"  pfpld predict {run_dir / 'best.pt'} {heldout['image']} --box {heldout['box']} --out predict_1.png")
     timings["predict_s"] = time.perf_counter() - t
 
-    t = _step("6/7 export: onnx -> onnxsim -> caffe (BatchNorm merged) -> ncnn")
+    t = _step("6/9 calib: 32 calibration crops spread over pose and eye state (for NNIE and int8)")
     from convert.export import export, source_from_checkpoint    # the demo is the application layer
     from convert.parity import check_parity
+    from quant.calibration import make_calibration_set
+    from quant.export import Int8Options, quant_stages
+    from quant.int8 import check_int8
+    from quant.nnie import NnieOptions
+    calib_dir = out / "calib"
+    make_calibration_set(data_dir, calib_dir, n=32, seed=seed, force=True)
+    click.echo(f"{calib_dir / 'image_list.txt'} ({calib_dir / 'report.md'})")
+    timings["calib_s"] = time.perf_counter() - t
+
+    t = _step("7/9 export: onnx -> onnxsim -> caffe (BatchNorm merged) -> ncnn, int8 models, NNIE bundle")
     export_dir = out / "export"
-    exported = export(source_from_checkpoint(run_dir / "best.pt"), ["all"], export_dir, force=True)
+    chain, extra, options = quant_stages(["all", "nnie"], NnieOptions(calib=calib_dir, force=True),
+                                         Int8Options(calib_dir))
+    exported = export(source_from_checkpoint(run_dir / "best.pt"), chain, export_dir, force=True,
+                      extra_stages=extra, options=options)
     click.echo(exported.table())
     timings["export_s"] = time.perf_counter() - t
 
-    t = _step("7/7 check-parity: every stage against PyTorch, random inputs + held-out face crops")
+    t = _step("8/9 check-parity: every fp32 stage against PyTorch, random inputs + held-out face crops")
     parity = check_parity(export_dir, images=data_dir, n=8, seed=seed)
     click.echo(parity.table())
     timings["parity_s"] = time.perf_counter() - t
 
+    t = _step("9/9 int8 before the board: NNIE simulation, onnxruntime QDQ, ncnn int8 vs float on held-out faces")
+    int8 = check_int8(export_dir, images=data_dir, calib=calib_dir, n=64, seed=seed)
+    click.echo(int8.table())
+    timings["int8_s"] = time.perf_counter() - t
+
     result = {"eval": report.to_dict(), "heldout": heldout, "export": str(export_dir),
-              "parity": parity.to_dict(),
+              "parity": parity.to_dict(), "int8": int8.to_dict(),
               "timings_s": timings, "checkpoint": str(run_dir / "best.pt")}
     write_text_atomic(out / "demo.json", json.dumps(result, indent=2))
-    write_text_atomic(out / "REPORT.md", demo_report(out, report, heldout, exported, parity, timings))
+    write_text_atomic(out / "REPORT.md", demo_report(out, report, heldout, exported, parity, int8, timings))
     click.secho("\n== results", bold=True)
     for label, path in [("synthetic data + contact sheet", synth_dir / "preview.png"),
                         ("prepared dataset", data_dir / "index.jsonl"),
@@ -142,6 +162,8 @@ def run_demo(out: Path, n: int = 2000, epochs: int = 20, width: float = 0.25, se
                         ("predictions (green) vs truth (red)", out / "predict.png"),
                         ("export (onnx, caffe, ncnn + manifest)", export_dir / "manifest.json"),
                         ("parity report", export_dir / "parity.md"),
+                        ("calibration set", calib_dir / "report.md"),
+                        ("NNIE SDK bundle", export_dir / "nnie_sdk" / "README.md"),
                         ("the whole story", out / "REPORT.md"), ("summary", out / "demo.json")]:
         click.echo(f"  {label:<40} {path}")
     click.echo(f"  total {sum(timings.values()):.0f} s")

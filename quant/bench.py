@@ -92,8 +92,31 @@ def markdown(results: dict, int8_table: str | None, load: tuple) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
+def run_int8_benchmark(ckpt: Path | None = None, data: Path | None = None, calib: Path | None = None,
+                       log=print) -> str:
+    """Latency of every int8 export against fp32 (and, with a checkpoint and data, its accuracy cost)."""
     from convert.export import source_from_checkpoint, source_from_random_init
+    load0 = os.getloadavg()[0]
+    results, int8_table = {}, None
+    with tempfile.TemporaryDirectory(prefix="pfpld-int8-bench-") as work:
+        work = Path(work)
+        calib = calib or synthetic_calibration(work / "calib")
+        start = time.perf_counter()
+        wide = make_export(source_from_random_init("pfpld", 1.0, seed=0), work / "w1", calib)
+        log(f"width 1.0 exported in {time.perf_counter() - start:.1f} s")
+        results["PFPLD width 1.0 (random init, randomised BatchNorm statistics: latency only)"] = bench_export(wide)
+        source = source_from_checkpoint(ckpt) if ckpt else source_from_random_init("pfpld", 0.25, seed=0)
+        small = make_export(source, work / "w025", calib)
+        label = f"PFPLD width 0.25 ({'checkpoint ' + Path(ckpt).name if ckpt else 'random init'})"
+        results[label] = bench_export(small)
+        if ckpt and data:
+            from quant.int8 import check_int8
+            int8_table = check_int8(small, images=data, calib=calib, n=256, write=False).table()
+            log(int8_table)
+    return markdown(results, int8_table, (load0, os.getloadavg()[0]))
+
+
+def main(argv=None) -> None:
     from pfpld.fileio import write_text_atomic
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", type=Path, help="Trained checkpoint (width 0.25 row); default: random init.")
@@ -101,24 +124,7 @@ def main(argv=None) -> None:
     ap.add_argument("--calib", type=Path, help="Calibration set (default: 32 synthetic faces).")
     ap.add_argument("--out", type=Path, default=Path("bench/results_int8.md"))
     args = ap.parse_args(argv)
-    load0 = os.getloadavg()[0]
-    results, int8_table = {}, None
-    with tempfile.TemporaryDirectory(prefix="pfpld-int8-bench-") as work:
-        work = Path(work)
-        calib = args.calib or synthetic_calibration(work / "calib")
-        start = time.perf_counter()
-        wide = make_export(source_from_random_init("pfpld", 1.0, seed=0), work / "w1", calib)
-        print(f"width 1.0 exported in {time.perf_counter() - start:.1f} s")
-        results["PFPLD width 1.0 (random init, randomised BatchNorm statistics: latency only)"] = bench_export(wide)
-        source = source_from_checkpoint(args.ckpt) if args.ckpt else source_from_random_init("pfpld", 0.25, seed=0)
-        small = make_export(source, work / "w025", calib)
-        label = f"PFPLD width 0.25 ({'checkpoint ' + args.ckpt.name if args.ckpt else 'random init'})"
-        results[label] = bench_export(small)
-        if args.ckpt and args.data:
-            from quant.int8 import check_int8
-            int8_table = check_int8(small, images=args.data, calib=calib, n=256, write=False).table()
-            print(int8_table)
-    text = markdown(results, int8_table, (load0, os.getloadavg()[0]))
+    text = run_int8_benchmark(args.ckpt, args.data, args.calib)
     write_text_atomic(args.out, text)
     print(text)
 
