@@ -193,7 +193,7 @@ def bench_width(width: float, workdir: Path, threads_list=(1, 2), log=print) -> 
     from .parity import check_parity
     folder = workdir / f"pfpld_{width}"
     result = export(source_from_random_init("pfpld", width, seed=0), ["all"], folder)
-    fp16 = export(source_from_random_init("pfpld", width, seed=0), ["ncnn"], workdir / f"fp16_{width}", fp16=True)
+    export(source_from_random_init("pfpld", width, seed=0), ["ncnn"], workdir / f"fp16_{width}", fp16=True)
     (folder / "fp16").mkdir()
     for name in ("pfpld.ncnn.param", "pfpld.ncnn.bin", "pfpld.ncnn.names.json"):
         shutil.copy(workdir / f"fp16_{width}" / name, folder / "fp16" / name)

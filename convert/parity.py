@@ -23,6 +23,7 @@ from pfpld.metrics import nme_per_face
 from pfpld.models.spec import ModelSpec
 
 from pfpld.fileio import write_json_atomic
+from pfpld.tables import markdown_table, text_table
 
 from .export import MANIFEST, read_manifest, sha256_of, stage_file
 from .runtimes import CaffeRunner, NcnnRunner, OnnxRunner, Runner, TorchRunner
@@ -377,9 +378,7 @@ class ParityReport:
         return lines
 
     def table(self) -> str:
-        rows = [self.HEADER] + self.table_rows()
-        widths = [max(len(row[i]) for row in rows) for i in range(len(self.HEADER))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        lines = text_table([self.HEADER] + self.table_rows())
         lines.append(f"inputs: {self.n_random} random + {self.n_faces} face crops ({self.inputs}); "
                      f"verdict: {self.verdict.upper()}")
         return "\n".join(lines + self.notes())
@@ -397,9 +396,8 @@ class ParityReport:
     def to_markdown(self) -> str:
         lines = [f"# Parity of {self.folder.name}", "",
                  f"Checked {self.checked}: {self.n_random} random inputs and {self.n_faces} face crops "
-                 f"({self.inputs}), each stage against `{self.rows[0].stage}` by output name.", "",
-                 "| " + " | ".join(self.HEADER) + " |", "|" + "---|" * len(self.HEADER)]
-        lines += ["| " + " | ".join(row) + " |" for row in self.table_rows()]
+                 f"({self.inputs}), each stage against `{self.rows[0].stage}` by output name.", ""]
+        lines += markdown_table(self.HEADER, self.table_rows())
         lines += ["", f"**Verdict: {self.verdict.upper()}.** Tolerance: max abs diff {FP32_MAX_ABS:g} for fp32 "
                   f"stages and {FP16_MAX_ABS:g} for an fp16 ncnn model, on landmarks ([0,1] of the crop) and pose "
                   f"(radians); NME is normalised by the inter-ocular distance of the reference's prediction."]

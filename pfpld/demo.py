@@ -18,6 +18,7 @@ from .data.prepare import prepare_dataset
 from .data.synthetic import generate_dataset, render_face, sample_params
 from .evaluate import evaluate_model
 from .fileio import write_text_atomic
+from .tables import markdown_table
 from .losses import LossConfig
 from .predict import draw_prediction, predict_face, write_image_atomic
 from .train import TrainConfig, train
@@ -57,8 +58,7 @@ def predict_heldout(model, contract, out: Path, seed: int, n: int = 6) -> dict:
 def demo_report(out: Path, report, heldout: dict, exported, parity, int8, timings: dict) -> str:
     """One markdown page a person reads: what was trained, how well, what was exported, and the parity proof."""
     rel = lambda p: Path(p).relative_to(out).as_posix()   # noqa: E731
-    parity_lines = ["| " + " | ".join(parity.HEADER) + " |", "|" + "---|" * len(parity.HEADER)]
-    parity_lines += ["| " + " | ".join(row) + " |" for row in parity.table_rows()]
+    parity_lines = markdown_table(parity.HEADER, parity.table_rows())
     return "\n".join([
         "# pfpld demo", "",
         f"Synthetic faces -> prepared crops -> PFPLD training -> evaluation -> export -> parity, in "

@@ -26,6 +26,7 @@ from convert.runtimes import NcnnRunner, OnnxRunner, Runner
 from pfpld.contract import PreprocessContract, landmark_box
 from pfpld.errors import ConversionError, InputError
 from pfpld.metrics import nme_per_face, pose_mae_deg
+from pfpld.tables import markdown_table, text_table
 
 from .calibration import read_calibration_set
 from .nnie import default_hp_layers
@@ -142,9 +143,7 @@ class Int8Report:
         return rows
 
     def table(self) -> str:
-        rows = [self.HEADER] + self.table_rows()
-        widths = [max(len(row[i]) for row in rows) for i in range(len(self.HEADER))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        lines = text_table([self.HEADER] + self.table_rows())
         lines.append(f"int8 on {self.n_faces} held-out faces ({self.faces}); budget dNME <= {BUDGET_NME_POINTS} "
                      f"points for deployed stages; verdict: {'PASS' if self.passed else 'FAIL'}")
         lines += [f"{r.stage}: {r.error}" for r in self.rows if r.error]
@@ -161,9 +160,8 @@ class Int8Report:
                  f"Checked {self.checked} on {self.n_faces} held-out faces ({self.faces}). Every int8 stage runs "
                  f"the same inputs as the float model (`{self.float_stage}`); NME is inter-ocular, in percent, "
                  f"against the ground truth; dNME and dpose are int8 minus float. Rows marked what-if are not "
-                 f"deployed (other NNIE precisions of the same files).", "",
-                 "| " + " | ".join(self.HEADER) + " |", "|" + "---|" * len(self.HEADER)]
-        lines += ["| " + " | ".join(r) + " |" for r in self.table_rows()]
+                 f"deployed (other NNIE precisions of the same files).", ""]
+        lines += markdown_table(self.HEADER, self.table_rows())
         lines += ["", f"**Verdict: {'PASS' if self.passed else 'FAIL'}** (budget: dNME <= {BUDGET_NME_POINTS} "
                       f"points for the deployed stages)."]
         lines += [f"- {r.stage}: {r.error}" for r in self.rows if r.error]

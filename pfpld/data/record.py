@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DatasetError  # noqa: F401 (re-exported: parsers raise it from here)
+from ..errors import DatasetError
+
+__all__ = ["DatasetError", "FaceRecord", "WFLW_ATTRIBUTES"]   # parsers raise DatasetError from here
 
 WFLW_ATTRIBUTES = ("pose", "expression", "illumination", "makeup", "occlusion", "blur")
 
