@@ -405,6 +405,13 @@ def export(source: ExportSource, targets, out: Path, *, opset: int = DEFAULT_OPS
     return ExportResult(out, manifest)
 
 
+def record_in_manifest(folder: Path, key: str, value) -> None:
+    """Add a check's result (parity, int8) to an export's manifest.json, atomically."""
+    manifest = read_manifest(folder)
+    manifest[key] = value
+    write_json_atomic(Path(folder) / MANIFEST, manifest)
+
+
 def stage_file(folder: Path, manifest: dict, role: str) -> Path | None:
     """The file playing `role` ("onnx", "caffe.prototxt", ...) in an export folder, or None."""
     for stage in manifest["stages"]:

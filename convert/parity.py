@@ -22,10 +22,10 @@ from pfpld.errors import ConversionError, InputError
 from pfpld.metrics import nme_per_face
 from pfpld.models.spec import ModelSpec
 
-from pfpld.fileio import write_json_atomic
+from pfpld.fileio import write_json_atomic, write_text_atomic
 from pfpld.tables import markdown_table, text_table
 
-from .export import MANIFEST, read_manifest, sha256_of, stage_file
+from .export import MANIFEST, read_manifest, record_in_manifest, sha256_of, stage_file
 from .runtimes import CaffeRunner, NcnnRunner, OnnxRunner, Runner, TorchRunner
 
 FP32_MAX_ABS = 1e-5           # landmarks in [0,1] of the crop, pose in radians
@@ -488,12 +488,8 @@ def check_parity(export_dir: Path, images: Path | None = None, n: int = 8, seed:
         report.picture = draw_stages(export.contract, inputs.x[inputs.face_slice], rows,
                                      export.folder / "parity.png")
         report.markdown = export.folder / "parity.md"
-        tmp = report.markdown.with_name(".parity.md.tmp")
-        tmp.write_text(report.to_markdown())
-        tmp.replace(report.markdown)
-        manifest = read_manifest(export.folder)
-        manifest["parity"] = report.to_dict()
-        write_json_atomic(export.folder / MANIFEST, manifest)
+        write_text_atomic(report.markdown, report.to_markdown())
+        record_in_manifest(export.folder, "parity", report.to_dict())
     return report
 
 

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.export import MANIFEST, read_manifest, stage_file, write_json_atomic
+from convert.export import record_in_manifest, stage_file
 from convert.parity import ExportFolder
 from convert.runtimes import NcnnRunner, OnnxRunner, Runner
 from pfpld.contract import PreprocessContract, landmark_box
 from pfpld.errors import ConversionError, InputError
+from pfpld.fileio import write_text_atomic
 from pfpld.metrics import nme_per_face, pose_mae_deg
 from pfpld.tables import markdown_table, text_table
 
@@ -279,10 +280,6 @@ def check_int8(export_dir: Path, images: Path | None = None, calib: Path | None 
                                    threads=threads))
     if write:
         report.markdown = export.folder / "int8.md"
-        tmp = report.markdown.with_name(".int8.md.tmp")
-        tmp.write_text(report.to_markdown())
-        tmp.replace(report.markdown)
-        manifest = read_manifest(export.folder)
-        manifest["int8"] = report.to_dict()
-        write_json_atomic(export.folder / MANIFEST, manifest)
+        write_text_atomic(report.markdown, report.to_markdown())
+        record_in_manifest(export.folder, "int8", report.to_dict())
     return report
