@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import tempfile
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 
 from pfpld.contract import PreprocessContract
 from pfpld.errors import ConversionError
+from pfpld.fileio import write_bytes_atomic
 from pfpld.models.spec import ModelSpec, OutputSpec
 
 from .onnx_graph import load_onnx
@@ -27,15 +27,7 @@ META_CONTRACT = "pfpld.contract"
 
 
 def save_onnx_atomic(model: onnx.ModelProto, path: Path) -> None:
-    path = Path(path)
-    # Not mkstemp: its 0600 mode would survive the rename, and exported models are meant to be shared.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(model.SerializeToString())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes_atomic(path, model.SerializeToString())
 
 
 def set_metadata(model: onnx.ModelProto, spec: ModelSpec, contract: PreprocessContract) -> None:

@@ -22,7 +22,7 @@ from pfpld.errors import ConversionError, InputError
 from pfpld.metrics import nme_per_face
 from pfpld.models.spec import ModelSpec
 
-from pfpld.fileio import write_json_atomic, write_text_atomic
+from pfpld.fileio import atomic_path, write_json_atomic, write_text_atomic
 from pfpld.tables import markdown_table, text_table
 
 from .export import MANIFEST, read_manifest, record_in_manifest, sha256_of, stage_file
@@ -429,10 +429,9 @@ def draw_stages(contract: PreprocessContract, faces: np.ndarray, rows: list[Stag
                 if np.isfinite(px) and np.isfinite(py) and -size < px < 2 * size and -size < py < 2 * size:
                     cv2.circle(tile, (int(round(px)), int(round(py))), 2, colour, -1, cv2.LINE_AA)
             grid[header + i * size:header + (i + 1) * size, col * size:(col + 1) * size] = tile
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    if not cv2.imwrite(str(tmp), grid):
-        raise ConversionError(f"{path}: could not write the picture")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), grid):
+            raise ConversionError(f"{path}: could not write the picture")
     return path
 
 

@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path):
-    """Yield a temporary path beside `path` (same suffix); on success rename it to `path`, else delete it."""
+    """Yield a temporary path beside `path` (same suffix); on success rename it to `path`, else delete it.
+    The temporary file is created with the usual umask permissions (mkstemp's 0600 would survive the rename,
+    and artifacts are meant to be shared)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.stem + ".", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    with open(tmp, "xb"):
+        pass
     try:
         yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -36,7 +44,6 @@ def write_json_atomic(path: Path, data) -> None:
 def swap_in_folder(tmp: Path, out: Path) -> None:
     """Move the finished folder `tmp` to `out`. A folder already at `out` (the caller has checked it may be
     replaced) is set aside first and deleted only once the new one is in place; on failure it is put back."""
-    import secrets
     import shutil
     tmp, out = Path(tmp), Path(out)
     if not out.exists():
