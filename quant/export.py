@@ -81,6 +81,8 @@ def export_nnie(job: ExportJob) -> dict[str, Path]:
     crops = calib_set.crops[:nnie_mod.TEST_INPUTS]
     tests_x = np.stack([contract.to_tensor_layout(c) for c in crops])
     float_out = renamed_runner.run(tests_x)
+    # The same crops with the first and third planes traded: what the board prints if fed the wrong plane order.
+    swapped_out = renamed_runner.run(np.stack([contract.to_tensor_layout(c[:, :, ::-1]) for c in crops]))
     sim_out = NnieSimRunner(graph, net.outputs, plan).run(tests_x)
     per_test = lambda out: [{k: v[i] for k, v in out.items()} for i in range(len(crops))]  # noqa: E731
 
@@ -96,7 +98,8 @@ def export_nnie(job: ExportJob) -> dict[str, Path]:
     manifest = nnie_mod.write_bundle(
         root, task=task, net_files={"prototxt": prototxt, "caffemodel": caffemodel, "names": names_path}, nnie=net,
         contract=contract, precision=opts.precision, calib_files=calib_set.files, test_crops=crops,
-        float_outputs=per_test(float_out), sim_outputs=per_test(sim_out), internal_stride=opts.internal_stride,
+        float_outputs=per_test(float_out), swapped_outputs=per_test(swapped_out), sim_outputs=per_test(sim_out),
+        internal_stride=opts.internal_stride,
         source={"export_source": source.record, "calibration": str(Path(opts.calib).resolve())})
     job.info["nnie"] = {"precision": opts.precision, "compile_mode": nnie_mod.PRECISIONS[opts.precision],
                         "hp_layers": net.hp_layers, "task": task, "bundle": where,

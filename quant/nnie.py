@@ -17,9 +17,12 @@ for the mapper, and laid out as an SDK sample bundle.
    (calibration crops), data/nnie_image/rgb_planar/<task>_NNN.bgr test inputs with their float and simulated
    outputs, README.md (mapper command, chip / mapper table), manifest.json (sha256 of every file).
 
-Board input layout: the mapper doc says that with image_type 1 the board input is a BGR planar U8 image whatever
-RGB_order says (RGB_order tells the compiled net how to swap); the reference PFPLD sample's pose.bgr (an RGB
-network) is indeed B, G, R planes. So the .bgr files here are B, G, R planes, 112 rows of 112 bytes each.
+Board input layout: planar U8, planes in the cfg's channel order (RGB_order, which is the contract's colour order),
+112 rows of 112 bytes each. RGB_order tells the mapper how to turn the calibration images it reads (OpenCV: BGR)
+into the network's order; the compiled .wk does not reorder what the board feeds it, so the board must feed the
+network's order. The files keep the SDK's `.bgr` extension. Community .bgr files are B, G, R planes, which agrees
+for BGR-trained nets; for an RGB net the two readings differ, so every test input also carries the float outputs
+for the swapped plane order: a board printing those is being fed the wrong order, and says so at once.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ from convert.onnx2caffe import caffe_pb2
 from convert.onnx2caffe.context import from_blob
 from pfpld.contract import PreprocessContract
 from pfpld.errors import ConversionError
+from pfpld.metrics import nme_per_face
 from pfpld.fileio import swap_in_folder
 
 from .nnie_sim import HP_SUFFIX, PRECISIONS
@@ -50,7 +54,6 @@ BUNDLE_MANIFEST = "manifest.json"
 NNIE_PROVEN_LAYERS = ("Input", "Convolution", "ReLU", "Eltwise", "Pooling", "Flatten", "Concat", "InnerProduct")
 RESERVED_SUFFIXES = ("_hp", "_cpu", "_report")
 NODE_NAME_MAX = 31                 # SVP_NNIE_NODE_NAME_LEN 32, with the terminating NUL
-BOARD_PLANE_ORDER = "BGR"          # image_type 1: the board takes BGR planar U8 whatever RGB_order says
 TEST_INPUTS = 4
 # Layer types BVLC Caffe gained after 1.0 (April 2017) and parameter fields it gained with them.
 NEWER_THAN_CAFFE_1_0 = {"Clip", "Swish"}
@@ -450,11 +453,19 @@ def parse_cfg(text: str) -> dict[str, str]:
 
 
 # --- 5. the bundle ---------------------------------------------------------------------------------------------------
-def planar_bytes(crop_bgr: np.ndarray, plane_order: str = BOARD_PLANE_ORDER) -> bytes:
-    """A BGR uint8 HxWx3 crop as planar U8 bytes in `plane_order`: all of plane 0 (row by row), then 1, then 2."""
+def board_plane_order(contract: PreprocessContract) -> str:
+    """The order of the U8 planes the board feeds: the cfg's RGB_order, i.e. the network's own colour order."""
+    return contract.color_order
+
+
+def planar_bytes(crop_bgr: np.ndarray, plane_order: str) -> bytes:
+    """A BGR uint8 HxWx3 crop as planar U8 bytes in `plane_order` ("BGR" or "RGB"): all of plane 0 (row by row),
+    then 1, then 2."""
     crop = np.ascontiguousarray(crop_bgr, dtype=np.uint8)
     if crop.ndim != 3 or crop.shape[2] != 3:
         raise ConversionError(f"expected an HxWx3 crop, got {crop.shape}")
+    if plane_order not in ("BGR", "RGB"):
+        raise ConversionError(f"plane order must be BGR or RGB, got {plane_order!r}")
     planes = crop if plane_order == "BGR" else crop[:, :, ::-1]
     return np.ascontiguousarray(planes.transpose(2, 0, 1)).tobytes()
 
@@ -481,7 +492,7 @@ def check_bundle_target(path: Path, force: bool) -> None:
 
 
 def readme_text(task: str, precision: str, contract: PreprocessContract, cfg: dict[str, str], hp_layers: list[str],
-                outputs: dict[str, str], n_calib: int, tests: list[str], input_blob: str) -> str:
+                outputs: dict[str, str], n_calib: int, tests: list[str], input_blob: str, planes: str) -> str:
     inst = parse_cfg(cfg[f"{task}_inst.cfg"])
     chips = "\n".join(f"| {chip} | {nnie} | `{tool}` |" for chip, nnie, tool in CHIP_TABLE)
     outs = "\n".join(f"| `{spec}` | `{blob}` |" for spec, blob in outputs.items())
@@ -521,9 +532,9 @@ For another chip use the mapper its SDK ships.
 
 ## On the board
 
-Input `{input_blob}`: a U8 planar image, **B, G, R planes** ({BOARD_PLANE_ORDER} planar is what the SDK takes
-with image_type 1; the compiled net swaps to {contract.color_order} itself), each plane {contract.input_size}
-rows of {contract.input_size} bytes filled row by row at the blob's 16-byte stride. Read the outputs by node
+Input `{input_blob}`: a U8 planar image, **{', '.join(planes)} planes** (the cfg's `RGB_order`: the .wk does not
+reorder what it is fed), each plane {contract.input_size} rows of {contract.input_size} bytes filled row by row at
+the blob's 16-byte stride. Read the outputs by node
 name, never by index; they are S32 fixed point, value = s32 / 4096:
 
 | output | node name |
@@ -532,7 +543,10 @@ name, never by index; they are S32 fixed point, value = s32 / 4096:
 
 `data/nnie_image/rgb_planar/` holds {len(tests)} test inputs ({', '.join(tests)}), 3x{contract.input_size}x
 {contract.input_size} = {3 * contract.input_size ** 2} bytes each, with a JSON next to each: the float outputs
-(Caffe files through OpenCV) and the NNIE simulation's outputs (what the board should print, to its precision).
+(Caffe files through OpenCV), the NNIE simulation's outputs (what the board should print, to its precision), and
+`float_outputs_if_planes_swapped`: what the net gives when the first and third planes trade places. If the board
+prints something close to those instead, the build feeds the colour planes in the wrong order (the classic silent
+mismatch of RGB-trained nets on NNIE); `swapped_planes_nme` in the JSON says how far apart the two are.
 
 `manifest.json` lists every file with its sha256.
 """
@@ -540,7 +554,7 @@ name, never by index; they are S32 fixed point, value = s32 / 4096:
 
 def write_bundle(root: Path, *, task: str, net_files: dict[str, Path], nnie: NnieNet, contract: PreprocessContract,
                  precision: str, calib_files: list[Path], test_crops: list[np.ndarray], float_outputs: list[dict],
-                 sim_outputs: list[dict], internal_stride: int, source: dict) -> dict:
+                 swapped_outputs: list[dict], sim_outputs: list[dict], internal_stride: int, source: dict) -> dict:
     """Write the bundle into the (new, empty) folder root; returns its manifest."""
     model_dir = root / "data" / "nnie_model" / task
     calib_dir = root / "data" / "nnie_image" / "calib" / task
@@ -559,26 +573,30 @@ def write_bundle(root: Path, *, task: str, net_files: dict[str, Path], nnie: Nni
     cfgs = mapper_configs(task, contract, precision, internal_stride)
     for name, text in cfgs.items():
         (model_dir / name).write_text(text)
+    planes = board_plane_order(contract)
+    flat = lambda out: {k: np.asarray(v).reshape(-1).round(7).tolist() for k, v in out.items()}  # noqa: E731
     tests = []
-    for i, (crop, ref, sim) in enumerate(zip(test_crops, float_outputs, sim_outputs)):
+    for i, (crop, ref, swapped, sim) in enumerate(zip(test_crops, float_outputs, swapped_outputs, sim_outputs)):
         stem = f"{task}_{i:03d}"
-        (planar_dir / f"{stem}.bgr").write_bytes(planar_bytes(crop))
-        (planar_dir / f"{stem}.json").write_text(json.dumps({
-            "input": f"{stem}.bgr", "layout": f"planar U8, planes {', '.join(BOARD_PLANE_ORDER)}, "
-                                              f"{contract.input_size}x{contract.input_size} each",
-            "bytes": 3 * contract.input_size ** 2,
-            "float_outputs": {k: np.asarray(v).reshape(-1).round(7).tolist() for k, v in ref.items()},
-            f"nnie_sim_{precision}_outputs": {k: np.asarray(v).reshape(-1).round(7).tolist() for k, v in sim.items()},
-            "output_nodes": nnie.outputs}, indent=1) + "\n")
+        (planar_dir / f"{stem}.bgr").write_bytes(planar_bytes(crop, planes))
+        record = {"input": f"{stem}.bgr", "layout": f"planar U8, planes {', '.join(planes)}, "
+                                                    f"{contract.input_size}x{contract.input_size} each",
+                  "bytes": 3 * contract.input_size ** 2, "float_outputs": flat(ref),
+                  f"nnie_sim_{precision}_outputs": flat(sim), "float_outputs_if_planes_swapped": flat(swapped),
+                  "output_nodes": nnie.outputs}
+        if "landmarks" in ref:
+            record["swapped_planes_nme"] = round(float(nme_per_face(np.reshape(swapped["landmarks"], (1, -1)),
+                                                                  np.reshape(ref["landmarks"], (1, -1)))[0]), 6)
+        (planar_dir / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
         tests.append(f"{stem}.bgr")
     (root / "README.md").write_text(readme_text(task, precision, contract, cfgs, nnie.hp_layers, nnie.outputs,
-                                                len(calib_files), tests, nnie.input_blob))
+                                                len(calib_files), tests, nnie.input_blob, planes))
     files = {str(p.relative_to(root)): {"sha256": sha256_of(p), "size": p.stat().st_size}
              for p in sorted(root.rglob("*")) if p.is_file() and p.name != BUNDLE_MANIFEST}
     manifest = {"format": BUNDLE_FORMAT, "version": 1,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "task": task,
                 "precision": precision, "compile_mode": PRECISIONS[precision], "hp_layers": nnie.hp_layers,
-                "contract": contract.to_dict(), "board_input": {"blob": nnie.input_blob, "planes": BOARD_PLANE_ORDER},
+                "contract": contract.to_dict(), "board_input": {"blob": nnie.input_blob, "planes": planes},
                 "outputs": nnie.outputs, "mapper": {"run_in": f"data/nnie_model/{task}",
                                                     "commands": [f"nnie_mapper_12 {task}_inst.cfg",
                                                                  f"nnie_mapper_12 {task}_func.cfg"]},

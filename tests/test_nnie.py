@@ -247,7 +247,7 @@ def test_bgr_planar_layout_is_byte_exact():
     crop[..., 0] = (np.arange(112)[:, None] + np.arange(112)[None, :]) % 256    # B: row + column
     crop[..., 1] = 200                                                          # G constant
     crop[..., 2] = np.arange(112)[None, :]                                      # R: column index
-    data = planar_bytes(crop)
+    data = planar_bytes(crop, "BGR")
     plane = 112 * 112
     assert len(data) == 37632 == 3 * plane
     assert data[0] == 0 and data[1] == 1 and data[112] == 1 and data[113] == 2      # B plane, row-major
@@ -293,9 +293,17 @@ def test_nnie_export_writes_a_checked_sdk_bundle(calib_set, tmp_path):
     planar = sorted((bundle / "data" / "nnie_image" / "rgb_planar").glob("*.bgr"))
     assert len(planar) == 4 and all(p.stat().st_size == 37632 for p in planar)
     first = cv2.imread(str(model_dir / listed[0]))
-    assert planar[0].read_bytes() == planar_bytes(first)           # the first calibration crop, B G R planes
+    # The first calibration crop, planes in the cfg's RGB_order (the contract's RGB): R plane first.
+    data = planar[0].read_bytes()
+    assert data == planar_bytes(first, "RGB") and data[:112 * 112] == np.ascontiguousarray(first[:, :, 2]).tobytes()
+    assert bundle_manifest["board_input"]["planes"] == "RGB"
     expected = json.loads(planar[0].with_suffix(".json").read_text())
     assert len(expected["float_outputs"]["landmarks"]) == 196 and "nnie_sim_mixed_outputs" in expected
+    assert expected["layout"].startswith("planar U8, planes R, G, B")
+    # The outputs of the wrong plane order are there, and differ, for the board-side check.
+    swapped = np.array(expected["float_outputs_if_planes_swapped"]["landmarks"])
+    assert swapped.shape == (196,) and np.abs(swapped - expected["float_outputs"]["landmarks"]).max() > 1e-4
+    assert expected["swapped_planes_nme"] > 0
     readme = (bundle / "README.md").read_text()
     assert "nnie_mapper_12 pfpld_inst.cfg" in readme and "| Hi3516DV300 | NNIE 1.2 |" in readme
     # an existing bundle is replaced only with --force, and nothing is written next to it
