@@ -3,9 +3,9 @@ ncnn), each stage compared with the reference (torch, or the ONNX file for a use
 
 Inputs are N random tensors over the contract's value range plus N real-looking face crops (synthetic faces cut
 with the contract's crop rule, or a folder of the user's). A stage that misses its tolerance is localised: its
-intermediate tensors are compared with the previous stage's by name (ONNX tensor names through onnxruntime,
-Caffe blobs through the converter's name map, ncnn blobs by matching each one to the ONNX tensor holding the
-same values) and the first layer that diverges is named. Results: a table, parity.md with a picture of every
+intermediate tensors are compared with the previous stage's (ONNX tensor names through onnxruntime, Caffe blobs
+through the converter's name map; torch submodule tensors and ncnn blobs, which have no ONNX names, by matching
+each one to the tensor holding the same values) and the first layer that diverges is named. Results: a table, parity.md with a picture of every
 stage's landmarks on the same faces, and the verdict in manifest.json.
 """
 from __future__ import annotations
@@ -310,9 +310,40 @@ def localize_ncnn(previous: OnnxRunner, current: NcnnRunner, x1: np.ndarray, rel
             f"'{worst[1]}'): the difference accumulates over layers or comes from an earlier stage")
 
 
+def localize_torch(previous: TorchRunner, current: OnnxRunner, x1: np.ndarray, rel: float) -> str:
+    """Torch tensors have no ONNX names: every tensor a submodule receives or returns is recorded, and each ONNX
+    node output (graph order) is matched to the torch tensor of the same size holding the closest values; the
+    first node whose output matches none is named. A node with no same-sized torch tensor (an op written inline
+    in a forward, a conv whose BatchNorm was folded) is skipped, not blamed."""
+    import onnx
+    model = onnx.load(str(current.path), load_external_data=False)
+    producers = {out: node for node in model.graph.node for out in node.output if out}
+    names = [n for n in current.tensor_names() if n in producers]
+    got = current.run_intermediates(x1, names)
+    by_size: dict[int, list[tuple[str, np.ndarray]]] = {}
+    for label, value in previous.module_tensors(x1):
+        by_size.setdefault(value.size, []).append((label, value))
+    worst = (0.0, "")
+    for name in names:
+        candidates = by_size.get(got[name].size, [])
+        if not candidates:
+            continue
+        relative, nearest = min((_diverges(value, got[name], rel)[1], label) for label, value in candidates)
+        node = producers[name]
+        if relative > rel:
+            return (f"first diverging layer: ONNX {node.op_type} '{node.name or name}' (tensor '{name}'; nearest "
+                    f"torch tensor: {nearest}, relative max abs diff {relative:.3g})")
+        worst = max(worst, (relative, node.name or name))
+    return (f"no single ONNX node diverges from the torch module (largest relative diff {worst[0]:.3g} at "
+            f"'{worst[1]}'): the difference accumulates over layers")
+
+
 def localize(export: ExportFolder, stage: str, runners: dict[str, Runner], x1: np.ndarray, rel: float) -> str:
     if stage == "onnx":
-        return "no shared tensor names between torch and ONNX: compare the ONNX graph with the module by hand"
+        torch_runner, onnx_runner = runners.get("torch"), runners.get("onnx")
+        if not isinstance(torch_runner, TorchRunner) or not isinstance(onnx_runner, OnnxRunner):
+            return "the torch stage is unavailable: nothing to localise against"
+        return localize_torch(torch_runner, onnx_runner, x1, rel)
     previous_stage = "onnx" if stage == "onnxsim" else "onnxsim"
     previous = runners.get(previous_stage)
     if not isinstance(previous, OnnxRunner):

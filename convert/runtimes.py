@@ -73,6 +73,34 @@ class TorchRunner(Runner):
         values = {n: o.detach().numpy().copy() for n, o in zip(self.output_names, outputs)}
         return {n: values[n] for n in names}
 
+    def module_tensors(self, x1: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """Every tensor the module's submodules receive and return for one image, in execution order, as
+        ('<module path> input' | '<module path> output', value). Torch has no ONNX names: parity matches these
+        to ONNX tensors by value. Values are copied when seen (a later in-place ReLU would change them)."""
+        torch = self.torch
+        seen: list[tuple[str, np.ndarray]] = []
+
+        def keep(label, value):
+            if isinstance(value, torch.Tensor):
+                seen.append((label, value.detach().numpy().copy()))
+            elif isinstance(value, (tuple, list)):
+                for item in value:
+                    keep(label, item)
+
+        handles = []
+        for path, sub in self.module.named_modules():
+            if not path:
+                continue
+            handles.append(sub.register_forward_pre_hook(lambda m, args, path=path: keep(f"{path} input", args)))
+            handles.append(sub.register_forward_hook(lambda m, args, out, path=path: keep(f"{path} output", out)))
+        try:
+            with torch.inference_mode():
+                self.module(torch.from_numpy(np.ascontiguousarray(x1, dtype=np.float32)))
+        finally:
+            for handle in handles:
+                handle.remove()
+        return seen
+
 
 class OnnxRunner(Runner):
     """onnxruntime, CPU execution provider, with the default graph optimisations (what users deploy).

@@ -78,6 +78,45 @@ def test_a_perturbed_caffe_layer_fails_and_is_named(random_export, tmp_path):
     assert json.loads((out / "manifest.json").read_text())["parity"]["verdict"] == "fail"
 
 
+def test_a_perturbed_onnx_weight_fails_and_the_node_is_named(random_export, tmp_path):
+    """torch and ONNX share no tensor names: the diverging node is found by matching values to the torch
+    submodules' tensors."""
+    import onnx
+    from onnx import numpy_helper
+    src, _ = random_export(0.25)
+    out = tmp_path / "export"
+    shutil.copytree(src, out)
+    model = onnx.load(str(out / "pfpld.onnx"))
+    convs = [node for node in model.graph.node if node.op_type == "Conv"]
+    target = convs[len(convs) // 2]
+    weights = {t.name: t for t in model.graph.initializer}
+    tensor = weights[target.input[1]]
+    tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) * np.float32(1.05), tensor.name))
+    onnx.save(model, str(out / "pfpld.onnx"))
+
+    report = check_parity(out, n=2)
+    verdicts = {r.stage: r.verdict for r in report.rows}
+    assert verdicts == {"torch": "reference", "onnx": "FAIL", "onnxsim": "pass", "caffe": "pass", "ncnn": "pass"}
+    onnx_row = report.rows[1]
+    assert onnx_row.first_divergence.startswith(f"first diverging layer: ONNX Conv '{target.name}'"), \
+        onnx_row.first_divergence
+
+
+def test_torch_tensors_are_recorded_in_execution_order(random_export):
+    from convert.runtimes import TorchRunner
+    from pfpld.checkpoint import load_model
+    src, _ = random_export(0.25)
+    module, ckpt = load_model(src / "pfpld.pt")
+    x = np.random.default_rng(0).random((1, 3, 112, 112), dtype=np.float32)
+    seen = TorchRunner(module, ckpt.spec.output_names).module_tensors(x)
+    labels = [label for label, _ in seen]
+    assert labels[0] == "conv1 input" and labels.index("conv1 output") < labels.index("conv2 output")
+    first_input = seen[0][1]
+    assert np.array_equal(first_input, x)
+    # A conv output is recorded before the in-place ReLU after it changes the tensor: negatives survive.
+    assert (dict(seen)["bn1 output"] < 0).any()
+
+
 def ncnn_weight_offset(param: Path, layer_name: str) -> int:
     """Byte offset of a layer's first weight in the .ncnn.bin: every weight blob is a 4-byte storage tag then
     floats (fp32 files), a bias is raw floats; PFPLD's ncnn layers with weights are the three below."""
