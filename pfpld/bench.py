@@ -63,8 +63,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, default=Path("bench/results.md"))
     ap.add_argument("--training-only", action="store_true", help="Skip the export and runtime latency section.")
-    ap.add_argument("--ckpt", type=Path, help="A trained checkpoint for the int8 accuracy rows (e.g. the demo's).")
-    ap.add_argument("--data", type=Path, help="Its prepared dataset (e.g. runs/demo/prepared).")
+    ap.add_argument("--ckpt", type=Path, action="append", default=[],
+                    help="A trained checkpoint for the int8 rows of its width (repeatable; e.g. the demo's).")
+    ap.add_argument("--data", type=Path, help="A prepared dataset whose test split measures int8 accuracy.")
     args = ap.parse_args(argv)
     threads = torch.get_num_threads()
     rows = []
