@@ -534,16 +534,16 @@ For another chip use the mapper its SDK ships.
 
 Input `{input_blob}`: a U8 planar image, **{', '.join(planes)} planes** (the cfg's `RGB_order`: the .wk does not
 reorder what it is fed), each plane {contract.input_size} rows of {contract.input_size} bytes filled row by row at
-the blob's 16-byte stride. Read the outputs by node
-name, never by index; they are S32 fixed point, value = s32 / 4096:
+the blob's 16-byte stride. Read the outputs by node name, never by index; they are S32 fixed point,
+value = s32 / 4096:
 
 | output | node name |
 |---|---|
 {outs}
 
-`data/nnie_image/rgb_planar/` holds {len(tests)} test inputs ({', '.join(tests)}), 3x{contract.input_size}x
-{contract.input_size} = {3 * contract.input_size ** 2} bytes each, with a JSON next to each: the float outputs
-(Caffe files through OpenCV), the NNIE simulation's outputs (what the board should print, to its precision), and
+`data/nnie_image/rgb_planar/` holds {len(tests)} test inputs ({', '.join(tests)}),
+3x{contract.input_size}x{contract.input_size} = {3 * contract.input_size ** 2} bytes each, with a JSON next to each:
+the float outputs (Caffe files through OpenCV), the NNIE simulation's outputs (what the board should print, to its precision), and
 `float_outputs_if_planes_swapped`: what the net gives when the first and third planes trade places. If the board
 prints something close to those instead, the build feeds the colour planes in the wrong order (the classic silent
 mismatch of RGB-trained nets on NNIE); `swapped_planes_nme` in the JSON says how far apart the two are.
