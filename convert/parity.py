@@ -5,8 +5,8 @@ Inputs are N random tensors over the contract's value range plus N real-looking 
 with the contract's crop rule, or a folder of the user's). A stage that misses its tolerance is localised: its
 intermediate tensors are compared with the previous stage's (ONNX tensor names through onnxruntime, Caffe blobs
 through the converter's name map; torch submodule tensors and ncnn blobs, which have no ONNX names, by matching
-each one to the tensor holding the same values) and the first layer that diverges is named. Results: a table, parity.md with a picture of every
-stage's landmarks on the same faces, and the verdict in manifest.json.
+each one to the tensor holding the same values) and the first layer that diverges is named. Results: a table,
+parity.md with a picture of every stage's landmarks on the same faces, and the verdict in manifest.json.
 """
 from __future__ import annotations
 

@@ -545,8 +545,9 @@ value = s32 / 4096:
 3x{contract.input_size}x{contract.input_size} = {3 * contract.input_size ** 2} bytes each, with a JSON next to each:
 the float outputs (Caffe files through OpenCV), the NNIE simulation's outputs (what the board should print, to
 its precision), and `float_outputs_if_planes_swapped`: what the net gives when the first and third planes trade
-places. If the board prints something close to those instead, the build feeds the colour planes in the wrong order (the classic silent
-mismatch of RGB-trained nets on NNIE); `swapped_planes_nme` in the JSON says how far apart the two are.
+places. If the board prints something close to those instead, the build feeds the colour planes in the wrong
+order (the classic silent mismatch of RGB-trained nets on NNIE); `swapped_planes_nme` in the JSON says how far
+apart the two are.
 
 `manifest.json` lists every file with its sha256.
 """
