@@ -275,6 +275,9 @@ def export_cmd(ckpt, model, width, init, seed, onnx_file, targets, out, opset, f
         source = source_from_onnx(onnx_file, contract_options)
     else:
         source = source_from_random_init(model, width, seed)
+    if calib is not None:     # fail before the chain runs: a wrong calibration set is found in a second
+        from quant.calibration import read_calibration_set
+        read_calibration_set(calib, source.contract)
     options = " ".join(f"{k}={v}" for k, v in source.spec.options.items())
     click.echo(f"export {source.spec.name}{' ' + options if options else ''} ({source.record['kind']}) -> {out}")
     nnie = NnieOptions(calib=calib, precision=precision, hp_layers=list(hp_layers), allow_layers=list(allow_layers),

@@ -329,3 +329,13 @@ def test_sdk_dir_bundle_and_a_refused_preflight(calib_set, tmp_path):
     assert not (tmp_path / "exp2").exists() and sorted(p.name for p in foreign.iterdir()) == ["keep.txt"]
     hp = _export("--target", "nnie", "--calib", calib_set, "--hp-layer", "nope", "--out", tmp_path / "exp3")
     assert hp.returncode == 2 and "--hp-layer nope: no such layer" in hp.stderr
+
+
+def test_a_folder_that_is_no_calibration_set_is_refused_before_any_export_work(tmp_path):
+    (tmp_path / "not_calib").mkdir()
+    out = tmp_path / "exp"
+    proc = _export("--target", "nnie", "--calib", tmp_path / "not_calib", "--out", out)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'not_calib'}: no image_list.txt (make a " \
+                                                    f"calibration set with `pfpld calib`)"
+    assert "onnx" not in proc.stdout and not out.exists()       # no stage ran, nothing written
