@@ -317,8 +317,8 @@ def localize_torch(previous: TorchRunner, current: OnnxRunner, x1: np.ndarray, r
     in a forward, a conv whose BatchNorm was folded) is skipped, not blamed."""
     import onnx
     model = onnx.load(str(current.path), load_external_data=False)
-    producers = {out: node for node in model.graph.node for out in node.output if out}
-    names = [n for n in current.tensor_names() if n in producers]
+    producers = {out: node for node in model.graph.node for out in node.output if out}    # graph order
+    names = list(producers)
     got = current.run_intermediates(x1, names)
     by_size: dict[int, list[tuple[str, np.ndarray]]] = {}
     for label, value in previous.module_tensors(x1):

@@ -80,9 +80,9 @@ class ModelBench:
     rows: list[dict]                     # latency rows of bench_export
     accuracy: object | None = None       # quant.int8.Int8Report when the model is trained and data is given
 
-    def verdict(self) -> tuple[str, bool | None]:
-        """One sentence on the issue's target (fastest int8 >= 2x the fastest fp32 at <= 0.3 NME points) and
-        whether it holds (None: accuracy not measured, so only the speed half is known)."""
+    def verdict(self) -> str:
+        """One sentence on the issue's target: fastest int8 >= 2x the fastest fp32 at <= 0.3 NME points (only the
+        speed half when the accuracy was not measured)."""
         from quant.int8 import BUDGET_NME_POINTS
         fp32 = min(r["ms"] for r in self.rows if r["precision"] == "fp32")
         int8 = min((r for r in self.rows if r["precision"] == "int8"), key=lambda r: r["ms"])
@@ -91,15 +91,15 @@ class ModelBench:
         text = (f"Fastest int8: **{int8['runtime']}**, {int8['ms']:.3f} ms: {speedup:.2f}x the fastest fp32 "
                 f"({fp32:.3f} ms); target >= {TARGET_SPEEDUP}x: {'met' if fast else '**not met**'}.")
         if self.accuracy is None:
-            return text + " Accuracy cost not measured (no trained checkpoint for this width).", None
+            return text + " Accuracy cost not measured (no trained checkpoint for this width)."
         row = next((r for r in self.accuracy.rows if r.stage == RUNTIME_STAGE.get(int8["runtime"])), None)
         if row is None or row.delta_nme_points is None:
-            return text + " Its accuracy cost was not measured.", None
+            return text + " Its accuracy cost was not measured."
         cheap = row.delta_nme_points <= BUDGET_NME_POINTS
         met = fast and cheap
         return (text + f" Its accuracy cost on {self.accuracy.n_faces} held-out faces: {row.delta_nme_points:+.3f} "
                 f"NME points (budget {BUDGET_NME_POINTS}): {'met' if cheap else '**not met**'}. "
-                f"**Target {'met' if met else 'not met'}** for this model."), met
+                f"**Target {'met' if met else 'not met'}** for this model.")
 
 
 def markdown(results: list[ModelBench], load: tuple) -> str:
@@ -116,15 +116,10 @@ def markdown(results: list[ModelBench], load: tuple) -> str:
         for r in rows:
             lines.append(f"| {r['precision']} | {r['runtime']} | {r['ms']:.3f} | {best_fp32 / r['ms']:.2f}x | "
                          f"{fp32['onnxruntime'] / r['ms']:.2f}x |")
-        lines += ["", bench.verdict()[0], ""]
+        lines += ["", bench.verdict(), ""]
         if bench.accuracy is not None:
             lines += ["int8 accuracy of this checkpoint:", "", "```", bench.accuracy.table(), "```", ""]
     return "\n".join(lines)
-
-
-def checkpoint_width(ckpt: Path) -> float:
-    from convert.export import source_from_checkpoint
-    return float(source_from_checkpoint(ckpt).spec.options.get("width", 1.0))
 
 
 def run_int8_benchmark(ckpts: list[Path] | tuple = (), data: Path | None = None, calib: Path | None = None,
@@ -134,16 +129,17 @@ def run_int8_benchmark(ckpts: list[Path] | tuple = (), data: Path | None = None,
     the same exports, so the issue's target (speed and accuracy together) is judged on one model."""
     from convert.export import source_from_checkpoint, source_from_random_init
     load0 = os.getloadavg()[0]
-    by_width = {}
+    trained = {}          # width -> (checkpoint, its export source), each checkpoint loaded once
     for ckpt in ckpts:
-        by_width[checkpoint_width(ckpt)] = Path(ckpt)
+        source = source_from_checkpoint(ckpt)
+        trained[float(source.spec.options.get("width", 1.0))] = (Path(ckpt), source)
     results = []
     with tempfile.TemporaryDirectory(prefix="pfpld-int8-bench-") as work:
         work = Path(work)
         calib = calib or synthetic_calibration(work / "calib")
-        for width in sorted(set(by_width) | {1.0, 0.25}, reverse=True):
-            ckpt = by_width.get(width)
-            source = source_from_checkpoint(ckpt) if ckpt else source_from_random_init("pfpld", width, seed=0)
+        for width in sorted(set(trained) | {1.0, 0.25}, reverse=True):
+            ckpt, source = trained.get(width, (None, None))
+            source = source or source_from_random_init("pfpld", width, seed=0)
             start = time.perf_counter()
             folder = make_export(source, work / f"w{width}", calib)
             log(f"width {width} exported in {time.perf_counter() - start:.1f} s")
@@ -154,7 +150,7 @@ def run_int8_benchmark(ckpts: list[Path] | tuple = (), data: Path | None = None,
                 from quant.int8 import check_int8
                 bench.accuracy = check_int8(folder, images=data, calib=calib, n=n_faces, write=False)
                 log(bench.accuracy.table())
-            log(bench.verdict()[0])
+            log(bench.verdict())
             results.append(bench)
     return markdown(results, (load0, os.getloadavg()[0]))
 
