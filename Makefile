@@ -29,7 +29,7 @@ test: $(VENV)/.installed
 # same exports): the demo's width 0.25, and width 1.0 from `make model-w1`. Held-out faces: W1's test split when
 # present (the demo model never saw it), else the demo's.
 bench: $(VENV)/.installed
-	$(PY) -m pfpld.bench --out bench/results.md \
+	$(PY) -m pfpld_app.bench --out bench/results.md \
 	  $(if $(wildcard $(DEMO_OUT)/run/best.pt),--ckpt $(DEMO_OUT)/run/best.pt) \
 	  $(if $(wildcard $(W1_OUT)/run/best.pt),--ckpt $(W1_OUT)/run/best.pt --data $(W1_OUT)/prepared,\
 	    $(if $(wildcard $(DEMO_OUT)/run/best.pt),--data $(DEMO_OUT)/prepared))

@@ -36,7 +36,7 @@ def random_export(tmp_path_factory):
     def make(width: float):
         if width not in done:
             out = tmp_path_factory.mktemp(f"export_{width}") / "pfpld"
-            proc = subprocess.run([sys.executable, "-m", "pfpld.cli", "export", "--model", "pfpld", "--width",
+            proc = subprocess.run([sys.executable, "-m", "pfpld_app.cli", "export", "--model", "pfpld", "--width",
                                    str(width), "--init", "random", "--seed", "3", "--target", "all", "--out",
                                    str(out)], capture_output=True, text=True, timeout=600)
             assert proc.returncode == 0, proc.stderr

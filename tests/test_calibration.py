@@ -15,7 +15,7 @@ from pfpld.data.synthetic import render_face, sample_params
 from quant.calibration import (IMAGE_LIST, QualityRules, crop_quality, make_calibration_set, pose_from_landmarks,
                                read_calibration_set)
 
-PFPLD = [sys.executable, "-m", "pfpld.cli"]
+PFPLD = [sys.executable, "-m", "pfpld_app.cli"]
 
 
 def test_quality_rules_reject_near_black_near_white_and_over_exposed_crops():

@@ -12,7 +12,7 @@ import torch
 from pfpld.checkpoint import save_checkpoint
 from pfpld.models import build_model
 
-PFPLD = [sys.executable, "-m", "pfpld.cli"]
+PFPLD = [sys.executable, "-m", "pfpld_app.cli"]
 
 
 def run(*args, cwd=None):

@@ -24,7 +24,7 @@ from convert.runtimes import NcnnRunner, OnnxRunner
 from pfpld.errors import ConversionError
 
 pytestmark = EXPORT_WARNINGS
-PFPLD = [sys.executable, "-m", "pfpld.cli"]
+PFPLD = [sys.executable, "-m", "pfpld_app.cli"]
 NNIE_PROVEN_LAYERS = {"Input", "Convolution", "ReLU", "Eltwise", "Pooling", "Flatten", "Concat", "InnerProduct"}
 
 

@@ -15,7 +15,7 @@ import torch
 from convert.runtimes import NcnnRunner
 from quant.ncnn_int8 import INT8_TAG, int8_round, kl_threshold_bin, read_table, read_weights, weight_scales
 
-PFPLD = [sys.executable, "-m", "pfpld.cli"]
+PFPLD = [sys.executable, "-m", "pfpld_app.cli"]
 
 
 def test_kl_threshold_keeps_a_flat_range_and_clips_a_long_tail():

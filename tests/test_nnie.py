@@ -21,7 +21,7 @@ from pfpld.contract import PreprocessContract
 from quant.nnie import (make_nnie_net, mapper_configs, nnie_name, parse_cfg, planar_bytes, preflight)
 from quant.nnie_sim import LOG8, LOG16, CaffeGraph, log_quantize, log_zero_point, s32_output
 
-PFPLD = [sys.executable, "-m", "pfpld.cli"]
+PFPLD = [sys.executable, "-m", "pfpld_app.cli"]
 
 
 # --- the quantiser -----------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from convert.onnx2caffe import caffe_pb2
 from convert.parity import FP16_MAX_ABS, FP32_MAX_ABS, check_parity
 from convert.runtimes import read_ncnn_param
 
-PFPLD = [sys.executable, "-m", "pfpld.cli"]
+PFPLD = [sys.executable, "-m", "pfpld_app.cli"]
 CAFFE_LAYER = "/block3_3/conv/conv.3/Conv_output_0"      # a depthwise conv in the middle of the net
 
 

@@ -14,7 +14,7 @@ from pfpld.evaluate import evaluate_model
 from pfpld.models import build_model
 from pfpld.train import TrainConfig, train
 
-PFPLD = [sys.executable, "-m", "pfpld.cli"]
+PFPLD = [sys.executable, "-m", "pfpld_app.cli"]
 
 
 def _cfg(data, out, **kw):
@@ -115,7 +115,7 @@ def test_two_process_ddp_run_on_cpu(prepared_dir, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "pfpld.cli", "train", "--data", str(prepared_dir), "--out", str(out), "--width", "0.25",
+           "-m", "pfpld_app.cli", "train", "--data", str(prepared_dir), "--out", str(out), "--width", "0.25",
            "--epochs", "1", "--batch-size", "32", "--workers", "0"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

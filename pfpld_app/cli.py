@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from .errors import PfpldError
-from .fileio import write_text_atomic
+from pfpld.errors import PfpldError
+from pfpld.fileio import write_text_atomic
 
 
 def user_errors(fn):
@@ -38,7 +38,7 @@ def main():
 @user_errors
 def synth(out, n, seed):
     """Render synthetic faces and write them as WFLW, LaPa, 300W-LP and AFLW2000 on-disk datasets."""
-    from .data.synthetic import generate_dataset
+    from pfpld.data.synthetic import generate_dataset
     summary = generate_dataset(out, n=n, seed=seed)
     click.echo(summary.table())
     click.echo(f"wrote {out}  (contact sheet: {out / 'preview.png'})")
@@ -56,7 +56,7 @@ def synth(out, n, seed):
 @user_errors
 def prepare_data(out, wflw, lapa, w300lp, aflw2000):
     """Crop every face with the contract's rule and write the merged training/test set."""
-    from .data.prepare import prepare_dataset
+    from pfpld.data.prepare import prepare_dataset
     if not any([wflw, lapa, w300lp, aflw2000]):
         raise click.UsageError("give at least one of --wflw, --lapa, --300wlp, --aflw2000")
     summary = prepare_dataset(out, wflw=wflw, lapa=lapa, w300lp=w300lp, aflw2000=aflw2000)
@@ -90,8 +90,8 @@ def prepare_data(out, wflw, lapa, w300lp, aflw2000):
 def train(data, out, model, width, epochs, batch_size, lr, weight_decay, milestones, resume, seed, workers,
           wing_w, wing_epsilon, eye_weight, landmark_weight, pose_weight, no_augment):
     """Train a model on a prepared dataset (data-parallel when started with torchrun)."""
-    from .losses import LossConfig
-    from .train import TrainConfig, train as run_training
+    from pfpld.losses import LossConfig
+    from pfpld.train import TrainConfig, train as run_training
     try:
         ms = tuple(int(m) for m in milestones.split(",") if m.strip())
     except ValueError:
@@ -115,8 +115,8 @@ def train(data, out, model, width, epochs, batch_size, lr, weight_decay, milesto
 @user_errors
 def eval_cmd(ckpt, data, split, json_out):
     """NME / failure rate / AUC (overall, per source, per WFLW attribute) and pose MAE of a checkpoint."""
-    from .checkpoint import load_model
-    from .evaluate import evaluate_model
+    from pfpld.checkpoint import load_model
+    from pfpld.evaluate import evaluate_model
     model, record = load_model(ckpt)
     report = evaluate_model(model, data, split=split, contract=record.contract, progress=True)
     click.echo(report.table())
@@ -134,8 +134,8 @@ def eval_cmd(ckpt, data, split, json_out):
 @user_errors
 def predict(ckpt, image, box, out, as_json):
     """Landmarks and head pose for one face in one image."""
-    from .checkpoint import load_model
-    from .predict import draw_prediction, parse_box, predict_face, read_image, write_image_atomic
+    from pfpld.checkpoint import load_model
+    from pfpld.predict import draw_prediction, parse_box, predict_face, read_image, write_image_atomic
     face_box = parse_box(box)
     model, record = load_model(ckpt)
     picture = read_image(image)
@@ -183,7 +183,7 @@ def calib(data, out, n, split, ckpt, seed, force):
     from quant.calibration import make_calibration_set
     model = contract = None
     if ckpt is not None:
-        from .checkpoint import load_model
+        from pfpld.checkpoint import load_model
         model, record = load_model(ckpt)
         contract = record.contract
     summary = make_calibration_set(data, out, n=n, split=split, seed=seed, contract=contract, model=model,

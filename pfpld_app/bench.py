@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from .data.dataset import AugmentConfig, PreparedFaces
-from .data.prepare import prepare_dataset
-from .data.synthetic import generate_dataset
-from .fileio import write_text_atomic
-from .losses import total_loss
-from .models import build_model
+from pfpld.data.dataset import AugmentConfig, PreparedFaces
+from pfpld.data.prepare import prepare_dataset
+from pfpld.data.synthetic import generate_dataset
+from pfpld.fileio import write_text_atomic
+from pfpld.losses import total_loss
+from pfpld.models import build_model
 
 
 def train_images_per_s(width: float, batch_size: int = 64, steps: int = 8, warmup: int = 2) -> float:

@@ -13,15 +13,15 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .checkpoint import load_model
-from .data.prepare import prepare_dataset
-from .data.synthetic import generate_dataset, render_face, sample_params
-from .evaluate import evaluate_model
-from .fileio import write_text_atomic
-from .tables import markdown_table
-from .losses import LossConfig
-from .predict import draw_prediction, predict_face, write_image_atomic
-from .train import TrainConfig, train
+from pfpld.checkpoint import load_model
+from pfpld.data.prepare import prepare_dataset
+from pfpld.data.synthetic import generate_dataset, render_face, sample_params
+from pfpld.evaluate import evaluate_model
+from pfpld.fileio import write_text_atomic
+from pfpld.tables import markdown_table
+from pfpld.losses import LossConfig
+from pfpld.predict import draw_prediction, predict_face, write_image_atomic
+from pfpld.train import TrainConfig, train
 
 HELD_OUT_SEED_OFFSET = 10_000   # the held-out face is drawn from a generator the dataset never used
 
