@@ -9,7 +9,7 @@ import numpy as np
 
 NUM_POINTS = 98
 
-# Horizontal-flip order of the WFLW 98-point scheme: after x -> 1 - x, point i of the flipped face is point
+# Horizontal-flip order of the WFLW 98-point scheme: in the mirrored image, point i of the face is point
 # MIRROR_98[i] of the original.
 MIRROR_98 = np.array(
     list(range(32, -1, -1))
@@ -51,10 +51,18 @@ LAPA_KEPT_106 = np.array([i for i in range(106) if i not in set(LAPA_DROPPED_106
 CLOSED_EYE_EAR = 0.1
 
 
-def flip_points(points_norm: np.ndarray) -> np.ndarray:
-    """Mirror [0,1]-normalised points (98,2) horizontally and reorder them so index i keeps its meaning."""
+def mirror_matrix(size_px: int) -> np.ndarray:
+    """2x3 matrix of the horizontal mirror of an image size_px wide: pixel x -> size_px - 1 - x. Pixel centres
+    sit at integer coordinates (the contract's crop matrix and cv2.warpAffine put them there), so this is the
+    mirror that maps the image's pixels onto each other."""
+    return np.array([[-1.0, 0.0, size_px - 1.0], [0.0, 1.0, 0.0]])
+
+
+def flip_points(points_norm: np.ndarray, size_px: int) -> np.ndarray:
+    """Points (98,2) in [0,1] of a crop size_px wide, after mirroring the crop by mirror_matrix(size_px):
+    x -> (size_px - 1) / size_px - x, and reordered so index i keeps its meaning."""
     flipped = points_norm[MIRROR_98].copy()
-    flipped[:, 0] = 1.0 - flipped[:, 0]
+    flipped[:, 0] = (size_px - 1.0) / size_px - flipped[:, 0]
     return flipped
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .landmarks import flip_pose
+
 
 def rotation_matrix(yaw: float, pitch: float, roll: float) -> np.ndarray:
     cp, sp = np.cos(pitch), np.sin(pitch)
@@ -36,7 +38,7 @@ def pose_after_image_transform(pose_rad: np.ndarray, linear_2x2: np.ndarray) -> 
     a = np.asarray(linear_2x2, dtype=np.float64)
     pose = np.asarray(pose_rad, dtype=np.float64)
     if np.linalg.det(a) < 0:
-        pose = np.array([-pose[0], pose[1], -pose[2]])
+        pose = flip_pose(pose)
         a = a @ np.diag([-1.0, 1.0])
     d = np.diag([1.0, -1.0])                        # image (y down) <-> projection frame (y up)
     a_up = d @ a @ d

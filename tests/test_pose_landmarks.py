@@ -14,13 +14,23 @@ def test_mirror98_is_an_involution_and_pairs_left_with_right():
 
 def test_flip_twice_is_identity_and_keeps_point_meaning():
     pts = np.random.default_rng(0).random((98, 2))
-    assert np.allclose(flip_points(flip_points(pts)), pts)
-    flipped = flip_points(pts)
-    assert flipped[60, 0] == pytest.approx(1 - pts[72, 0])   # new outer corner 60 is the old 72, mirrored
+    assert np.allclose(flip_points(flip_points(pts, 112), 112), pts)
+    flipped = flip_points(pts, 112)
+    assert flipped[60, 0] == pytest.approx(111 / 112 - pts[72, 0])   # new outer corner 60 is the old 72, mirrored
 
 
 def test_flip_negates_yaw_and_roll():
+    """flip_pose is what the dataset applies to the label when it mirrors a crop: yaw and roll change sign,
+    pitch stays, and the mirrored projection of a head is the mirrored head projected with that pose."""
     assert np.allclose(flip_pose(np.array([0.3, 0.2, -0.1])), [-0.3, 0.2, 0.1])
+    rng = np.random.default_rng(5)
+    cloud = rng.normal(size=(3, 40))
+    cloud_mirror = cloud * np.array([[-1], [1], [1]])
+    for _ in range(50):
+        pose = rng.uniform([-1.2, -1, -1], [1.2, 1, 1])
+        image = (rotation_matrix(*pose) @ cloud)[:2]
+        mirrored = image * np.array([[-1], [1]])
+        assert np.allclose(mirrored, (rotation_matrix(*flip_pose(pose)) @ cloud_mirror)[:2], atol=1e-9)
 
 
 def test_68_to_98_placement_and_43_point_mask():

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..contract import PreprocessContract
-from ..landmarks import MIRROR_98, NUM_POINTS
+from ..landmarks import NUM_POINTS, flip_mask, flip_points, flip_pose, mirror_matrix
 from ..pose import pose_after_image_transform
 from .prepare import iter_prepared, read_prepared_header
 from .record import DatasetError
@@ -96,13 +96,16 @@ class PreparedFaces(Dataset):
         else:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             m, flipped = _random_similarity(rng, self.augment, self.crop_size_px, size)
-            out = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+            # One resampling for similarity and mirror together: warping, then flipping the array, would round
+            # differently.
+            warp = _then(mirror_matrix(size), m) if flipped else m
+            out = cv2.warpAffine(image, warp, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
             out = _photometric(rng, self.augment, out)
             if self.has_pose[index]:
                 pose = pose_after_image_transform(pose, m[:, :2]).astype(np.float32)
         points = (points_px @ m[:, :2].T + m[:, 2]) / size
         if flipped:
-            points, mask = points[MIRROR_98], mask[MIRROR_98]
+            points, mask, pose = flip_points(points, size), flip_mask(mask), flip_pose(pose)
         return {
             "image": torch.from_numpy(self.contract.to_tensor_layout(out)),
             "points": torch.from_numpy(points.astype(np.float32).reshape(-1)),
@@ -114,7 +117,8 @@ class PreparedFaces(Dataset):
 
 
 def _random_similarity(rng: np.random.Generator, cfg: AugmentConfig, src_size: int, dst_size: int):
-    """2x3 matrix from the stored crop to the network input: rotation, scale, shift, optional mirror."""
+    """2x3 matrix from the stored crop to the network input (rotation, scale, shift) and whether to mirror the
+    result (the landmarks helper's mirror_matrix, applied after it)."""
     angle = np.radians(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg))
     scale = rng.uniform(*cfg.scale_range)
     shift = rng.uniform(-cfg.shift_frac, cfg.shift_frac, size=2) * dst_size
@@ -124,10 +128,12 @@ def _random_similarity(rng: np.random.Generator, cfg: AugmentConfig, src_size: i
     src_c = (src_size - 1) / 2.0
     dst_c = (dst_size - 1) / 2.0
     t = np.array([dst_c, dst_c]) + shift - a @ np.array([src_c, src_c])
-    m = np.hstack([a, t[:, None]])
-    if flip:   # mirror about the output's centre column: pixel j <-> size-1-j
-        m = np.array([[-1.0, 0.0, dst_size - 1.0], [0.0, 1.0, 0.0]]) @ np.vstack([m, [0, 0, 1]])
-    return m, flip
+    return np.hstack([a, t[:, None]]), flip
+
+
+def _then(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The 2x3 matrix applying `inner`, then `outer`."""
+    return outer @ np.vstack([inner, [0.0, 0.0, 1.0]])
 
 
 def _photometric(rng: np.random.Generator, cfg: AugmentConfig, bgr: np.ndarray) -> np.ndarray:

@@ -1,0 +1,69 @@
+"""The training mirror goes through pfpld.landmarks' flip helpers (one pixel convention: x_px -> size-1-x_px) and
+gives the same samples as the matrix-only path it replaced."""
+import cv2
+import numpy as np
+import pytest
+
+from pfpld.data.dataset import AugmentConfig, PreparedFaces, _photometric
+from pfpld.landmarks import MIRROR_98, flip_points, mirror_matrix
+from pfpld.pose import pose_after_image_transform
+
+
+def matrix_only_sample(ds: PreparedFaces, index: int) -> dict:
+    """__getitem__ as it was before the helpers: the mirror folded into the warp matrix, the points mapped
+    through that matrix and reordered by MIRROR_98, the pose through pose_after_image_transform of the whole
+    matrix."""
+    cfg, size = ds.augment, ds.contract.input_size
+    image = ds.load_crop(index)
+    offset = (ds.crop_size_px - size) / 2.0
+    points_px = ds.points[index] * size + offset
+    mask, pose = ds.mask[index], ds.pose[index]
+    rng = np.random.default_rng([ds.seed, ds.epoch, index])
+    angle = np.radians(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg))
+    scale = rng.uniform(*cfg.scale_range)
+    shift = rng.uniform(-cfg.shift_frac, cfg.shift_frac, size=2) * size
+    flip = rng.random() < cfg.flip_p
+    c, s = np.cos(angle) * scale, np.sin(angle) * scale
+    a = np.array([[c, -s], [s, c]])
+    src_c, dst_c = (ds.crop_size_px - 1) / 2.0, (size - 1) / 2.0
+    t = np.array([dst_c, dst_c]) + shift - a @ np.array([src_c, src_c])
+    m = np.hstack([a, t[:, None]])
+    if flip:
+        m = np.array([[-1.0, 0.0, size - 1.0], [0.0, 1.0, 0.0]]) @ np.vstack([m, [0, 0, 1]])
+    out = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    out = _photometric(rng, cfg, out)
+    if ds.has_pose[index]:
+        pose = pose_after_image_transform(pose, m[:, :2]).astype(np.float32)
+    points = (points_px @ m[:, :2].T + m[:, 2]) / size
+    if flip:
+        points, mask = points[MIRROR_98], mask[MIRROR_98]
+    return {"image": ds.contract.to_tensor_layout(out), "points": points.astype(np.float32).reshape(-1),
+            "mask": mask, "pose": np.asarray(pose, dtype=np.float32), "flipped": flip}
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_augmented_samples_equal_the_matrix_only_path(prepared_dir, seed):
+    ds = PreparedFaces(prepared_dir, "train", AugmentConfig(), seed=seed)
+    ds.set_epoch(3)
+    flips = 0
+    for index in range(min(len(ds), 24)):
+        got, want = ds[index], matrix_only_sample(ds, index)
+        flips += want["flipped"]
+        assert np.array_equal(got["image"].numpy(), want["image"])       # the same single resampling
+        assert np.array_equal(got["mask"].numpy(), want["mask"])
+        assert np.allclose(got["points"].numpy(), want["points"], rtol=0, atol=1e-6)
+        assert np.allclose(got["pose"].numpy(), want["pose"], rtol=0, atol=1e-6)
+    assert 0 < flips < min(len(ds), 24)          # both branches were exercised
+
+
+def test_flip_points_follows_the_image_mirror():
+    """A point on pixel x lands, after flip_points, where mirror_matrix sends pixel x."""
+    size = 112
+    rng = np.random.default_rng(4)
+    points = rng.uniform(0, size - 1, (98, 2))
+    moved = points @ mirror_matrix(size)[:, :2].T + mirror_matrix(size)[:, 2]
+    assert np.allclose(flip_points(points / size, size) * size, moved[MIRROR_98])
+    image = np.zeros((size, size), np.uint8)
+    image[40, 10] = 255
+    mirrored = cv2.warpAffine(image, mirror_matrix(size), (size, size), flags=cv2.INTER_LINEAR)
+    assert np.array_equal(mirrored, image[:, ::-1])
