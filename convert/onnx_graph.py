@@ -11,12 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from pfpld.errors import ConversionError
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception as one line: error messages of this area are single lines (the CLI prints one red line)."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+from pfpld.errors import ConversionError, one_line
 
 
 def load_onnx(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
@@ -30,7 +25,7 @@ def load_onnx(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
     try:
         proto = onnx.load_model(str(path))
     except Exception as exc:  # protobuf DecodeError, external-data errors, ...
-        raise ConversionError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
+        raise ConversionError(f"{path}: not a readable ONNX model ({one_line(exc)})") from None
     # A random or truncated file sometimes decodes as an empty ModelProto: a model has a graph with nodes.
     if not proto.HasField("graph") or len(proto.graph.node) == 0:
         raise ConversionError(f"{path}: not an ONNX model (no graph nodes after decoding)")

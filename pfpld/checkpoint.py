@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from .contract import PreprocessContract
-from .errors import CheckpointError  # noqa: F401 (re-exported)
+from .errors import CheckpointError, ModelError, one_line
 from .fileio import atomic_path
-from .models import build_from_spec
+from .models import build_from_spec, check_model_name
 from .models.spec import ModelSpec
 
 FORMAT = "pfpld-checkpoint"
@@ -81,9 +81,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:   # pickle, zip and unsafe-global errors all mean "not our checkpoint"
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
-        first = next((ln for ln in lines if "WeightsUnpickler error" in ln), lines[0])
-        raise CheckpointError(f"{path}: not a readable pfpld checkpoint ({first[:160]})") from None
+        raise CheckpointError(f"{path}: not a readable pfpld checkpoint ({one_line(e, 160)})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         what = "a bare state_dict" if isinstance(raw, dict) and raw and all(
             isinstance(v, torch.Tensor) for v in raw.values()) else "something else"
@@ -92,13 +90,19 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if raw.get("version", 0) > VERSION:
         raise CheckpointError(f"{path}: checkpoint version {raw['version']} is newer than this pfpld ({VERSION})")
     try:
-        return Checkpoint(path=path, state_dict=raw["state_dict"], spec=ModelSpec.from_dict(raw["spec"]),
+        ckpt = Checkpoint(path=path, state_dict=raw["state_dict"], spec=ModelSpec.from_dict(raw["spec"]),
                           contract=PreprocessContract.from_dict(raw["contract"]), epoch=int(raw.get("epoch", 0)),
                           metrics=raw.get("metrics") or {}, config=raw.get("config") or {},
                           history=raw.get("history") or [], optimizer=raw.get("optimizer"),
                           scheduler=raw.get("scheduler"), versions=raw.get("versions") or {})
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: pfpld checkpoint is missing or has a malformed field ({e})") from None
+        raise CheckpointError(f"{path}: pfpld checkpoint is missing or has a malformed field "
+                              f"({one_line(e, 160)})") from None
+    try:
+        check_model_name(ckpt.spec.name, where=f"{path}: checkpoint of a model this version cannot build")
+    except ModelError as e:             # from a newer pfpld, or another fork of the family
+        raise CheckpointError(str(e)) from None
+    return ckpt
 
 
 def load_model(path: Path) -> tuple[torch.nn.Module, Checkpoint]:
@@ -109,6 +113,6 @@ def load_model(path: Path) -> tuple[torch.nn.Module, Checkpoint]:
         model.load_state_dict(ckpt.state_dict, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit model {ckpt.spec.name} {ckpt.spec.options} "
-                              f"({str(e).splitlines()[0][:160]})") from None
+                              f"({one_line(e, 160)})") from None
     model.eval()
     return model, ckpt

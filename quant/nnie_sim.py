@@ -31,7 +31,7 @@ import numpy as np
 from convert.onnx2caffe import caffe_pb2, read_caffe
 from convert.onnx2caffe.geometry import caffe_pool_out
 from convert.runtimes import Runner
-from pfpld.errors import ConversionError
+from pfpld.errors import ConversionError, one_line
 
 HP_SUFFIX = "_hp"
 OUTPUT_FRACTION_BITS = 12          # report blobs: S32 with 12 fractional bits (value = s32 / 4096)
@@ -361,7 +361,7 @@ def read_ranges(path: Path) -> dict[str, float]:
         data = json.loads(Path(path).read_text())
         return {str(k): float(v) for k, v in data["input_ranges"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ConversionError(f"{path}: not a pfpld NNIE ranges file ({exc})") from None
+        raise ConversionError(f"{path}: not a pfpld NNIE ranges file ({one_line(exc)})") from None
 
 
 class NnieSimRunner(Runner):

@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 
 from convert.onnx_export import read_metadata, save_onnx_atomic, set_metadata
-from convert.onnx_graph import first_line, opset_version
-from pfpld.errors import ConversionError
+from convert.onnx_graph import opset_version
+from pfpld.errors import ConversionError, one_line
 
 MIN_OPSET = 13
 ACTIVATION_TYPES = ("u8", "s8")
@@ -56,7 +56,7 @@ def quantize_qdq(onnx_path: Path, out_path: Path, calibration_x: np.ndarray, act
                             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                             extra_options={"ActivationSymmetric": activations == "s8"})
         except Exception as exc:
-            raise ConversionError(f"{onnx_path}: onnxruntime quantisation failed ({first_line(exc)[:200]})") from None
+            raise ConversionError(f"{onnx_path}: onnxruntime quantisation failed ({one_line(exc)})") from None
         result = onnx.load(str(quantized))
     if spec is not None and contract is not None:
         set_metadata(result, spec, contract)

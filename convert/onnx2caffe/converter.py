@@ -16,10 +16,10 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from pfpld.errors import ConversionError
+from pfpld.errors import ConversionError, one_line
 
 from ..fold_bn import assert_no_foldable_batchnorm, fold_batchnorm_into_conv
-from ..onnx_graph import GraphIndex, first_line, load_onnx, node_label, opset_version
+from ..onnx_graph import GraphIndex, load_onnx, node_label, opset_version
 from . import caffe_pb2
 from .context import ConversionContext, from_blob, make_layer
 from .registry import OPS
@@ -88,7 +88,7 @@ def _infer_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     except Exception as exc:
-        raise ConversionError(f"ONNX shape inference failed: {first_line(exc)}") from None
+        raise ConversionError(f"ONNX shape inference failed: {one_line(exc)}") from None
     shapes = {}
     graph = inferred.graph
     for value in list(graph.input) + list(graph.value_info) + list(graph.output):
@@ -119,7 +119,7 @@ def _constant_outputs(node: onnx.NodeProto, index: GraphIndex, shapes: dict[str,
     try:
         results = ReferenceEvaluator(node, opsets={"": opset}).run(None, {name: value(name) for name in inputs})
     except Exception as exc:
-        raise ConversionError(f"{node_label(node)}: cannot evaluate constant node ({first_line(exc)})") from None
+        raise ConversionError(f"{node_label(node)}: cannot evaluate constant node ({one_line(exc)})") from None
     return [np.asarray(r) for r in results]
 
 
@@ -249,12 +249,12 @@ def read_caffe(prototxt: Path, caffemodel: Path) -> CaffeFiles:
     try:
         text_format.Parse(prototxt.read_text(), net)
     except (OSError, UnicodeDecodeError, text_format.ParseError) as exc:
-        raise ConversionError(f"{prototxt}: not a Caffe 1.0 prototxt we can read ({first_line(exc)})") from None
+        raise ConversionError(f"{prototxt}: not a Caffe 1.0 prototxt we can read ({one_line(exc)})") from None
     weights_net = caffe_pb2.NetParameter()
     try:
         weights_net.ParseFromString(caffemodel.read_bytes())
     except Exception as exc:
-        raise ConversionError(f"{caffemodel}: not a caffemodel ({first_line(exc)})") from None
+        raise ConversionError(f"{caffemodel}: not a caffemodel ({one_line(exc)})") from None
     unknown = sorted({f.field_number for f in UnknownFieldSet(weights_net)})
     if unknown:
         what = "V1 `layers`" if 2 in unknown else f"fields {unknown}"

@@ -11,14 +11,10 @@ import cv2
 import numpy as np
 import scipy.io
 
+from ...errors import one_line
 from ..record import DatasetError
 
 JPEG_QUALITY = 95
-
-
-def one_line(text: str) -> str:
-    """Collapse a library's (possibly multi-line) message so the DatasetError stays one line."""
-    return " ".join(str(text).split())
 
 
 def require_dir(path: Path, what: str) -> Path:
