@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from pfpld.data.boxes import BOXES_FILE, read_boxes_file
 
 from pfpld.contract import PreprocessContract
 from pfpld.errors import DatasetError, InputError
@@ -189,28 +191,14 @@ def candidates_from_prepared(root: Path, split: str, contract: PreprocessContrac
 def candidates_from_boxes(folder: Path, contract: PreprocessContract, model=None) -> list[Candidate]:
     """Faces of a folder with boxes.txt (`file x1 y1 x2 y2`), cut with the contract. With `model` (a torch
     module of the same contract), pose and eye state come from its predictions; without, they are unknown."""
-    boxes = folder / "boxes.txt"
     out = []
-    for number, line in enumerate(boxes.read_text().splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        fields = line.split()
-        try:
-            if len(fields) != 5:
-                raise ValueError
-            box = tuple(float(v) for v in fields[1:5])
-        except ValueError:
-            raise InputError(f"{boxes}:{number}: expected 'file x1 y1 x2 y2'") from None
-        image = cv2.imread(str(folder / fields[0]), cv2.IMREAD_COLOR)
+    for entry in read_boxes_file(folder / BOXES_FILE):
+        image = cv2.imread(str(entry.image), cv2.IMREAD_COLOR)
         if image is None:
-            raise InputError(f"{folder / fields[0]} ({boxes}:{number}): not a readable image")
-        try:
-            crop, _ = contract.crop_image(image, box)
-        except Exception as exc:
-            raise InputError(f"{boxes}:{number}: {exc}") from None
-        out.append(Candidate(origin=f"{fields[0]} {' '.join(fields[1:5])}", crop=crop))
-    if not out:
-        raise InputError(f"{boxes}: no face boxes")
+            raise InputError(f"{entry.image} ({entry.where}): not a readable image")
+        crop, _ = contract.crop_image(image, entry.box)
+        name = Path(os.path.relpath(entry.image, folder)).as_posix()
+        out.append(Candidate(origin=f"{name} {' '.join(f'{v:g}' for v in entry.box)}", crop=crop))
     if model is not None:
         import torch
         x = torch.from_numpy(np.stack([contract.to_tensor_layout(c.crop) for c in out]))
