@@ -16,17 +16,17 @@ from .data.dataset import PreparedFaces
 from .data.record import WFLW_ATTRIBUTES
 from .errors import DatasetError
 from .metrics import landmark_summary, nme_per_face, pose_mae_deg
+from .progress import progress as progress_bar
 
 
 @torch.no_grad()
 def predict_dataset(model: torch.nn.Module, dataset: PreparedFaces, batch_size: int = 64, workers: int = 0,
                     progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(landmarks (N,98,2) in [0,1], pose (N,3) rad) for every face, in dataset order."""
-    from tqdm import tqdm
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     lmk, pose = [], []
-    for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
+    for batch in progress_bar(loader, desc="eval", unit="batch", enabled=progress, leave=False):
         out_l, out_p = model(batch["image"])
         lmk.append(out_l.numpy())
         pose.append(out_p.numpy())

@@ -30,6 +30,7 @@ from .fileio import write_text_atomic
 from .losses import LossConfig, total_loss
 from .models import build_model
 from .plots import plot_training_curves
+from .progress import progress as progress_bar
 
 
 @dataclass
@@ -83,8 +84,6 @@ def _write_metrics_csv(path: Path, history: list[dict]) -> None:
 
 def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> dict:
     """Train and return the last epoch's metrics row."""
-    from tqdm import tqdm
-
     rank, world = _distributed()
     out = Path(cfg.out)
     header = read_prepared_header(Path(cfg.data))
@@ -130,7 +129,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         model.train()
         t0 = time.perf_counter()
         sums = torch.zeros(4, dtype=torch.float64)   # loss, landmark loss, pose loss, images
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0, leave=False)
+        bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                           enabled=progress and rank == 0, leave=False)
         for batch in bar:
             landmarks, pose = ddp_model(batch["image"])
             loss, lmk_loss, pose_loss = total_loss(landmarks, pose, batch, contract.input_size, cfg.loss)
@@ -167,8 +167,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             plot_training_curves(history, out / "curves.png")
             if progress:
                 pose_txt = "" if math.isnan(row["val_pose_mae_deg"]) else f"  pose MAE {row['val_pose_mae_deg']:.2f} deg"
-                tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.3f}  "
-                           f"val NME {100 * row['val_nme']:.2f}%{pose_txt}  {row['train_images_per_s']:.0f} img/s")
+                bar.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.3f}  "
+                          f"val NME {100 * row['val_nme']:.2f}%{pose_txt}  {row['train_images_per_s']:.0f} img/s")
         if world > 1:
             dist.barrier()
     if world > 1:

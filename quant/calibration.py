@@ -19,19 +19,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
 import numpy as np
-from pfpld.data.boxes import BOXES_FILE, read_boxes_file
 
 from pfpld.contract import PreprocessContract
+from pfpld.data.boxes import BOXES_FILE, read_boxes_file
 from pfpld.errors import DatasetError, InputError
-from pfpld.fileio import swap_in_folder
+from pfpld.fileio import check_output_folder, output_folder
 from pfpld.landmarks import LEFT_EYE_8, NUM_POINTS, RIGHT_EYE_8, has_closed_eye
 
 FORMAT = "pfpld-calib"
@@ -329,26 +327,16 @@ def report_markdown(name: str, source: str, contract: PreprocessContract, chosen
     return "\n".join(lines)
 
 
-def is_calibration_set(path: Path) -> bool:
-    try:
-        return json.loads((Path(path) / MANIFEST).read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def make_calibration_set(data: Path, out: Path, *, n: int = 32, split: str = "train", seed: int = 0,
                          contract: PreprocessContract | None = None, model=None,
                          rules: QualityRules = QualityRules(), force: bool = False) -> CalibrationSummary:
     """Choose n crops from `data` (prepared dataset, or a folder with boxes.txt) and write the calibration set
-    folder `out` atomically. An existing calibration set is replaced only with force; anything else never."""
+    folder `out` atomically. An existing calibration set is replaced only with force; anything else never
+    (pfpld.fileio.check_output_folder)."""
     data, out = Path(data), Path(out)
     if n < 1:
         raise InputError(f"--n {n}: expected at least 1 crop")
-    if out.exists():
-        if not out.is_dir() or (any(out.iterdir()) and not is_calibration_set(out)):
-            raise InputError(f"{out}: exists and is not a calibration set; refusing to replace it")
-        if is_calibration_set(out) and not force:
-            raise InputError(f"{out}: holds a calibration set; pass --force to replace it")
+    check_output_folder(out, "calib", force)       # before reading any candidate
     if (data / "index.jsonl").is_file():
         from pfpld.data.prepare import read_prepared_header
         contract = contract or PreprocessContract.from_dict(read_prepared_header(data)["contract"])
@@ -367,9 +355,7 @@ def make_calibration_set(data: Path, out: Path, *, n: int = 32, split: str = "tr
     if not chosen:
         raise InputError(f"{data}: every candidate crop was rejected ({rules.describe()})")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.calib-tmp-", dir=out.parent))
-    try:
+    with output_folder(out, "calib", force) as tmp:
         (tmp / IMAGES_DIR).mkdir()
         names = []
         for i, cand in enumerate(chosen):
@@ -396,11 +382,6 @@ def make_calibration_set(data: Path, out: Path, *, n: int = 32, split: str = "tr
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         (tmp / "report.md").write_text(report_markdown(out.name, source, contract, chosen, candidates, rules, seed))
         write_spread_picture(tmp / "spread.png", candidates, chosen, rules)
-        tmp.chmod(0o755)
-        swap_in_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return CalibrationSummary(out=out, selected=len(chosen), candidates=len(candidates), rejected=rejected,
                               cells=manifest["cells"])
 

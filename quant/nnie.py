@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import secrets
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -44,13 +43,14 @@ from convert.onnx2caffe import caffe_pb2
 from convert.onnx2caffe.context import from_blob
 from pfpld.contract import PreprocessContract
 from pfpld.errors import ConversionError
-from pfpld.fileio import swap_in_folder
+from pfpld.fileio import check_output_folder, commit_output_folder, temporary_sibling
 from pfpld.metrics import nme_per_face
 
 from .nnie_sim import HP_SUFFIX, PRECISIONS
 
 BUNDLE_FORMAT = "pfpld-nnie-bundle"
 BUNDLE_MANIFEST = "manifest.json"
+BUNDLE_KIND = "nnie-bundle"                # its kind of output folder (pfpld.fileio.OUTPUT_KINDS)
 NNIE_PROVEN_LAYERS = ("Input", "Convolution", "ReLU", "Eltwise", "Pooling", "Flatten", "Concat", "InnerProduct")
 RESERVED_SUFFIXES = ("_hp", "_cpu", "_report")
 NODE_NAME_MAX = 31                 # SVP_NNIE_NODE_NAME_LEN 32, with the terminating NUL
@@ -470,25 +470,10 @@ def planar_bytes(crop_bgr: np.ndarray, plane_order: str) -> bytes:
     return np.ascontiguousarray(planes.transpose(2, 0, 1)).tobytes()
 
 
-def is_bundle(path: Path) -> bool:
-    try:
-        return json.loads((Path(path) / BUNDLE_MANIFEST).read_text()).get("format") == BUNDLE_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def check_bundle_target(path: Path, force: bool) -> None:
-    """A bundle may be created, fill an empty folder, or (with force) replace a previous bundle; nothing else."""
-    path = Path(path)
-    if not path.exists():
-        return
-    if not path.is_dir():
-        raise ConversionError(f"{path}: exists and is not a folder")
-    if is_bundle(path):
-        if not force:
-            raise ConversionError(f"{path}: holds a previous NNIE bundle; pass --force to replace it")
-    elif any(path.iterdir()):
-        raise ConversionError(f"{path}: exists, is not empty and is not an NNIE bundle: refusing to write there")
+    """A bundle may be created, fill an empty folder, or (with force) replace a previous bundle; nothing else
+    (the rule of every pfpld output folder: pfpld.fileio.check_output_folder)."""
+    check_output_folder(Path(path), BUNDLE_KIND, force)
 
 
 def readme_text(task: str, precision: str, contract: PreprocessContract, cfg: dict[str, str], hp_layers: list[str],
@@ -608,16 +593,11 @@ def write_bundle(root: Path, *, task: str, net_files: dict[str, Path], nnie: Nni
 
 
 def bundle_tmp_for(target: Path) -> Path:
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.bundle-tmp-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    return tmp
+    return temporary_sibling(Path(target))
 
 
 def commit_bundle(tmp: Path, target: Path, force: bool) -> None:
-    check_bundle_target(target, force)
-    swap_in_folder(tmp, target)
+    commit_output_folder(tmp, Path(target), BUNDLE_KIND, force)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from pfpld.data.record import DatasetError
 from pfpld.data.sources import (
     WflwFace, read_300wlp, read_wflw, write_300wlp, write_aflw2000, write_lapa, write_wflw,
 )
+from pfpld.errors import InputError
 from pfpld.landmarks import SUPERVISED_300WLP_98
 
 from source_files import draw_face, face_points_98, points_98_to_68, points_98_to_106
@@ -204,7 +205,7 @@ def test_bad_annotation_halfway_leaves_no_output(tmp_path, sources):
 def test_rerun_replaces_the_previous_prepared_dataset(tmp_path, sources):
     out = tmp_path / "out"
     prepare_dataset(out, wflw=sources["wflw"], progress=False)
-    summary = prepare_dataset(out, aflw2000=sources["aflw2000"], progress=False)
+    summary = prepare_dataset(out, aflw2000=sources["aflw2000"], progress=False, force=True)
     assert summary.counts == {"aflw2000/test": 1}
     assert read_prepared_header(out)["counts"] == {"aflw2000/test": 1}
     assert not (out / "train").exists() and (out / "test/aflw2000/000000.png").is_file()
@@ -215,7 +216,7 @@ def test_failed_rerun_keeps_the_previous_prepared_dataset(tmp_path, sources):
     out = tmp_path / "out"
     prepare_dataset(out, aflw2000=sources["aflw2000"], progress=False)
     with pytest.raises(DatasetError):
-        prepare_dataset(out, wflw=tmp_path / "missing", progress=False)
+        prepare_dataset(out, wflw=tmp_path / "missing", progress=False, force=True)
     assert read_prepared_header(out)["counts"] == {"aflw2000/test": 1}
     assert leftovers(tmp_path) == []
 
@@ -224,7 +225,7 @@ def test_existing_folder_that_is_not_a_prepared_dataset_is_refused_and_untouched
     out = tmp_path / "out"
     out.mkdir()
     (out / "thesis.tex").write_text("precious")
-    with pytest.raises(DatasetError, match=r"out: exists, is not empty and has no index\.jsonl"):
+    with pytest.raises(InputError, match=r"out: is a folder with other files in it \(not a prepared dataset"):
         prepare_dataset(out, aflw2000=sources["aflw2000"], progress=False)
     assert (out / "thesis.tex").read_text() == "precious" and leftovers(tmp_path) == []
 

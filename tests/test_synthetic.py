@@ -8,9 +8,9 @@ import pytest
 import scipy.io
 
 from pfpld.data import face3d
-from pfpld.data.record import DatasetError
 from pfpld.data.synthetic import (FaceParams, aflw2000_face, flip_face, format_counts, generate_dataset, render_face,
                                   render_scene, sample_params)
+from pfpld.errors import InputError
 from pfpld.landmarks import MAP_68_TO_98, MIRROR_98, eye_aspect_ratio, has_closed_eye
 
 
@@ -242,13 +242,13 @@ def test_previous_output_is_replaced_and_foreign_folders_refused(tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    with pytest.raises(DatasetError, match="not a previous synth output"):
+    with pytest.raises(InputError, match="not a synthetic dataset written by pfpld"):
         generate_dataset(foreign, n=12, seed=0, progress=False)
     assert (foreign / "notes.txt").read_text() == "keep me"
     out = tmp_path / "synth"
     generate_dataset(out, n=12, seed=0, progress=False)
     (out / "stale.txt").write_text("from an older run")
-    summary = generate_dataset(out, n=12, seed=1, progress=False)
+    summary = generate_dataset(out, n=12, seed=1, progress=False, force=True)
     assert not (out / "stale.txt").exists() and summary.seed == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "synth"]      # no temporary folders left
     with pytest.raises(ValueError):

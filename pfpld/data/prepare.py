@@ -10,7 +10,6 @@ import datetime
 import json
 import math
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,11 +17,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from ..contract import ContractError, PreprocessContract, landmark_box
-from ..fileio import swap_in_folder
+from ..fileio import output_folder
 from ..landmarks import NUM_POINTS
+from ..progress import progress as progress_bar
 from .record import DatasetError, FaceRecord
 from .sources import iter_300wlp, iter_aflw2000, iter_lapa, iter_wflw
 
@@ -164,27 +163,6 @@ def write_png(path: Path, image: np.ndarray) -> None:
 
 # --- the folder ------------------------------------------------------------------------------------------
 
-def is_prepared(path: Path) -> bool:
-    return (path / INDEX_FILE).is_file()
-
-
-def check_replaceable(out: Path) -> None:
-    """Only a prepared dataset or an empty folder may be replaced: never someone's other data."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise DatasetError(f"{out}: exists and is not a folder: expected a prepared dataset folder or nothing")
-    if not is_prepared(out) and any(out.iterdir()):
-        raise DatasetError(f"{out}: exists, is not empty and has no {INDEX_FILE}: "
-                           "not a prepared dataset, refusing to replace it")
-
-
-def replace_folder(tmp: Path, out: Path) -> None:
-    """Move the finished `tmp` to `out`; an old prepared dataset is removed only once the new one is in place."""
-    check_replaceable(out)
-    swap_in_folder(tmp, out)
-
-
 def write_faces(tmp: Path, streams: list[SourceStream], contract: PreprocessContract, context: float,
                 progress: bool) -> dict[str, int]:
     """Crop every face of every stream into tmp/<split>/<source>/NNNNNN.png and append its index line to
@@ -194,7 +172,7 @@ def write_faces(tmp: Path, streams: list[SourceStream], contract: PreprocessCont
         counts.setdefault(f"{s.source}/{s.split}", 0)
     reader = ImageReader()
     body = tmp / "index.body.jsonl"
-    with open(body, "w", encoding="utf-8") as f, tqdm(unit="face", disable=not progress, dynamic_ncols=True) as bar:
+    with open(body, "w", encoding="utf-8") as f, progress_bar(desc="prepare", unit="face", enabled=progress) as bar:
         for stream in streams:
             bar.set_description_str(stream.label)
             for record in stream.records():
@@ -236,9 +214,10 @@ def write_readme(tmp: Path, summary: PrepareSummary, contract: PreprocessContrac
 
 def prepare_dataset(out: Path, *, wflw: Path | None = None, lapa: Path | None = None, w300lp: Path | None = None,
                     aflw2000: Path | None = None, contract: PreprocessContract | None = None, context: float = 1.5,
-                    progress: bool = True) -> PrepareSummary:
+                    progress: bool = True, force: bool = False) -> PrepareSummary:
     """Read the given sources (WFLW train+test, LaPa closed-eye train -> train and val/test -> test, 300W-LP ->
-    train, AFLW2000 protocol -> test), crop every face and write the prepared folder `out` atomically."""
+    train, AFLW2000 protocol -> test), crop every face and write the prepared folder `out` atomically. A previous
+    prepared dataset at `out` is replaced only with force, anything else never (fileio.check_output_folder)."""
     start = time.monotonic()
     out = Path(out)
     contract = contract or PreprocessContract()
@@ -249,20 +228,13 @@ def prepare_dataset(out: Path, *, wflw: Path | None = None, lapa: Path | None = 
         raise DatasetError(f"{out}: nothing to prepare: give at least one of wflw, lapa, w300lp, aflw2000")
     streams = source_streams(sources.get("wflw"), sources.get("lapa"), sources.get("300wlp"),
                              sources.get("aflw2000"))
-    check_replaceable(out)              # fail before hours of cropping, not after
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-    try:
+    with output_folder(out, "prepared", force) as tmp:      # checked first: fail before hours of cropping
         counts = write_faces(tmp, streams, contract, context, progress)
         header = {"format": FORMAT, "version": VERSION, "contract": contract.to_dict(), "context": float(context),
                   "crop_size_px": size_px, "counts": counts}
         write_index(tmp, header)
         summary = PrepareSummary(out=out, counts=counts, crop_size_px=size_px)
         write_readme(tmp, summary, contract, sources)
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     summary.seconds = time.monotonic() - start
     return summary
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +16,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..fileio import swap_in_folder
+from ..fileio import output_folder
 from ..landmarks import MAP_68_TO_98, MIRROR_98, NUM_POINTS, has_closed_eye
+from ..progress import progress as progress_bar
 from . import face3d
 from .face3d import EAR_LOBES, Expression, FaceShape
-from .record import DatasetError
 
 GENERATOR_VERSION = "1.0"
 SUPERSAMPLE_SHIFT = 4                     # cv2 fixed-point bits: vertices placed to 1/16 px
@@ -1434,31 +1432,17 @@ def _write_aflw2000(root: Path, count: int, seed: int, done, thumbs: list) -> tu
     return {"AFLW2000": count}, count
 
 
-def _check_replaceable(out: Path) -> None:
-    if out.is_file() or out.is_symlink():
-        raise DatasetError(f"{out}: exists and is not a folder; refusing to replace it with synthetic data")
-    if out.is_dir() and any(out.iterdir()) and not (out / SYNTH_JSON).is_file():
-        raise DatasetError(f"{out}: folder exists, is not empty and is not a previous synth output (no {SYNTH_JSON});"
-                           " refusing to replace it")
-
-
-def generate_dataset(out: Path, n: int = 1000, seed: int = 0, progress: bool = True) -> SynthSummary:
+def generate_dataset(out: Path, n: int = 1000, seed: int = 0, progress: bool = True,
+                     force: bool = False) -> SynthSummary:
     """Render n faces and write them as WFLW/, LaPa/, 300W_LP/ and AFLW2000/ under `out` with the real format
     writers, plus preview.png (a contact sheet) and synth.json. Written to a temporary sibling folder and renamed
-    at the end; a previous synth output at `out` is replaced, anything else refused (DatasetError)."""
-    from tqdm import tqdm
-
+    at the end; a previous synth output at `out` is replaced only with force, anything else never
+    (pfpld.fileio.check_output_folder)."""
     out = Path(out)
-    _check_replaceable(out)
     counts = format_counts(n)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.synth-tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     start = time.perf_counter()
-    try:
-        with tqdm(total=n, desc="synth", unit="face", disable=not progress) as bar:
+    with output_folder(out, "synth", force) as tmp:
+        with progress_bar(total=n, desc="synth", unit="face", enabled=progress) as bar:
             faces, images, thumbs = {}, {}, []
             writers = (("WFLW", "WFLW", _write_wflw), ("LaPa", "LaPa", _write_lapa),
                        ("300W-LP", "300W_LP", _write_300wlp), ("AFLW2000", "AFLW2000", _write_aflw2000))
@@ -1473,8 +1457,4 @@ def generate_dataset(out: Path, n: int = 1000, seed: int = 0, progress: bool = T
         (tmp / SYNTH_JSON).write_text(json.dumps({
             "generator": "pfpld.data.synthetic", "version": GENERATOR_VERSION, "seed": seed, "n": n,
             "faces": faces, "images": images, "seconds": round(seconds, 2)}, indent=2) + "\n")
-        swap_in_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return SynthSummary(out=out, seed=seed, n=n, counts=faces, images=images, seconds=seconds)
