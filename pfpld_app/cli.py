@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from pfpld.errors import PfpldError
-from pfpld.fileio import write_text_atomic
+from pfpld.fileio import force_help, write_text_atomic
 
 
 def user_errors(fn):
@@ -31,21 +31,21 @@ def main():
 
 
 @main.command()
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write (replaced if it is a "
-              "previous synth output).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write.")
 @click.option("--n", type=click.IntRange(min=20), default=1000, show_default=True, help="Number of faces.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help=force_help("synth"))
 @user_errors
-def synth(out, n, seed):
+def synth(out, n, seed, force):
     """Render synthetic faces and write them as WFLW, LaPa, 300W-LP and AFLW2000 on-disk datasets."""
     from pfpld.data.synthetic import generate_dataset
-    summary = generate_dataset(out, n=n, seed=seed)
+    summary = generate_dataset(out, n=n, seed=seed, force=force)
     click.echo(summary.table())
     click.echo(f"wrote {out}  (contact sheet: {out / 'preview.png'})")
 
 
 @main.command("prepare-data")
-@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write.")
 @click.option("--wflw", type=click.Path(exists=True, file_okay=False, path_type=Path), help="WFLW root "
               "(holds WFLW_annotations/ and WFLW_images/).")
 @click.option("--lapa", type=click.Path(exists=True, file_okay=False, path_type=Path), help="LaPa root "
@@ -53,13 +53,14 @@ def synth(out, n, seed):
 @click.option("--300wlp", "w300lp", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="300W-LP root (holds AFW/ HELEN/ ... landmarks/).")
 @click.option("--aflw2000", type=click.Path(exists=True, file_okay=False, path_type=Path), help="AFLW2000-3D folder.")
+@click.option("--force", is_flag=True, help=force_help("prepared"))
 @user_errors
-def prepare_data(out, wflw, lapa, w300lp, aflw2000):
+def prepare_data(out, wflw, lapa, w300lp, aflw2000, force):
     """Crop every face with the contract's rule and write the merged training/test set."""
     from pfpld.data.prepare import prepare_dataset
     if not any([wflw, lapa, w300lp, aflw2000]):
         raise click.UsageError("give at least one of --wflw, --lapa, --300wlp, --aflw2000")
-    summary = prepare_dataset(out, wflw=wflw, lapa=lapa, w300lp=w300lp, aflw2000=aflw2000)
+    summary = prepare_dataset(out, wflw=wflw, lapa=lapa, w300lp=w300lp, aflw2000=aflw2000, force=force)
     click.echo(summary.table())
     click.echo(f"wrote {out}")
 
@@ -175,7 +176,7 @@ def demo(out, n, epochs, width, seed):
 @click.option("--ckpt", type=click.Path(path_type=Path), help="For images with boxes.txt: predict pose and eye state "
               "with this checkpoint (and use its contract).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Replace --out if it holds a calibration set.")
+@click.option("--force", is_flag=True, help=force_help("calib"))
 @user_errors
 def calib(data, out, n, split, ckpt, seed, force):
     """Choose calibration crops spread over head pose and eye state (DATA: a prepared dataset, or a folder of
