@@ -42,6 +42,16 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return values  # type: ignore[return-value]
 
 
+def check_box_on_image(box, image_shape) -> None:
+    """A box that does not overlap the image would be predicted on a black crop: refuse it. A box partly
+    outside is fine (the crop is padded with black, as on the device)."""
+    height, width = image_shape[:2]
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+        raise InputError(f"face box {x1:g},{y1:g},{x2:g},{y2:g} does not overlap the {width}x{height} image "
+                         f"(expected X1 < {width}, Y1 < {height}, X2 > 0 and Y2 > 0, in pixels)")
+
+
 def read_image(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
@@ -51,6 +61,7 @@ def read_image(path: Path) -> np.ndarray:
 
 @torch.no_grad()
 def predict_face(model: torch.nn.Module, contract: PreprocessContract, image_bgr: np.ndarray, box) -> Prediction:
+    check_box_on_image(box, image_bgr.shape)
     crop, matrix = contract.crop_image(image_bgr, box)
     x = torch.from_numpy(contract.to_tensor_layout(crop))[None]
     landmarks, pose = model(x)
