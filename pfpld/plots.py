@@ -9,12 +9,13 @@ from .fileio import atomic_path
 
 def plot_training_curves(history: list[dict], path: Path) -> None:
     """Loss and validation NME / pose MAE per epoch, written atomically as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure, not pyplot: pyplot would need the process-wide backend switched (matplotlib.use), which
+    # would change the plotting of whoever calls training from a notebook.
+    from matplotlib.figure import Figure
 
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    fig = Figure(figsize=(12, 3.2))
+    axes = fig.subplots(1, 3)
     axes[0].plot(epochs, [h["train_loss"] for h in history], "o-", label="total")
     axes[0].plot(epochs, [h["train_landmark_loss"] for h in history], "o-", label="landmark (Wing, px)")
     axes[0].set_title("training loss")
@@ -31,5 +32,4 @@ def plot_training_curves(history: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)
+        fig.savefig(tmp, dpi=90, format="png")
