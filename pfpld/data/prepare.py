@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from ..contract import ContractError, PreprocessContract, landmark_box
+from ..errors import one_line
 from ..fileio import output_folder
 from ..landmarks import NUM_POINTS
 from ..progress import progress as progress_bar
@@ -249,7 +250,7 @@ def read_prepared_header(out: Path) -> dict:
         with open(index, encoding="utf-8") as f:
             first = f.readline()
     except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{index}: cannot read ({type(e).__name__}: {e})") from None
+        raise DatasetError(f"{index}: cannot read ({type(e).__name__}: {one_line(e)})") from None
     return parse_header(first, f"{index}:1")
 
 
