@@ -1,33 +1,14 @@
 """Bad inputs tried as a user would, through the real command line: each ends with one clear line on stderr,
 exit code 2, no traceback, and nothing written."""
-import subprocess
-import sys
-
 import cv2
 import numpy as np
 import pytest
 import torch
+from test_cli import assert_user_error, run
 
 from pfpld.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pfpld.errors import ModelError
 from pfpld.models import MODELS, build_from_spec, build_model
-
-PFPLD = [sys.executable, "-m", "pfpld_app.cli"]
-
-
-def run(*args):
-    return subprocess.run(PFPLD + [str(a) for a in args], capture_output=True, text=True, timeout=600)
-
-
-def assert_one_line_exit_2(proc, *fragments):
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = [part for line in proc.stderr.splitlines() for part in line.split("\r") if part.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], (fragment, errors[0])
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -69,23 +50,22 @@ def test_checkpoint_of_an_unknown_model(future_ckpt, picture, tmp_path):
     with pytest.raises(CheckpointError):
         load_checkpoint(future_ckpt)
     out = tmp_path / "pred.png"
-    line = assert_one_line_exit_2(run("predict", future_ckpt, picture, "--box", "10,10,60,60", "--out", out),
-                                  str(future_ckpt), "'pfpld_v9'", "pfpld")
-    assert "known" in line or "knows" in line
+    assert_user_error(run("predict", future_ckpt, picture, "--box", "10,10,60,60", "--out", out),
+                      str(future_ckpt), "'pfpld_v9'", "knows: pfpld")
     assert not out.exists()
 
 
 def test_eval_of_a_checkpoint_of_an_unknown_model(future_ckpt, prepared_dir, tmp_path):
     out = tmp_path / "metrics.json"
-    assert_one_line_exit_2(run("eval", future_ckpt, "--data", prepared_dir, "--json", out),
-                           str(future_ckpt), "'pfpld_v9'")
+    assert_user_error(run("eval", future_ckpt, "--data", prepared_dir, "--json", out),
+                      str(future_ckpt), "'pfpld_v9'")
     assert not out.exists()
 
 
 def test_train_with_an_unknown_model_writes_nothing(prepared_dir, tmp_path):
     out = tmp_path / "run"
-    assert_one_line_exit_2(run("train", "--data", prepared_dir, "--out", out, "--model", "typo", "--epochs", "1",
-                               "--workers", "0"), "'typo'", "pfpld")
+    assert_user_error(run("train", "--data", prepared_dir, "--out", out, "--model", "typo", "--epochs", "1",
+                          "--workers", "0"), "'typo'", "knows: pfpld")
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -93,7 +73,7 @@ def test_train_with_an_unknown_model_writes_nothing(prepared_dir, tmp_path):
                                  "160,0,200,40"])
 def test_predict_with_a_box_outside_the_image(ckpt, picture, tmp_path, box):
     out = tmp_path / "pred.png"
-    assert_one_line_exit_2(run("predict", ckpt, picture, "--box", box, "--out", out), box, "160x120")
+    assert_user_error(run("predict", ckpt, picture, "--box", box, "--out", out), box, "160x120")
     assert not out.exists()
 
 
