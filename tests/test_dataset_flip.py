@@ -4,30 +4,22 @@ import cv2
 import numpy as np
 import pytest
 
-from pfpld.data.dataset import AugmentConfig, PreparedFaces, _photometric
+from pfpld.data.dataset import AugmentConfig, PreparedFaces, _photometric, _random_similarity
 from pfpld.landmarks import MIRROR_98, flip_points, mirror_matrix
 from pfpld.pose import pose_after_image_transform
 
 
 def matrix_only_sample(ds: PreparedFaces, index: int) -> dict:
-    """__getitem__ as it was before the helpers: the mirror folded into the warp matrix, the points mapped
-    through that matrix and reordered by MIRROR_98, the pose through pose_after_image_transform of the whole
-    matrix."""
+    """__getitem__ as it was before the helpers: the mirror folded into the similarity matrix, the points mapped
+    through that whole matrix and reordered by MIRROR_98, the pose through pose_after_image_transform of the
+    whole matrix."""
     cfg, size = ds.augment, ds.contract.input_size
     image = ds.load_crop(index)
     offset = (ds.crop_size_px - size) / 2.0
     points_px = ds.points[index] * size + offset
     mask, pose = ds.mask[index], ds.pose[index]
     rng = np.random.default_rng([ds.seed, ds.epoch, index])
-    angle = np.radians(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg))
-    scale = rng.uniform(*cfg.scale_range)
-    shift = rng.uniform(-cfg.shift_frac, cfg.shift_frac, size=2) * size
-    flip = rng.random() < cfg.flip_p
-    c, s = np.cos(angle) * scale, np.sin(angle) * scale
-    a = np.array([[c, -s], [s, c]])
-    src_c, dst_c = (ds.crop_size_px - 1) / 2.0, (size - 1) / 2.0
-    t = np.array([dst_c, dst_c]) + shift - a @ np.array([src_c, src_c])
-    m = np.hstack([a, t[:, None]])
+    m, flip = _random_similarity(rng, cfg, ds.crop_size_px, size)
     if flip:
         m = np.array([[-1.0, 0.0, size - 1.0], [0.0, 1.0, 0.0]]) @ np.vstack([m, [0, 0, 1]])
     out = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
