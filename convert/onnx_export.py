@@ -11,12 +11,14 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
 from pfpld.contract import PreprocessContract
-from pfpld.errors import ConversionError
+from pfpld.errors import ConversionError, one_line
 from pfpld.fileio import write_bytes_atomic
+from pfpld.landmarks import INTER_OCULAR, NUM_POINTS
 from pfpld.models.spec import ModelSpec, OutputSpec
 
 from .onnx_graph import load_onnx
@@ -51,6 +53,20 @@ def read_metadata(model: onnx.ModelProto) -> tuple[ModelSpec | None, PreprocessC
     return spec, contract
 
 
+def output_spec_by_name(name: str, shape: tuple[int, ...]) -> OutputSpec:
+    """What an output of a graph without our metadata means, judged by its name only: `landmarks` (x, y pairs in
+    [0,1] of the crop; NME normalised by the WFLW outer eye corners when it has the WFLW point count) and `pose`
+    (yaw, pitch, roll in radians) are the project's conventions; anything else is compared by value only."""
+    size = int(np.prod(shape)) if shape and min(shape) > 0 else 0
+    if name == "landmarks" and size and size % 2 == 0:
+        points = size // 2
+        return OutputSpec(name, shape, f"{points} points x0,y0,x1,y1,... in [0,1] of the square crop",
+                          kind="landmarks", norm_points=INTER_OCULAR if points == NUM_POINTS else None)
+    if name == "pose" and size == 3:
+        return OutputSpec(name, shape, "yaw, pitch, roll in radians", kind="pose")
+    return OutputSpec(name, shape, "unknown (read from the ONNX graph)")
+
+
 def spec_from_graph(model: onnx.ModelProto, name: str) -> ModelSpec:
     """A spec for an ONNX file that carries none: its single input (square NCHW) and its outputs, named and
     shaped as in the graph. The meaning of an output is unknown unless its name is one the project knows."""
@@ -62,12 +78,10 @@ def spec_from_graph(model: onnx.ModelProto, name: str) -> ModelSpec:
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
     if len(dims) != 4 or dims[1] != 3 or dims[2] is None or dims[2] != dims[3]:
         raise ConversionError(f"input '{inputs[0].name}' has shape {dims}; expected [N, 3, S, S] with a fixed size S")
-    known = {"landmarks": "98 points x0,y0,x1,y1,... in [0,1] of the square crop, WFLW order",
-             "pose": "yaw, pitch, roll in radians"}
     outputs = []
     for value in model.graph.output:
         shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim)
-        outputs.append(OutputSpec(value.name, shape[1:], known.get(value.name, "unknown (read from the ONNX graph)")))
+        outputs.append(output_spec_by_name(value.name, shape[1:]))
     return ModelSpec(name=name, input_name=inputs[0].name, input_size=int(dims[2]), outputs=tuple(outputs))
 
 
@@ -97,8 +111,7 @@ def load_checked_onnx(path: Path) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model)
     except Exception as e:    # checker ValidationError, ...
-        msg = " ".join(str(e).split())[:200] or type(e).__name__
-        raise ConversionError(f"{path}: not a valid ONNX model ({msg})") from None
+        raise ConversionError(f"{path}: not a valid ONNX model ({one_line(e)})") from None
     return model
 
 

@@ -1,5 +1,7 @@
-"""`pfpld check-parity`: the same inputs through every stage of an export (torch -> onnx -> onnxsim -> caffe ->
-ncnn), each stage compared with the reference (torch, or the ONNX file for a user's ONNX) by output name.
+"""`pfpld check-parity`: the same inputs through every parity format of an export (the registry's formats with a
+tolerance: torch -> onnx -> onnxsim -> caffe -> ncnn, ...), each compared with the reference (torch, or the first
+format for a user's ONNX) by output name, in the terms the model's spec gives its outputs (landmark NME, pose
+degrees). A folder whose files no longer match manifest.json fails, naming the changed files.
 
 Inputs are N random tensors over the contract's value range plus N real-looking face crops (synthetic faces cut
 with the contract's crop rule, or a folder of the user's). A stage that misses its tolerance is localised: its
@@ -18,21 +20,18 @@ import cv2
 import numpy as np
 
 from pfpld.contract import PreprocessContract
-from pfpld.errors import ConversionError, InputError
+from pfpld.errors import ConversionError, InputError, one_line
+from pfpld.fileio import atomic_path, write_json_atomic, write_text_atomic
 from pfpld.metrics import nme_per_face
 from pfpld.models.spec import ModelSpec
-
-from pfpld.fileio import atomic_path, write_json_atomic, write_text_atomic
 from pfpld.tables import markdown_table, text_table
 
-from .export import MANIFEST, read_manifest, record_in_manifest, sha256_of, stage_file
+from . import stages as _builtin_formats  # noqa: F401  (registers convert's formats)
+from .artifacts import MANIFEST, ExportFolder
+from .formats import FORMATS, Format, RunOptions
 from .runtimes import CaffeRunner, NcnnRunner, OnnxRunner, Runner, TorchRunner
+from .stages import FP16_MAX_ABS, FP32_MAX_ABS  # noqa: F401  (re-exported: the tolerances parity applies)
 
-FP32_MAX_ABS = 1e-5           # landmarks in [0,1] of the crop, pose in radians
-FP16_MAX_ABS = 1e-2           # ncnn fp16 (pnnx's own whole-model threshold): 1.1 px at 112 px, 0.57 degrees
-LAYER_REL_FP32 = 1e-4         # an intermediate tensor "diverges" above this x max(1, max |reference|)
-LAYER_REL_FP16 = 2e-2
-CHAIN = ("torch", "onnx", "onnxsim", "caffe", "ncnn")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 
 
@@ -143,59 +142,6 @@ def build_inputs(contract: PreprocessContract, n: int, images: Path | None, seed
     return ParityInputs(x=x, n_random=n, faces=what)
 
 
-# --- the stages of an export ------------------------------------------------------------------------------------
-@dataclass
-class ExportFolder:
-    folder: Path
-    manifest: dict
-    spec: ModelSpec
-    contract: PreprocessContract
-
-    @classmethod
-    def open(cls, folder: Path) -> "ExportFolder":
-        manifest = read_manifest(folder)
-        return cls(Path(folder), manifest, ModelSpec.from_dict(manifest["spec"]),
-                   PreprocessContract.from_dict(manifest["contract"]))
-
-    def file(self, role: str) -> Path | None:
-        path = stage_file(self.folder, self.manifest, role)
-        if path is not None and not path.is_file():
-            raise ConversionError(f"{path}: listed in {MANIFEST} but missing")
-        return path
-
-    def stages(self) -> list[str]:
-        present = {s["name"] for s in self.manifest["stages"]}
-        return [s for s in CHAIN if s in present]
-
-    @property
-    def ncnn_fp16(self) -> bool:
-        return bool(self.manifest.get("fp16"))
-
-    def modified_files(self) -> list[str]:
-        """Files whose sha256 no longer matches the manifest (edited after export)."""
-        changed = []
-        for name, record in self.manifest["files"].items():
-            path = self.folder / name
-            if not path.is_file() or sha256_of(path) != record["sha256"]:
-                changed.append(name)
-        return changed
-
-    def runner(self, stage: str, threads: int = 1) -> Runner:
-        if stage == "torch":
-            from pfpld.checkpoint import load_model
-            module, _ = load_model(self.file("torch"))
-            return TorchRunner(module, self.spec.output_names, threads=threads)
-        if stage in ("onnx", "onnxsim"):
-            return OnnxRunner(self.file(stage), threads=threads)
-        if stage == "caffe":
-            return CaffeRunner(self.file("caffe.prototxt"), self.file("caffe.caffemodel"),
-                               self.file("caffe.names"), threads=threads)
-        if stage == "ncnn":
-            return NcnnRunner(self.file("ncnn.param"), self.file("ncnn.bin"), self.file("ncnn.names"),
-                              threads=threads)
-        raise ValueError(stage)
-
-
 # --- comparing ---------------------------------------------------------------------------------------------------
 @dataclass
 class StageParity:
@@ -208,7 +154,7 @@ class StageParity:
     nme: float | None = None                # landmark NME vs the reference (inter-ocular of the reference)
     pose_deg: float | None = None           # largest |pose difference| in degrees
     per_output_max_abs: dict = field(default_factory=dict)
-    verdict: str = "reference"              # reference | pass | FAIL | ERROR
+    verdict: str = "reference"              # reference | pass | FAIL | ERROR | skipped
     first_divergence: str | None = None
     error: str | None = None
     outputs: dict = field(default_factory=dict, repr=False)    # name -> (N, ...) values, not serialised
@@ -224,8 +170,9 @@ class StageParity:
 
 
 def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], face_slice: slice,
-                    tolerance: float) -> dict:
-    """Metrics of a stage's outputs against the reference's, by output name."""
+                    tolerance: float, spec: ModelSpec) -> dict:
+    """Metrics of a stage's outputs against the reference's, by output name; landmark NME and pose degrees for the
+    outputs the spec says hold them."""
     missing = set(reference) - set(candidate)
     if missing:
         raise ConversionError(f"outputs {sorted(missing)} are missing (has {sorted(candidate)})")
@@ -244,22 +191,28 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
         cand_flat.append(got)
         # Landmarks ([0,1]) and pose (radians) have an absolute tolerance; an output of unknown meaning is
         # judged relative to its magnitude when that exceeds 1.
-        known = name in ("landmarks", "pose")
+        known = kind_of(spec, name) in ("landmarks", "pose")
         limit = tolerance if known else tolerance * max(1.0, float(np.abs(ref2).max()))
         passed &= per_output[name] <= limit
     a, b = np.concatenate(ref_flat, axis=1), np.concatenate(cand_flat, axis=1)
     cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
     metrics = {"max_abs": float(max(d.max() for d in diffs)), "mean_abs": float(np.concatenate(diffs).mean()),
                "cosine": float(cos.min()), "per_output_max_abs": per_output, "passed": bool(passed)}
-    if "landmarks" in reference and reference["landmarks"][0].size == 196:      # 98 (x, y) points
+    landmarks, pose = spec.output_of_kind("landmarks"), spec.output_of_kind("pose")
+    if landmarks is not None and landmarks.norm_points is not None and landmarks.name in reference:
         rows = face_slice if face_slice.stop > face_slice.start else slice(None)
-        ref_points = reference["landmarks"][rows].reshape(-1, 98, 2)
-        got_points = candidate["landmarks"][rows].reshape(-1, 98, 2)
-        metrics["nme"] = float(np.nanmean(nme_per_face(got_points, ref_points)))
-    if "pose" in reference and reference["pose"][0].size == 3:
-        metrics["pose_deg"] = float(np.degrees(np.abs(candidate["pose"].reshape(n, 3).astype(np.float64)
-                                                      - reference["pose"].reshape(n, 3))).max())
+        k = landmarks.num_points
+        ref_points = reference[landmarks.name][rows].reshape(-1, k, 2)
+        got_points = candidate[landmarks.name][rows].reshape(-1, k, 2)
+        metrics["nme"] = float(np.nanmean(nme_per_face(got_points, ref_points, norm_points=landmarks.norm_points)))
+    if pose is not None and pose.name in reference:
+        metrics["pose_deg"] = float(np.degrees(np.abs(candidate[pose.name].reshape(n, 3).astype(np.float64)
+                                                      - reference[pose.name].reshape(n, 3))).max())
     return metrics
+
+
+def kind_of(spec: ModelSpec, output_name: str) -> str:
+    return next((o.kind for o in spec.outputs if o.name == output_name), "")
 
 
 def _diverges(ref: np.ndarray, got: np.ndarray, rel: float) -> tuple[bool, float]:
@@ -338,17 +291,16 @@ def localize_torch(previous: TorchRunner, current: OnnxRunner, x1: np.ndarray, r
             f"'{worst[1]}'): the difference accumulates over layers")
 
 
-def localize(export: ExportFolder, stage: str, runners: dict[str, Runner], x1: np.ndarray, rel: float) -> str:
-    if stage == "onnx":
-        torch_runner, onnx_runner = runners.get("torch"), runners.get("onnx")
-        if not isinstance(torch_runner, TorchRunner) or not isinstance(onnx_runner, OnnxRunner):
-            return "the torch stage is unavailable: nothing to localise against"
-        return localize_torch(torch_runner, onnx_runner, x1, rel)
-    previous_stage = "onnx" if stage == "onnxsim" else "onnxsim"
+def localize(fmt: Format, runners: dict[str, Runner], x1: np.ndarray, rel: float) -> str:
+    """Name the first layer of `fmt`'s files that diverges from the format it was made from (its first need, or
+    the torch reference for a format made from the module), by the runners' kinds."""
+    current = runners[fmt.name]
+    previous_stage = fmt.needs[0] if fmt.needs else next((n for n, f in FORMATS.items() if f.reference), "")
     previous = runners.get(previous_stage)
+    if isinstance(previous, TorchRunner) and isinstance(current, OnnxRunner):
+        return localize_torch(previous, current, x1, rel)
     if not isinstance(previous, OnnxRunner):
-        return f"previous stage {previous_stage} unavailable"
-    current = runners[stage]
+        return f"no ONNX stage {previous_stage or '(reference)'} to localise against"
     if isinstance(current, NcnnRunner):
         return localize_ncnn(previous, current, x1, rel)
     graph_order = previous.tensor_names()
@@ -356,7 +308,8 @@ def localize(export: ExportFolder, stage: str, runners: dict[str, Runner], x1: n
         names = [n for n in graph_order if n in current.blob_map or n in current.outputs]
         return localize_by_name(previous, current, names, x1, rel,
                                 lambda n: f"Caffe layer '{current.blob_of(n)}' (ONNX tensor '{n}')")
-    assert isinstance(current, OnnxRunner)
+    if not isinstance(current, OnnxRunner):
+        return f"no localisation for {type(current).__name__}"
     shared = set(current.tensor_names())
     return localize_by_name(previous, current, [n for n in graph_order if n in shared], x1, rel,
                             lambda n: f"ONNX tensor '{n}'")
@@ -377,7 +330,9 @@ class ParityReport:
 
     @property
     def passed(self) -> bool:
-        return not any(r.failed for r in self.rows)
+        """Every stage within its tolerance, and every file still the one the manifest's sha256 names: a deployer
+        trusts those hashes, so a changed file fails the check even when its numbers happen to agree."""
+        return not any(r.failed for r in self.rows) and not self.modified_files
 
     @property
     def verdict(self) -> str:
@@ -404,7 +359,7 @@ class ParityReport:
             if r.first_divergence:
                 lines.append(f"{r.stage}: {r.first_divergence}")
         if self.modified_files:
-            lines.append(f"files changed since export (sha256 differs from {MANIFEST}): "
+            lines.append(f"FAIL: files changed since export (sha256 differs from {MANIFEST}): "
                          f"{', '.join(self.modified_files)}")
         return lines
 
@@ -417,9 +372,9 @@ class ParityReport:
     def to_dict(self) -> dict:
         return {"verdict": self.verdict, "checked": self.checked, "inputs": {"random": self.n_random,
                 "faces": self.n_faces, "faces_from": self.inputs},
-                "tolerance": {"fp32_max_abs": FP32_MAX_ABS, "fp16_max_abs": FP16_MAX_ABS,
-                              "applies_to": "landmarks ([0,1]) and pose (radians), absolute; other outputs "
-                                            "x max(1, max |reference|)"},
+                "tolerance": {r.stage: r.tolerance for r in self.rows if r.tolerance is not None},
+                "tolerance_applies_to": "landmarks ([0,1]) and pose (radians), absolute; other outputs "
+                                        "x max(1, max |reference|)",
                 "stages": [r.to_dict() for r in self.rows], "modified_files": self.modified_files,
                 "report": self.markdown.name if self.markdown else None,
                 "picture": self.picture.name if self.picture else None}
@@ -429,9 +384,9 @@ class ParityReport:
                  f"Checked {self.checked}: {self.n_random} random inputs and {self.n_faces} face crops "
                  f"({self.inputs}), each stage against `{self.rows[0].stage}` by output name.", ""]
         lines += markdown_table(self.HEADER, self.table_rows())
-        lines += ["", f"**Verdict: {self.verdict.upper()}.** Tolerance: max abs diff {FP32_MAX_ABS:g} for fp32 "
-                  f"stages and {FP16_MAX_ABS:g} for an fp16 ncnn model, on landmarks ([0,1] of the crop) and pose "
-                  f"(radians); NME is normalised by the inter-ocular distance of the reference's prediction."]
+        lines += ["", f"**Verdict: {self.verdict.upper()}.** Tolerance: each stage's max abs diff (the tolerance "
+                  f"column: its format's entry in the registry), absolute on landmarks ([0,1] of the crop) and pose "
+                  f"(radians); NME is normalised by the reference prediction's own normalising points."]
         notes = self.notes()
         if notes:
             lines += [""] + [f"- {n}" for n in notes]
@@ -441,10 +396,11 @@ class ParityReport:
         return "\n".join(lines) + "\n"
 
 
-def draw_stages(contract: PreprocessContract, faces: np.ndarray, rows: list[StageParity], path: Path,
-                max_faces: int = 4, zoom: int = 2) -> Path | None:
+def draw_stages(contract: PreprocessContract, spec: ModelSpec, faces: np.ndarray, rows: list[StageParity],
+                path: Path, max_faces: int = 4, zoom: int = 2) -> Path | None:
     """A grid: one face per row, one stage per column, each with that stage's landmarks."""
-    stages = [r for r in rows if "landmarks" in r.outputs]
+    landmarks = spec.output_of_kind("landmarks")
+    stages = [r for r in rows if landmarks is not None and landmarks.name in r.outputs]
     if not len(faces) or not stages:
         return None
     size = contract.input_size * zoom
@@ -454,7 +410,7 @@ def draw_stages(contract: PreprocessContract, faces: np.ndarray, rows: list[Stag
         cv2.putText(grid, row.stage, (col * size + 6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
         for i, x in enumerate(faces[:max_faces]):
             tile = cv2.resize(crop_from_input(contract, x), (size, size), interpolation=cv2.INTER_LINEAR)
-            points = row.outputs["landmarks"][i].reshape(-1, 2) * size
+            points = row.outputs[landmarks.name][i].reshape(-1, 2) * size
             colour = (0, 200, 0) if not row.failed else (0, 0, 255)
             for px, py in points:
                 if np.isfinite(px) and np.isfinite(py) and -size < px < 2 * size and -size < py < 2 * size:
@@ -466,26 +422,40 @@ def draw_stages(contract: PreprocessContract, faces: np.ndarray, rows: list[Stag
     return path
 
 
+def parity_formats(export: ExportFolder) -> tuple[list[Format], list[str]]:
+    """The folder's formats that parity runs (the reference and every format with a tolerance), in chain order,
+    and the names of those it skips (int8 formats, judged by the int8 check; formats this version does not know)."""
+    run, skipped = [], []
+    for name in export.formats():
+        fmt = FORMATS.get(name)
+        if fmt is not None and (fmt.reference or fmt.parity):
+            run.append(fmt)
+        else:
+            skipped.append(name)
+    return run, skipped
+
+
 def check_parity(export_dir: Path, images: Path | None = None, n: int = 8, seed: int = 0, threads: int = 1,
                  write: bool = True) -> ParityReport:
-    """Run every stage of the export on the same inputs; returns the report (and, with write, updates
+    """Run every parity format of the export on the same inputs; returns the report (and, with write, updates
     manifest.json and writes parity.md + parity.png in the export folder)."""
     export = ExportFolder.open(Path(export_dir))
+    modified = export.modified_files()
     inputs = build_inputs(export.contract, n, images, seed)
-    stages = export.stages()
+    formats, _ = parity_formats(export)
+    options = RunOptions(threads=threads)
     runners: dict[str, Runner] = {}
     rows: list[StageParity] = []
     reference: StageParity | None = None
-    for stage in stages:
-        fp16 = stage == "ncnn" and export.ncnn_fp16
-        tolerance = FP16_MAX_ABS if fp16 else FP32_MAX_ABS
+    for fmt in formats:
+        stage = fmt.name
+        tolerance = None if reference is None and fmt.reference else fmt.tolerance
         try:
-            runners[stage] = export.runner(stage, threads)
+            runners[stage] = export.runner(stage, options)
             outputs = runners[stage].run(inputs.x)
         except Exception as exc:   # a stage that cannot even run is a failed stage, not a crash
-            message = " ".join(str(exc).split())[:300] or type(exc).__name__
             rows.append(StageParity(stage, reference.stage if reference else "", tolerance, verdict="ERROR",
-                                    error=f"cannot run: {message}"))
+                                    error=f"cannot run: {one_line(exc, 300)}"))
             continue
         if reference is None:
             reference = StageParity(stage, "", outputs=outputs)
@@ -493,7 +463,7 @@ def check_parity(export_dir: Path, images: Path | None = None, n: int = 8, seed:
             continue
         row = StageParity(stage, reference.stage, tolerance, outputs=outputs)
         try:
-            m = compare_outputs(reference.outputs, outputs, inputs.face_slice, tolerance)
+            m = compare_outputs(reference.outputs, outputs, inputs.face_slice, tolerance, export.spec)
         except ConversionError as exc:
             row.verdict, row.error = "ERROR", str(exc)
             rows.append(row)
@@ -506,20 +476,20 @@ def check_parity(export_dir: Path, images: Path | None = None, n: int = 8, seed:
                                              reference.outputs[k].reshape(len(inputs.x), -1)).max(1)
                                       for k in reference.outputs)))
             try:
-                row.first_divergence = localize(export, stage, runners, inputs.x[worst:worst + 1],
-                                                LAYER_REL_FP16 if fp16 else LAYER_REL_FP32)
+                row.first_divergence = localize(fmt, runners, inputs.x[worst:worst + 1],
+                                                fmt.layer_tolerance or 10 * tolerance)
             except Exception as exc:   # localisation is a diagnosis: its failure must not hide the verdict
-                row.first_divergence = f"could not localise ({type(exc).__name__}: {str(exc)[:200]})"
+                row.first_divergence = f"could not localise ({one_line(exc)})"
         rows.append(row)
     report = ParityReport(folder=export.folder, rows=rows, inputs=inputs.faces, n_random=inputs.n_random,
-                          n_faces=len(inputs.x) - inputs.n_random, modified_files=export.modified_files(),
+                          n_faces=len(inputs.x) - inputs.n_random, modified_files=modified,
                           checked=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if write:
-        report.picture = draw_stages(export.contract, inputs.x[inputs.face_slice], rows,
+        report.picture = draw_stages(export.contract, export.spec, inputs.x[inputs.face_slice], rows,
                                      export.folder / "parity.png")
         report.markdown = export.folder / "parity.md"
         write_text_atomic(report.markdown, report.to_markdown())
-        record_in_manifest(export.folder, "parity", report.to_dict())
+        export.record_check("parity", report.to_dict())
     return report
 
 

@@ -5,6 +5,7 @@ position: ONNX and Caffe keep the spec's names, ncnn's in0/out0 are translated b
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass
@@ -12,7 +13,28 @@ from pathlib import Path
 
 import numpy as np
 
-from pfpld.errors import ConversionError
+from pfpld.errors import ConversionError, one_line
+
+
+@contextlib.contextmanager
+def process_threads(n: int):
+    """torch's and OpenCV's thread counts (process-wide settings) at n inside the block, restored after. Setting
+    a count it already has is skipped, so a caller that holds the scope around many runs (the benchmark) pays
+    nothing per run."""
+    import cv2
+    import torch
+    before = (torch.get_num_threads(), cv2.getNumThreads())
+    if before[0] != n:
+        torch.set_num_threads(n)
+    if before[1] != n:
+        cv2.setNumThreads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before[0]:
+            torch.set_num_threads(before[0])
+        if cv2.getNumThreads() != before[1]:
+            cv2.setNumThreads(before[1])
 
 
 def _images(x: np.ndarray) -> list[np.ndarray]:
@@ -31,16 +53,23 @@ class Runner:
     graphs have a fixed batch of 1, so batches are run image by image (as on the device)."""
     backend = "?"
     output_names: list[str]
+    threads: int = 1
+    uses_process_threads = False     # torch and OpenCV take their thread count from process-wide settings
+
+    def _threads(self):
+        return process_threads(self.threads) if self.uses_process_threads else contextlib.nullcontext()
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        if x.shape[0] == 1 and x.dtype == np.float32 and x.flags.c_contiguous:   # the latency path: no copies
-            return self._run_one(x, self.output_names)
-        return _stack([self._run_one(x1, self.output_names) for x1 in _images(x)])
+        with self._threads():
+            if x.shape[0] == 1 and x.dtype == np.float32 and x.flags.c_contiguous:   # the latency path: no copies
+                return self._run_one(x, self.output_names)
+            return _stack([self._run_one(x1, self.output_names) for x1 in _images(x)])
 
     def run_intermediates(self, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
         if not names:
             return {}
-        return _stack([self._run_one(x1, list(names)) for x1 in _images(x)])
+        with self._threads():
+            return _stack([self._run_one(x1, list(names)) for x1 in _images(x)])
 
     def _run_one(self, x1: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -49,6 +78,7 @@ class Runner:
 class TorchRunner(Runner):
     """The PyTorch module: the reference. Outputs come back in spec order (each model's forward promises that)."""
     backend = "torch"
+    uses_process_threads = True
 
     def __init__(self, module, output_names: list[str], threads: int = 1):
         import torch
@@ -61,8 +91,6 @@ class TorchRunner(Runner):
         if set(names) - set(self.output_names):
             raise ValueError("torch runner: intermediates have no ONNX names; compare from the ONNX stage on")
         torch = self.torch
-        if torch.get_num_threads() != self.threads:     # process-wide, like cv2's: set, not restored
-            torch.set_num_threads(self.threads)
         with torch.inference_mode():
             outputs = self.module(torch.from_numpy(x1))
         if isinstance(outputs, torch.Tensor):
@@ -131,8 +159,7 @@ class OnnxRunner(Runner):
         try:
             return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise ConversionError(f"{self.path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") \
-                from None
+            raise ConversionError(f"{self.path}: onnxruntime cannot load it ({one_line(exc)})") from None
 
     def tensor_names(self) -> list[str]:
         """Every node output of the graph, in graph (topological) order."""
@@ -160,7 +187,7 @@ def _read_json(path: Path, what: str) -> dict:
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
-        raise ConversionError(f"{path}: cannot read the {what} ({str(exc).splitlines()[0][:160]})") from None
+        raise ConversionError(f"{path}: cannot read the {what} ({one_line(exc, 160)})") from None
 
 
 class CaffeRunner(Runner):
@@ -172,6 +199,7 @@ class CaffeRunner(Runner):
     (about 1e-5 relative on PFPLD's conv2) and parity checks the file, not OpenCV's shortcuts; pass
     winograd=True to time what an OpenCV user gets by default."""
     backend = "opencv-caffe"
+    uses_process_threads = True
 
     def __init__(self, prototxt: Path, caffemodel: Path, names: dict | Path, threads: int = 1,
                  winograd: bool = False):
@@ -192,8 +220,7 @@ class CaffeRunner(Runner):
         try:
             net = cv2.dnn.readNetFromCaffe(str(self.prototxt), str(self.caffemodel))
         except cv2.error as exc:
-            raise ConversionError(f"{self.prototxt}: OpenCV cannot read the Caffe files "
-                                  f"({' '.join(str(exc).split())[:200]})") from None
+            raise ConversionError(f"{self.prototxt}: OpenCV cannot read the Caffe files ({one_line(exc)})") from None
         net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
         net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
         net.enableWinograd(self.winograd)
@@ -207,8 +234,6 @@ class CaffeRunner(Runner):
         raise KeyError(f"no Caffe blob holds ONNX tensor {name!r}")
 
     def _forward(self, net, x1, names):
-        if self.cv2.getNumThreads() != self.threads:
-            self.cv2.setNumThreads(self.threads)
         blobs = sorted({self.blob_of(n) for n in names})
         net.setInput(x1, self.input_blob)
         values = dict(zip(blobs, net.forward(blobs)))
@@ -220,8 +245,11 @@ class CaffeRunner(Runner):
     def run_intermediates(self, x, names):
         # A fresh net: once OpenCV has run a net for its outputs it has fused layers (a depthwise conv with its
         # ReLU, ...) and asking the same net for an inner blob afterwards returns wrong values.
+        if not names:
+            return {}
         net = self._net()
-        return _stack([self._forward(net, x1, list(names)) for x1 in _images(x)]) if names else {}
+        with self._threads():
+            return _stack([self._forward(net, x1, list(names)) for x1 in _images(x)])
 
 
 @dataclass(frozen=True)

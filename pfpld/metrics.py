@@ -13,15 +13,17 @@ FAILURE_THRESHOLD = 0.1
 POSE_PROTOCOL_DEG = 99.0
 
 
-def nme_per_face(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """pred, gt: (N,98,2) in any common unit; mask (N,98). Mean over valid points of ||pred - gt|| divided by
-    the ground-truth outer-eye-corner distance ||gt[60] - gt[72]||. NaN for faces without both corners."""
+def nme_per_face(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None,
+                 norm_points: tuple[int, int] = INTER_OCULAR) -> np.ndarray:
+    """pred, gt: (N,K,2) in any common unit; mask (N,K). Mean over valid points of ||pred - gt|| divided by
+    the ground-truth distance between the two normalising points (WFLW: the outer eye corners 60 and 72; a model's
+    spec names its own). NaN for faces without both points."""
     pred = np.asarray(pred, dtype=np.float64).reshape(len(pred), -1, 2)
     gt = np.asarray(gt, dtype=np.float64).reshape(len(gt), -1, 2)
     if mask is None:
         mask = np.ones(gt.shape[:2], dtype=bool)
     mask = np.asarray(mask, dtype=bool)
-    i, j = INTER_OCULAR
+    i, j = norm_points
     norm = np.linalg.norm(gt[:, i] - gt[:, j], axis=1)
     err = np.linalg.norm(pred - gt, axis=2)
     n_valid = mask.sum(1)

@@ -1,42 +1,333 @@
-"""`make bench`: throughput and latency numbers of this machine, written as markdown (bench/results.md).
+"""`pfpld bench` / `make bench`: one Ultralytics-style table of every registered format, for every model benchmarked.
 
-Training images/s (forward + backward + Adam step) for PFPLD width 1.0 and 0.25, the data loader's images/s
-with the training augmentation, and their ratio (above 1: the loader keeps up with training). Targets live
-here, never in timed tests. The export section (stage times, runtime latencies, % of FMA peak) comes from
-convert/bench.py.
+For each model (a trained checkpoint, or a registry model with random weights and randomised BatchNorm statistics),
+every format of the registry is exported with one `pfpld export` (int8 formats calibrated on a calibration set),
+then each row gives: status, size, parity against PyTorch (the format's own tolerance), accuracy delta against the
+float model on held-out labelled faces (trained models only: NME points), single-image latency at 1 and 2 threads
+with the runtime's default options, that latency as a share of this core's measured fp32 FMA peak, and its ratio
+to a reference measured in the same run: the same module exported by a plain `torch.onnx.export` and run by
+onnxruntime. No absolute time is a target: machines differ (FACTS section 10). `--training` adds the training and
+data-loader throughput section. Written to bench/results.md.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
+import shutil
+import statistics
+import subprocess
 import tempfile
 import time
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-import torch
-from torch.utils.data import DataLoader
+import numpy as np
 
-from pfpld.data.dataset import AugmentConfig, PreparedFaces
-from pfpld.data.prepare import prepare_dataset
-from pfpld.data.synthetic import generate_dataset
-from pfpld.fileio import write_text_atomic
-from pfpld.losses import total_loss
-from pfpld.models import build_model
+FMA_KERNEL = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+/* CHAINS independent accumulators of WIDTH floats, each updated acc = acc * a + b: with -ffp-contract=fast one
+   vector FMA per update and no dependency between chains, so the loop runs at the FMA units' throughput. */
+#define CHAINS 16
+typedef float vec __attribute__((vector_size(WIDTH * 4)));
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
+int main(int argc, char **argv) {
+    long iters = argc > 1 ? atol(argv[1]) : 20000000L;
+    vec acc[CHAINS], a, b;
+    for (int i = 0; i < WIDTH; i++) { a[i] = 0.999999f; b[i] = 1e-7f; }
+    for (int c = 0; c < CHAINS; c++) for (int i = 0; i < WIDTH; i++) acc[c][i] = (float)(c + i);
+    double best = 0;
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = now();
+        for (long n = 0; n < iters; n++) {
+#pragma GCC unroll 16
+            for (int c = 0; c < CHAINS; c++) acc[c] = acc[c] * a + b;
+            __asm__ volatile("" : "+x"(a));   /* keep the loop from being folded away */
+        }
+        double gflops = 2.0 * WIDTH * CHAINS * (double)iters / (now() - t0) / 1e9;
+        if (gflops > best) best = gflops;
+    }
+    float s = 0; for (int c = 0; c < CHAINS; c++) for (int i = 0; i < WIDTH; i++) s += acc[c][i];
+    printf("%.3f %g\n", best, (double)s);
+    return 0;
+}
+"""
 
 
-def train_images_per_s(width: float, batch_size: int = 64, steps: int = 8, warmup: int = 2) -> float:
+def fma_peak_gflops(workdir: Path, iterations: int = 20_000_000) -> tuple[float | None, str]:
+    """Best single-core fp32 GFLOP/s (2 flops per FMA) over 8- and 16-float vectors; (None, why) without gcc."""
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        return None, "no C compiler"
+    source = workdir / "fma.c"
+    source.write_text(FMA_KERNEL)
+    results = {}
+    for width in (8, 16):
+        binary = workdir / f"fma{width}"
+        build = subprocess.run([gcc, "-O3", "-march=native", "-ffp-contract=fast", f"-DWIDTH={width}", str(source),
+                                "-o", str(binary)], capture_output=True, text=True)
+        if build.returncode != 0:
+            continue
+        run = subprocess.run([str(binary), str(iterations)], capture_output=True, text=True, timeout=120)
+        if run.returncode == 0:
+            results[width] = float(run.stdout.split()[0])
+    if not results:
+        return None, "FMA kernel did not build"
+    width = max(results, key=results.get)
+    return results[width], f"{width}-float vectors x 16 chains, gcc -O3 -march=native, best of 5"
+
+
+def count_macs(onnx_path: Path) -> float:
+    """Multiply-adds of Conv, ConvTranspose, Gemm and MatMul nodes, from the graph's inferred shapes."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+    model = shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input)}
+    weights = {t.name: numpy_helper.to_array(t).shape for t in model.graph.initializer}
+    total = 0
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "ConvTranspose") and node.input[1] in weights:
+            w = weights[node.input[1]]
+            reference = node.output[0] if node.op_type == "Conv" else node.input[0]
+            total += int(np.prod(shapes[reference])) * int(np.prod(w[1:]))
+        elif node.op_type in ("Gemm", "MatMul") and node.input[1] in weights:
+            total += int(np.prod(shapes[node.output[0]][:-1] or [1])) * int(np.prod(weights[node.input[1]]))
+    return float(total)
+
+
+def median_latency_ms(fn, x: np.ndarray, budget_s: float = 1.5, min_runs: int = 30, max_runs: int = 1000) -> float:
+    """Median time of fn(x) after a warm-up: runs until `budget_s` is spent and `min_runs` are done; a pathological
+    configuration (threads spinning against another process) stops after 5 runs at 3x the budget."""
+    warm = time.perf_counter()
+    for i in range(10):
+        fn(x)
+        if i >= 1 and time.perf_counter() - warm > budget_s:
+            break
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_runs:
+        elapsed = time.perf_counter() - start
+        if (len(times) >= min_runs and elapsed > budget_s) or (len(times) >= 5 and elapsed > 3 * budget_s):
+            break
+        t0 = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+# --- the table ---------------------------------------------------------------------------------------------------
+@dataclass
+class BenchRow:
+    model: str
+    format: str
+    title: str
+    status: str = "ok"
+    size_mb: float | None = None
+    parity: str = "-"
+    accuracy_delta: float | None = None         # NME points against the float model on held-out faces
+    latency_ms: dict[int, float] = field(default_factory=dict)
+    peak_pct: float | None = None               # 1-thread latency as a share of the FMA peak (2 x MACs / time)
+    vs_reference: dict[int, float] = field(default_factory=dict)    # reference latency / this latency
+
+
+@dataclass
+class ModelBench:
+    label: str
+    macs: float
+    rows: list[BenchRow]
+    accuracy_note: str
+
+
+@dataclass
+class BenchSettings:
+    threads: tuple[int, ...] = (1, 2)
+    budget_s: float = 1.5
+    min_runs: int = 30
+    n_parity: int = 4
+    heldout: int = 256
+    formats: tuple[str, ...] | None = None      # None: every registered target
+
+
+def plain_onnx_reference(module, spec, folder: Path) -> Path:
+    """The same module exported the way a user would without pfpld: torch.onnx.export with its defaults (the
+    TorchScript exporter, opset 13, no simplification)."""
+    import torch
+    path = folder / "reference.onnx"
+    x = torch.zeros(1, 3, spec.input_size, spec.input_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (x,), str(path), dynamo=False, opset_version=13)
+    return path
+
+
+def bench_model(source, label: str, work: Path, calib: Path, settings: BenchSettings, peak: float | None,
+                data: Path | None, trained: bool, log: Callable[[str], None]) -> ModelBench:
+    from convert.artifacts import ExportFolder
+    from convert.export import export
+    from convert.formats import FORMATS, RunOptions, target_names
+    from convert.parity import check_parity
+    from convert.runtimes import OnnxRunner, process_threads
+    from quant.int8 import face_metrics, float_format, heldout_faces
+    from quant.nnie import NnieOptions
+
+    folder = work / label.replace(" ", "_").replace("/", "_")
+    targets = list(settings.formats or target_names())
+    start = time.perf_counter()
+    result = export(source, targets, folder, with_int8=True,
+                    options={"calib": calib, "nnie": NnieOptions(calib=calib)})
+    log(f"{label}: exported {', '.join(result.manifest.targets)} in {time.perf_counter() - start:.1f} s")
+    exported = ExportFolder.open(folder)
+    parity = {r.stage: r for r in check_parity(folder, n=settings.n_parity, seed=0, write=False).rows}
+    reference_path = plain_onnx_reference(source.module, source.spec, work)
+    macs = count_macs(reference_path)
+
+    faces = heldout_faces(exported.contract, data, settings.heldout, seed=0) if trained else None
+    float_metrics = None
+    if faces is not None:
+        float_metrics = face_metrics(exported.runner(float_format(exported)).run(faces.x), faces, exported.spec)
+
+    x = np.random.default_rng(0).random((1, 3, exported.spec.input_size, exported.spec.input_size),
+                                        dtype=np.float32)
+    reference = BenchRow(label, "reference", "torch.onnx.export (plain), onnxruntime")
+    reference.size_mb = reference_path.stat().st_size / 1e6
+    rows = [reference]
+    for name in exported.formats():
+        fmt = FORMATS[name]
+        row = BenchRow(label, name, f"{fmt.title} ({fmt.runtime})" if fmt.runtime else fmt.title,
+                       size_mb=exported.size_bytes(name) / 1e6)
+        if name in parity and parity[name].verdict != "reference":
+            p = parity[name]
+            row.parity = f"{p.verdict} ({p.max_abs:.1e})" if p.max_abs is not None else p.verdict
+        elif fmt.reference:
+            row.parity = "reference"
+        rows.append(row)
+    for threads in settings.threads:
+        with process_threads(threads):
+            runner = OnnxRunner(reference_path, threads=threads)
+            reference.latency_ms[threads] = median_latency_ms(runner.run, x, settings.budget_s, settings.min_runs)
+            log(f"  {label} {'reference':<10} {threads}T {reference.latency_ms[threads]:8.3f} ms")
+            for row in rows[1:]:
+                fmt = FORMATS[row.format]
+                if not fmt.timed or row.status != "ok":
+                    continue
+                try:
+                    runner = exported.runner(row.format, RunOptions(threads=threads, winograd=True))
+                    row.latency_ms[threads] = median_latency_ms(runner.run, x, settings.budget_s, settings.min_runs)
+                    log(f"  {label} {row.format:<10} {threads}T {row.latency_ms[threads]:8.3f} ms")
+                except Exception as exc:  # a format that cannot run is a row saying so, as in Ultralytics' table
+                    from pfpld.errors import one_line
+                    row.status = f"error: {one_line(exc, 120)}"
+    for row in rows:
+        for threads, ms in row.latency_ms.items():
+            if threads in reference.latency_ms:
+                row.vs_reference[threads] = reference.latency_ms[threads] / ms
+        if peak and macs and 1 in row.latency_ms:
+            row.peak_pct = 100 * 2 * macs / (row.latency_ms[1] * 1e-3) / (peak * 1e9)
+        if faces is not None and row.format != "reference" and FORMATS[row.format].runner is not None:
+            try:
+                m = face_metrics(exported.runner(row.format).run(faces.x), faces, exported.spec)
+                row.accuracy_delta = m.nme_pct - float_metrics.nme_pct
+            except Exception as exc:
+                from pfpld.errors import one_line
+                row.status = f"error: {one_line(exc, 120)}"
+    note = (f"accuracy delta: NME points against the float model on {len(faces.x)} held-out faces ({faces.source}); "
+            f"float NME {float_metrics.nme_pct:.2f}%" if faces is not None else
+            "accuracy delta not measured: random weights (give a trained --ckpt and --data)")
+    return ModelBench(label, macs, rows, note)
+
+
+def table_rows(results: list[ModelBench], threads: tuple[int, ...]) -> tuple[list[str], list[list[str]]]:
+    header = ["model", "format", "status", "size (MB)", "parity vs torch", "accuracy delta (NME pts)"]
+    header += [f"latency {t}T (ms)" for t in threads] + ["% FMA peak (1T)"]
+    header += [f"x reference {t}T" for t in threads]
+    rows = []
+    for res in results:
+        for r in res.rows:
+            rows.append([r.model, r.format, r.status, "-" if r.size_mb is None else f"{r.size_mb:.2f}", r.parity,
+                         "-" if r.accuracy_delta is None else f"{r.accuracy_delta:+.3f}"]
+                        + [f"{r.latency_ms[t]:.3f}" if t in r.latency_ms else "-" for t in threads]
+                        + ["-" if r.peak_pct is None else f"{r.peak_pct:.0f}%"]
+                        + [f"{r.vs_reference[t]:.2f}x" if t in r.vs_reference else "-" for t in threads])
+    return header, rows
+
+
+def run_format_benchmark(sources: list[tuple[object, str, bool]], settings: BenchSettings | None = None,
+                         data: Path | None = None, calib: Path | None = None,
+                         log: Callable[[str], None] = print) -> tuple[list[ModelBench], float | None, str]:
+    """Benchmark every (export source, label, trained) given; returns the per-model results and the FMA peak."""
+    settings = settings or BenchSettings()
+    with tempfile.TemporaryDirectory(prefix="pfpld-bench-") as tmp:
+        work = Path(tmp)
+        peak, how = fma_peak_gflops(work)
+        log(f"FMA peak: {peak} GFLOP/s ({how})")
+        if calib is None:
+            calib = synthetic_calibration(work / "calib", sources[0][0].contract)
+        results = [bench_model(source, label, work, calib, settings, peak, data, trained, log)
+                   for source, label, trained in sources]
+    return results, peak, how
+
+
+def synthetic_calibration(folder: Path, contract, n: int = 32, seed: int = 0) -> Path:
+    """A calibration set of synthetic faces (prepared, then chosen by `pfpld calib`'s rules) when none is given."""
+    from pfpld.data.prepare import prepare_dataset
+    from pfpld.data.synthetic import generate_dataset
+    from quant.calibration import make_calibration_set
+    generate_dataset(folder / "synth", n=max(60, 2 * n), seed=seed, progress=False)
+    prepare_dataset(folder / "prepared", wflw=folder / "synth" / "WFLW", progress=False)
+    make_calibration_set(folder / "prepared", folder / "set", n=n, seed=seed)
+    return folder / "set"
+
+
+def machine_line() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}"
+
+
+def format_markdown(results: list[ModelBench], peak: float | None, how: str, settings: BenchSettings) -> str:
+    from pfpld.tables import markdown_table
+    header, rows = table_rows(results, settings.threads)
+    lines = ["## Formats (`pfpld bench`)", "",
+             f"Machine: {machine_line()}. Single image, median of >= {settings.min_runs} runs after warm-up, "
+             f"runtimes with their default options (Winograd on); parity with exact arithmetic (Winograd off) on "
+             f"{settings.n_parity} random inputs and {settings.n_parity} synthetic faces. "
+             + (f"fp32 FMA peak of one core: **{peak:.1f} GFLOP/s** ({how})." if peak else f"FMA peak: {how}."), "",
+             "The reference row is the same module exported by a plain `torch.onnx.export` and run by onnxruntime; "
+             "`x reference` is its latency divided by the row's (above 1: faster). The NNIE row is a simulation "
+             "(no board latency).", ""]
+    lines += markdown_table(header, rows)
+    lines.append("")
+    for res in results:
+        lines.append(f"- {res.label}: {res.macs / 1e6:.1f} M multiply-adds; {res.accuracy_note}.")
+    return "\n".join(lines) + "\n"
+
+
+# --- training throughput -------------------------------------------------------------------------------------------
+def train_images_per_s(model: str, width: float, batch_size: int = 64, steps: int = 8, warmup: int = 2) -> float:
+    """Forward + backward + Adam step images/s of a registry model on random batches shaped by its spec."""
+    import torch
+    from pfpld.losses import total_loss
+    from pfpld.models import build_model
     torch.manual_seed(0)
-    model, spec, contract = build_model("pfpld", width=width)
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    module, spec, contract = build_model(model, width=width)
+    module.train()
+    opt = torch.optim.Adam(module.parameters(), lr=1e-3)
+    points = spec.output_of_kind("landmarks").num_points
     batch = {"image": torch.rand(batch_size, 3, spec.input_size, spec.input_size),
-             "points": torch.rand(batch_size, 196), "mask": torch.ones(batch_size, 98, dtype=torch.bool),
+             "points": torch.rand(batch_size, 2 * points), "mask": torch.ones(batch_size, points, dtype=torch.bool),
              "pose": torch.zeros(batch_size, 3), "has_pose": torch.ones(batch_size, dtype=torch.bool)}
     for i in range(warmup + steps):
         if i == warmup:
             t0 = time.perf_counter()
-        lmk, pose = model(batch["image"])
+        lmk, pose = module(batch["image"])
         loss, _, _ = total_loss(lmk, pose, batch, contract.input_size)
         opt.zero_grad()
         loss.backward()
@@ -45,11 +336,13 @@ def train_images_per_s(width: float, batch_size: int = 64, steps: int = 8, warmu
 
 
 def loader_images_per_s(data: Path, workers: int, batch_size: int = 64, batches: int = 20) -> float:
+    from torch.utils.data import DataLoader
+    from pfpld.data.dataset import AugmentConfig, PreparedFaces
     ds = PreparedFaces(data, "train", AugmentConfig(), seed=0)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=False)
     n, t0 = 0, None
-    for epoch in range(100):
-        for i, batch in enumerate(loader):
+    for _ in range(100):
+        for batch in loader:
             if t0 is None:          # the first batch pays for worker start-up
                 t0 = time.perf_counter()
                 continue
@@ -59,47 +352,25 @@ def loader_images_per_s(data: Path, workers: int, batch_size: int = 64, batches:
     return n / (time.perf_counter() - t0)
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", type=Path, default=Path("bench/results.md"))
-    ap.add_argument("--training-only", action="store_true", help="Skip the export and runtime latency section.")
-    ap.add_argument("--ckpt", type=Path, action="append", default=[],
-                    help="A trained checkpoint for the int8 rows of its width (repeatable; e.g. the demo's).")
-    ap.add_argument("--data", type=Path, help="A prepared dataset whose test split measures int8 accuracy.")
-    args = ap.parse_args(argv)
-    threads = torch.get_num_threads()
-    rows = []
+def training_markdown(model: str, widths: tuple[float, ...], log: Callable[[str], None] = print) -> str:
+    import torch
+    from pfpld.data.prepare import prepare_dataset
+    from pfpld.data.synthetic import generate_dataset
+    from pfpld.tables import markdown_table
     with tempfile.TemporaryDirectory() as tmp:
-        synth = Path(tmp) / "synth"
+        synth, data = Path(tmp) / "synth", Path(tmp) / "prepared"
         generate_dataset(synth, n=300, seed=0, progress=False)
-        data = Path(tmp) / "prepared"
         prepare_dataset(data, wflw=synth / "WFLW", lapa=synth / "LaPa", w300lp=synth / "300W_LP",
                         aflw2000=synth / "AFLW2000", progress=False)
         loaders = {w: loader_images_per_s(data, w) for w in (0, 2)}
-    trains = {w: train_images_per_s(w) for w in (1.0, 0.25)}
-    for w, ips in trains.items():
-        rows.append((f"train PFPLD width {w} (batch 64, {threads} threads)", f"{ips:.1f}"))
-    for k, ips in loaders.items():
-        rows.append((f"data loader with augmentation, {k} workers", f"{ips:.1f}"))
-    best_loader = max(loaders.values())
-    lines = ["# pfpld benchmark", "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-             f"{time.strftime('%Y-%m-%d')}.", "",
-             "| measurement | images/s |", "|---|---:|"] + [f"| {a} | {b} |" for a, b in rows] + [
-             "", "| ratio: best loader / training | value |", "|---|---:|"] + [
-             f"| width {w} | {best_loader / ips:.2f} |" for w, ips in trains.items()] + [
-             "", "A ratio above 1 means the loader outpaces training on its own; during training they share "
-             "the same cores."]
-    text = "\n".join(lines) + "\n"
-    if not args.training_only:
-        from convert.bench import run_export_benchmark     # the application layer may use every package
-        from quant.bench import run_int8_benchmark
-        text += "\n" + run_export_benchmark()
-        text += "\n" + run_int8_benchmark(args.ckpt, args.data)
-    write_text_atomic(args.out, text)
-    print(text)
-    print(f"wrote {args.out}")
-
-
-if __name__ == "__main__":
-    main()
+    trains = {w: train_images_per_s(model, w) for w in widths}
+    rows = [[f"train {model} width {w} (batch 64, {torch.get_num_threads()} threads)", f"{ips:.1f}"]
+            for w, ips in trains.items()]
+    rows += [[f"data loader with augmentation, {k} workers", f"{ips:.1f}"] for k, ips in loaders.items()]
+    best = max(loaders.values())
+    rows += [[f"ratio best loader / training, width {w}", f"{best / ips:.2f}"] for w, ips in trains.items()]
+    for row in rows:
+        log(f"  {row[0]}: {row[1]}")
+    return "\n".join(["## Training throughput", ""] + markdown_table(["measurement", "images/s"], rows) + [
+        "", "A ratio above 1 means the loader outpaces training on its own; during training they share the same "
+        "cores."]) + "\n"

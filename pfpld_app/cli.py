@@ -205,6 +205,29 @@ def _parse_mean(text: str | None) -> tuple[float, float, float] | None:
     return values  # type: ignore[return-value]
 
 
+class FormatChoice(click.Choice):
+    """`--target` choices read from the format registry (convert's and quant's formats) when first needed, so that
+    a registered format is a target without touching the CLI."""
+
+    def __init__(self):
+        super().__init__([])
+
+    @property
+    def choices(self):
+        return registered_targets() + ["all"]
+
+    @choices.setter
+    def choices(self, value):
+        pass
+
+
+def registered_targets() -> list[str]:
+    import convert.export  # noqa: F401  (registers convert's formats)
+    import quant  # noqa: F401  (registers quant's formats)
+    from convert.formats import target_names
+    return target_names()
+
+
 @main.command("export")
 @click.argument("ckpt", required=False, type=click.Path(path_type=Path))
 @click.option("--model", help="Build this registry model instead of reading a checkpoint (needs --init random).")
@@ -213,14 +236,15 @@ def _parse_mean(text: str | None) -> tuple[float, float, float] | None:
               "(to try the chain without training).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --init random.")
 @click.option("--onnx", "onnx_file", type=click.Path(path_type=Path), help="Start from your own ONNX file.")
-@click.option("--target", "targets", multiple=True, type=click.Choice(["onnx", "caffe", "ncnn", "nnie", "all"]),
-              default=("all",), show_default=True, help="Repeat for several; caffe and ncnn include onnx, nnie "
-              "includes caffe (and needs --calib).")
+@click.option("--target", "targets", multiple=True, type=FormatChoice(), default=("all",), show_default=True,
+              help="A format of the registry (repeat for several): each includes what it is made from (caffe and "
+              "ncnn include onnx and onnxsim, nnie includes caffe and needs --calib); all = every float format "
+              "but ncnn-fp16.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Export folder (written atomically).")
 @click.option("--opset", type=click.IntRange(9, 23), default=13, show_default=True, help="ONNX opset of the export "
               "(a given --onnx file keeps its own).")
-@click.option("--fp16", is_flag=True, help="ncnn weights in fp16 (default fp32, for exact parity).")
-@click.option("--force", is_flag=True, help="Replace --out if it holds a previous export.")
+@click.option("--fp16", is_flag=True, help="Also write ncnn with fp16 weights (same as --target ncnn-fp16).")
+@click.option("--force", is_flag=True, help=force_help("export"))
 @click.option("--color-order", type=click.Choice(["RGB", "BGR"]), help="Contract of an --onnx file: channel order.")
 @click.option("--scale", help="Contract of an --onnx file: input = (pixel - mean) * scale, e.g. 1/255.")
 @click.option("--mean", help="Contract of an --onnx file: per-channel mean R,G,B (network channel order).")
@@ -235,18 +259,19 @@ def _parse_mean(text: str | None) -> tuple[float, float, float] | None:
 @click.option("--allow-layer", "allow_layers", multiple=True, help="nnie preflight: accept this layer type beyond "
               "the NNIE-proven set. Repeatable.")
 @click.option("--sdk-dir", type=click.Path(path_type=Path), help="nnie: write the SDK bundle here instead of "
-              "OUT/nnie_sdk.")
+              "OUT/nnie_sdk (replaced under the same --force rule).")
 @click.option("--internal-stride", type=click.Choice(["16", "32"]), default="16", show_default=True,
               help="nnie: 16 for DDR3, 32 for DDR4 boards.")
-@click.option("--int8", "int8", is_flag=True, help="Also write int8 models: onnxruntime QDQ (onnx targets) and ncnn "
-              "int8 (ncnn target), calibrated on --calib.")
+@click.option("--int8", "int8", is_flag=True, help="Also write the int8 formats of the exported ones: onnxruntime QDQ "
+              "(onnx-int8) and ncnn int8 (ncnn-int8), calibrated on --calib.")
 @click.option("--int8-activations", type=click.Choice(["u8", "s8"]), default="u8", show_default=True,
               help="onnxruntime QDQ activation type (u8 runs faster on x86).")
 @user_errors
 def export_cmd(ckpt, model, width, init, seed, onnx_file, targets, out, opset, fp16, force, color_order, scale, mean,
                crop_expand, crop_shift_y, calib, precision, hp_layers, allow_layers, sdk_dir, internal_stride, int8,
                int8_activations):
-    """Export a model to ONNX, Caffe 1.0 and ncnn, with manifest.json (check it with `pfpld check-parity`).
+    """Export a model to ONNX, Caffe 1.0, ncnn and the quantised formats, with manifest.json (check it with
+    `pfpld check-parity`).
 
     \b
     pfpld export CKPT --target all --out DIR
@@ -256,10 +281,9 @@ def export_cmd(ckpt, model, width, init, seed, onnx_file, targets, out, opset, f
     pfpld export CKPT --target ncnn --int8 --calib calib_data/NAME --out DIR
     """
     from convert.export import export, source_from_checkpoint, source_from_onnx, source_from_random_init
-    from quant.export import Int8Options, quant_stages
+    from convert.formats import resolve_targets
     from quant.nnie import NnieOptions
-    if ("nnie" in targets or int8) and calib is None:
-        raise click.UsageError("--target nnie and --int8 need --calib DIR (make one with `pfpld calib`)")
+    targets = list(targets) + (["ncnn-fp16"] if fp16 else [])
     model = model or ("pfpld" if init else None)
     if sum(v is not None for v in (ckpt, model, onnx_file)) != 1:
         raise click.UsageError("give exactly one source: CKPT, --model NAME --init random, or --onnx FILE")
@@ -270,6 +294,16 @@ def export_cmd(ckpt, model, width, init, seed, onnx_file, targets, out, opset, f
                                "and a registry model carry their own contract")
     if model is not None and init != "random":
         raise click.UsageError("--model needs --init random (trained weights come from a checkpoint: give CKPT)")
+    # The option checks come from the registry: what each chosen format requires, and what --int8 adds.
+    formats = resolve_targets(targets, with_int8=int8, has_module=onnx_file is None)
+    if int8 and not any(f.with_int8_flag for f in formats):
+        raise click.UsageError(f"--int8 adds the int8 formats of the exported ones ({', '.join(targets)} has none): "
+                               f"add an onnx or ncnn target (nnie is quantised by its mapper)")
+    for f in formats:
+        for option in f.requires:
+            if {"calib": calib}.get(option) is None:
+                what = "--int8" if f.with_int8_flag else f"--target {f.name}"
+                raise click.UsageError(f"{what} needs --{option} DIR (make one with `pfpld calib`)")
     if ckpt is not None:
         source = source_from_checkpoint(ckpt)
     elif onnx_file is not None:
@@ -279,19 +313,20 @@ def export_cmd(ckpt, model, width, init, seed, onnx_file, targets, out, opset, f
     if calib is not None:     # fail before the chain runs: a wrong calibration set is found in a second
         from quant.calibration import read_calibration_set
         read_calibration_set(calib, source.contract)
-    options = " ".join(f"{k}={v}" for k, v in source.spec.options.items())
-    click.echo(f"export {source.spec.name}{' ' + options if options else ''} ({source.record['kind']}) -> {out}")
-    nnie = NnieOptions(calib=calib, precision=precision, hp_layers=list(hp_layers), allow_layers=list(allow_layers),
-                       sdk_dir=sdk_dir, force=force, internal_stride=int(internal_stride)) if "nnie" in targets else None
-    chain, extra, options = quant_stages(list(targets), nnie, Int8Options(calib, int8_activations) if int8 else None)
-    result = export(source, chain, out, opset=opset, fp16=fp16, force=force, log=click.echo, extra_stages=extra,
-                    options=options)
-    if "nnie" in result.manifest["targets"]:
-        info = next(s["info"] for s in result.manifest["stages"] if s["name"] == "nnie")
+    described = " ".join(f"{k}={v}" for k, v in source.spec.options.items())
+    click.echo(f"export {source.spec.name}{' ' + described if described else ''} ({source.kind}) -> {out}")
+    options = {"calib": calib, "int8_activations": int8_activations,
+               "nnie": NnieOptions(calib=calib, precision=precision, hp_layers=list(hp_layers),
+                                   allow_layers=list(allow_layers), sdk_dir=sdk_dir, force=force,
+                                   internal_stride=int(internal_stride)) if calib is not None else None}
+    result = export(source, targets, out, opset=opset, with_int8=int8, force=force, log=click.echo, options=options)
+    nnie = result.manifest.stage("nnie")
+    if nnie is not None:
+        info = nnie.info
         bundle = out / info["bundle"] if info["bundle"] == "nnie_sdk" else Path(info["bundle"])
         click.echo(f"NNIE bundle: {bundle} ({info['precision']}, _hp: {', '.join(info['hp_layers']) or 'none'}); "
                    f"see {bundle / 'README.md'}")
-    click.echo(f"done in {result.manifest['export_seconds']:.2f} s: {out} (manifest.json); "
+    click.echo(f"done in {result.manifest.export_seconds:.2f} s: {out} (manifest.json); "
                f"next: pfpld check-parity {out}")
 
 
@@ -311,9 +346,9 @@ def export_cmd(ckpt, model, width, init, seed, onnx_file, targets, out, opset, f
               "(the test split of a prepared --images, else synthetic faces).")
 @user_errors
 def check_parity_cmd(export_dir, images, n, json_out, threads, seed, int8, calib, heldout):
-    """Run torch -> onnx -> onnxsim -> caffe -> ncnn on the same inputs; exit code 1 when a stage misses its
-    tolerance (the first diverging layer is named) or, with --int8, a deployed int8 stage costs more than
-    0.3 NME points."""
+    """Run every format of an export (torch -> onnx -> onnxsim -> caffe -> ncnn, ...) on the same inputs; exit code
+    1 when a stage misses its tolerance (the first diverging layer is named), when a file no longer matches
+    manifest.json, or, with --int8, when a deployed int8 stage costs more than 0.3 NME points."""
     from convert.parity import check_parity
     report = check_parity(export_dir, images=images, n=n, seed=seed, threads=threads)
     click.echo(report.table())
@@ -333,6 +368,57 @@ def check_parity_cmd(export_dir, images, n, json_out, threads, seed, int8, calib
         click.echo(f"wrote {json_out}")
     if not passed:
         sys.exit(1)
+
+
+@main.command()
+@click.option("--model", default="pfpld", show_default=True, help="Registry model benchmarked with random weights.")
+@click.option("--width", "widths", type=float, multiple=True, default=(1.0, 0.25), show_default=True,
+              help="Widths of --model with random weights (repeatable).")
+@click.option("--ckpt", "ckpts", type=click.Path(path_type=Path), multiple=True, help="A trained checkpoint: replaces "
+              "the random weights of its model and width, and measures the accuracy delta (repeatable).")
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Prepared dataset whose "
+              "test split gives the held-out faces of the accuracy delta (default: synthetic faces).")
+@click.option("--calib", type=click.Path(path_type=Path), help="Calibration set of the int8 formats (default: 32 "
+              "synthetic faces).")
+@click.option("--format", "formats", multiple=True, help="Benchmark only these formats (and what they need).")
+@click.option("--threads", default="1,2", show_default=True, help="Thread counts of the latency columns.")
+@click.option("--budget", type=float, default=1.5, show_default=True, help="Seconds of timing per row and thread "
+              "count.")
+@click.option("--heldout", type=click.IntRange(min=1), default=256, show_default=True, help="Held-out faces for the "
+              "accuracy delta.")
+@click.option("--training", is_flag=True, help="Also measure training and data-loader throughput.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench/results.md"), show_default=True)
+@user_errors
+def bench(model, widths, ckpts, data, calib, formats, threads, budget, heldout, training, out):
+    """One table of every registered format: status, size, parity, accuracy delta, latency at 1 and 2 threads,
+    % of the FMA peak, and the ratio to a plain torch.onnx.export measured in the same run."""
+    from convert.export import source_from_checkpoint, source_from_random_init
+    from .bench import BenchSettings, format_markdown, run_format_benchmark, table_rows, training_markdown
+    from pfpld.tables import text_table
+    try:
+        thread_counts = tuple(int(t) for t in threads.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{threads!r}: expected comma-separated integers", param_hint="--threads")
+    registered_targets()
+    sources, covered = [], set()
+    for ckpt in ckpts:
+        source = source_from_checkpoint(ckpt)
+        width = source.spec.options.get("width")
+        covered.add((source.spec.name, width))
+        sources.append((source, f"{source.spec.name} w{width} ({Path(ckpt).name})", True))
+    for width in widths:
+        if (model, width) not in covered:
+            sources.append((source_from_random_init(model, width, seed=0), f"{model} w{width} (random)", False))
+    settings = BenchSettings(threads=thread_counts, budget_s=budget, heldout=heldout,
+                             formats=tuple(formats) or None)
+    results, peak, how = run_format_benchmark(sources, settings, data=data, calib=calib, log=click.echo)
+    header, rows = table_rows(results, thread_counts)
+    click.echo("\n".join(text_table([header] + rows)))
+    text = "# pfpld benchmark\n\n" + format_markdown(results, peak, how, settings)
+    if training:
+        text += "\n" + training_markdown(model, tuple(widths), log=click.echo)
+    write_text_atomic(out, text)
+    click.echo(f"wrote {out}")
 
 
 if __name__ == "__main__":

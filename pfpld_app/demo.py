@@ -122,7 +122,6 @@ def run_demo(out: Path, n: int = 2000, epochs: int = 20, width: float = 0.25, se
     from convert.export import export, source_from_checkpoint    # the demo is the application layer
     from convert.parity import check_parity
     from quant.calibration import make_calibration_set
-    from quant.export import Int8Options, quant_stages
     from quant.int8 import check_int8
     from quant.nnie import NnieOptions
     calib_dir = out / "calib"
@@ -132,10 +131,8 @@ def run_demo(out: Path, n: int = 2000, epochs: int = 20, width: float = 0.25, se
 
     t = _step("7/9 export: onnx -> onnxsim -> caffe (BatchNorm merged) -> ncnn, int8 models, NNIE bundle")
     export_dir = out / "export"
-    chain, extra, options = quant_stages(["all", "nnie"], NnieOptions(calib=calib_dir, force=True),
-                                         Int8Options(calib_dir))
-    exported = export(source_from_checkpoint(run_dir / "best.pt"), chain, export_dir, force=True,
-                      extra_stages=extra, options=options)
+    exported = export(source_from_checkpoint(run_dir / "best.pt"), ["all", "nnie"], export_dir, force=True,
+                      with_int8=True, options={"calib": calib_dir, "nnie": NnieOptions(calib=calib_dir, force=True)})
     click.echo(exported.table())
     timings["export_s"] = time.perf_counter() - t
 

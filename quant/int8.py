@@ -1,13 +1,13 @@
 """`pfpld check-parity DIR --int8`: what int8 costs, measured before the board as the task's own metrics (landmark
-NME and pose MAE on held-out labelled faces), each int8 stage against the float model on the same faces:
+NME and pose MAE on held-out labelled faces, for the outputs the model's spec declares), each int8 stage against
+the float model on the same faces:
 
-- nnie-sim   the NNIE-style simulation of the mapper's Caffe files (quant/nnie_sim.py) at the exported
-             precision, plus the two other precisions as what-if rows (what _hp / int16 would buy);
-- onnx-int8  onnxruntime static QDQ (the exported file, or one made now from --calib);
-- ncnn-int8  the ncnn int8 model of the export, run by the ncnn runtime.
+- every deployed int8 format of the export (the registry's formats marked int8: nnie -> the NNIE simulation at the
+  exported precision, onnx-int8 -> onnxruntime QDQ, ncnn-int8 -> the ncnn runtime), run by its registry runner;
+- what-if rows: the NNIE simulation at the two other precisions (what _hp / int16 would buy), and estimates for
+  formats the export did not write but --calib can make now (NNIE simulation of the Caffe files, QDQ).
 
-Budget: at most 0.3 NME points (percentage points of inter-ocular NME) above float for the stages that are
-deployed (the exported NNIE precision, onnx-int8, ncnn-int8).
+Budget: at most 0.3 NME points (percentage points of NME) above float for the deployed stages.
 """
 from __future__ import annotations
 
@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.export import record_in_manifest, stage_file
-from convert.parity import ExportFolder
-from convert.runtimes import NcnnRunner, OnnxRunner, Runner
+from convert.artifacts import ExportFolder
+from convert.formats import FORMATS, RunOptions
+from convert.runtimes import OnnxRunner, Runner
 from pfpld.contract import PreprocessContract, landmark_box
-from pfpld.errors import ConversionError, InputError
+from pfpld.errors import ConversionError, InputError, one_line
 from pfpld.fileio import write_text_atomic
 from pfpld.metrics import nme_per_face, pose_mae_deg
+from pfpld.models.spec import ModelSpec
 from pfpld.tables import markdown_table, text_table
 
 from .calibration import read_calibration_set
@@ -85,12 +86,21 @@ class FaceMetrics:
     pose_mae_deg: float | None
 
 
-def face_metrics(outputs: dict[str, np.ndarray], faces: HeldOut) -> FaceMetrics:
-    pred = outputs["landmarks"].reshape(len(faces.x), -1, 2)
-    nme = float(np.nanmean(nme_per_face(pred, faces.points, faces.mask))) * 100
+def face_metrics(outputs: dict[str, np.ndarray], faces: HeldOut, spec: ModelSpec) -> FaceMetrics:
+    """NME (percent) of the spec's landmark output and pose MAE (degrees) of its pose output, on the faces."""
+    landmarks, pose_out = spec.output_of_kind("landmarks"), spec.output_of_kind("pose")
+    if landmarks is None or landmarks.norm_points is None:
+        raise ConversionError(f"model {spec.name}: no landmark output with normalising points in its spec; the int8 "
+                              f"estimate measures landmark NME")
+    if landmarks.num_points != faces.points.shape[1]:
+        raise ConversionError(f"model {spec.name}: {landmarks.num_points} landmarks, the held-out faces have "
+                              f"{faces.points.shape[1]}")
+    pred = outputs[landmarks.name].reshape(len(faces.x), -1, 2)
+    nme = float(np.nanmean(nme_per_face(pred, faces.points, faces.mask, norm_points=landmarks.norm_points))) * 100
     pose = None
-    if "pose" in outputs and faces.has_pose.any():
-        pose = pose_mae_deg(outputs["pose"].reshape(-1, 3)[faces.has_pose], faces.pose[faces.has_pose])["mean"]
+    if pose_out is not None and faces.has_pose.any():
+        pose = pose_mae_deg(outputs[pose_out.name].reshape(-1, 3)[faces.has_pose],
+                            faces.pose[faces.has_pose])["mean"]
     return FaceMetrics(nme, pose)
 
 
@@ -169,117 +179,132 @@ class Int8Report:
         return "\n".join(lines) + "\n"
 
 
-def _compare(row: Int8Row, outputs: dict, reference: dict, float_metrics: FaceMetrics, faces: HeldOut) -> None:
-    m = face_metrics(outputs, faces)
+def _compare(row: Int8Row, outputs: dict, reference: dict, float_metrics: FaceMetrics, faces: HeldOut,
+             spec: ModelSpec) -> None:
+    m = face_metrics(outputs, faces, spec)
     row.nme_pct = m.nme_pct
     row.delta_nme_points = m.nme_pct - float_metrics.nme_pct
     row.pose_mae_deg = m.pose_mae_deg
     if m.pose_mae_deg is not None and float_metrics.pose_mae_deg is not None:
         row.delta_pose_deg = m.pose_mae_deg - float_metrics.pose_mae_deg
     n = len(faces.x)
-    row.nme_vs_float_pct = float(np.nanmean(nme_per_face(outputs["landmarks"].reshape(n, -1, 2),
-                                                         reference["landmarks"].reshape(n, -1, 2)))) * 100
-    row.max_abs_landmarks = float(np.abs(outputs["landmarks"] - reference["landmarks"]).max())
-    if "pose" in outputs:
-        row.max_pose_diff_deg = float(np.degrees(np.abs(outputs["pose"] - reference["pose"]).max()))
+    landmarks, pose = spec.output_of_kind("landmarks"), spec.output_of_kind("pose")
+    row.nme_vs_float_pct = float(np.nanmean(nme_per_face(outputs[landmarks.name].reshape(n, -1, 2),
+                                                         reference[landmarks.name].reshape(n, -1, 2),
+                                                         norm_points=landmarks.norm_points))) * 100
+    row.max_abs_landmarks = float(np.abs(outputs[landmarks.name] - reference[landmarks.name]).max())
+    if pose is not None and pose.name in outputs:
+        row.max_pose_diff_deg = float(np.degrees(np.abs(outputs[pose.name] - reference[pose.name]).max()))
     if not all(np.isfinite(v) for v in (row.nme_pct, row.delta_nme_points)):
         row.verdict, row.error = "ERROR", "non-finite outputs"
     else:
         row.verdict = ("ok" if row.delta_nme_points <= BUDGET_NME_POINTS else "OVER") if row.deployed else "what-if"
 
 
-def nnie_runners(export: ExportFolder, calib_x: np.ndarray | None) -> tuple[list[tuple[str, str, bool, Runner]], str]:
-    """(stage, detail, deployed, runner) for the three NNIE precisions of the export's mapper files (or, for a
-    Caffe-only export, of its Caffe files with the default _hp choice)."""
-    manifest = export.manifest
-    nnie_info = next((s.get("info", {}) for s in manifest["stages"] if s["name"] == "nnie"), None)
-    if nnie_info is not None:
-        prototxt, caffemodel = export.file("nnie.prototxt"), export.file("nnie.caffemodel")
-        names = json.loads(export.file("nnie.names").read_text())
+def nnie_what_if_runners(export: ExportFolder, calib_x: np.ndarray | None) -> list[tuple[str, str, bool, Runner]]:
+    """(stage, detail, deployed, runner) of the NNIE simulation at every precision but the exported one (what _hp or
+    int16 would buy). For an export with Caffe files and no nnie format, every precision is an estimate made from
+    the Caffe files with the default _hp choice and --calib's ranges."""
+    if export.has("nnie"):
+        prototxt, caffemodel = export.require("nnie.prototxt"), export.require("nnie.caffemodel")
+        names = json.loads(export.require("nnie.names").read_text())
         graph = CaffeGraph(prototxt, caffemodel)
         hp = hp_layers_of(graph)
-        ranges_file = stage_file(export.folder, manifest, "nnie.ranges")
-        ranges = read_ranges(ranges_file) if ranges_file is not None and calib_x is None else None
-        exported = nnie_info["precision"]
-        where = f"{prototxt.name}"
+        ranges = read_ranges(export.require("nnie.ranges")) if calib_x is None else None
+        exported = export.info("nnie").get("precision")
     else:
         prototxt, caffemodel = export.file("caffe.prototxt"), export.file("caffe.caffemodel")
         if prototxt is None:
-            raise ConversionError("no Caffe or NNIE files in this export (export with --target caffe or nnie)")
-        names = json.loads(export.file("caffe.names").read_text())
+            return []
+        names = json.loads(export.require("caffe.names").read_text())
         graph = CaffeGraph(prototxt, caffemodel)
         from convert.onnx2caffe import caffe_pb2
         from google.protobuf import text_format
         net = caffe_pb2.NetParameter()
         text_format.Parse(Path(prototxt).read_text(), net)
         hp = frozenset(default_hp_layers(net, list(names["outputs"].values())))
-        ranges, exported, where = None, None, prototxt.name
+        ranges, exported = None, None
     if ranges is None:
         if calib_x is None:
-            raise InputError("the NNIE simulation needs activation ranges: give --calib DIR (or export with "
-                             "--target nnie --calib DIR)")
+            raise InputError("the NNIE simulation of the Caffe files needs activation ranges: give --calib DIR (or "
+                             "export with --target nnie --calib DIR)")
         ranges = calibrate_ranges(graph, calib_x)
     out = []
     for precision in PRECISIONS:
+        if precision == exported:
+            continue          # the deployed row comes from the nnie format's own runner
         plan = NniePlan(precision, ranges, hp)
         detail = f"compile_mode {PRECISIONS[precision]}" + (f", {len(hp)} _hp layers" if precision == "mixed" else "")
-        deployed = precision == exported
-        out.append((f"nnie-sim {precision}", detail + ("" if deployed else ", what-if"), deployed,
-                    NnieSimRunner(graph, names["outputs"], plan)))
-    return out, where
+        out.append((f"nnie-sim {precision}", detail + ", what-if", False, NnieSimRunner(graph, names["outputs"], plan)))
+    return out
+
+
+def int8_detail(name: str, info: dict) -> str:
+    fmt = FORMATS[name]
+    facts = [f"{k} {info[k]}" for k in ("precision", "compile_mode", "activations", "weights") if k in info]
+    return ", ".join([fmt.runtime or fmt.title] + facts)
+
+
+def float_format(export: ExportFolder) -> str:
+    """The float model the int8 stages are compared with: the reference (PyTorch) when the export has it, else its
+    first parity format (a user's ONNX)."""
+    for name in export.formats():
+        fmt = FORMATS.get(name)
+        if fmt is not None and fmt.reference:
+            return name
+    for name in export.formats():
+        fmt = FORMATS.get(name)
+        if fmt is not None and fmt.parity:
+            return name
+    raise ConversionError(f"{export.folder}: no float format to compare int8 against")
 
 
 def check_int8(export_dir: Path, images: Path | None = None, calib: Path | None = None, n: int = 64,
                seed: int = 0, threads: int = 1, write: bool = True) -> Int8Report:
     export = ExportFolder.open(Path(export_dir))
-    contract = export.contract
+    contract, spec = export.contract, export.spec
     faces = heldout_faces(contract, images, n, seed)
     calib_x = read_calibration_set(calib, contract).inputs(contract) if calib is not None else None
-    float_stage = next(s for s in ("onnxsim", "onnx", "torch") if s in export.stages() or s == "torch")
-    reference = export.runner(float_stage, threads).run(faces.x)
+    options = RunOptions(threads=threads)
+    float_stage = float_format(export)
+    reference = export.runner(float_stage, options).run(faces.x)
     report = Int8Report(folder=export.folder, faces=faces.source, n_faces=len(faces.x), float_stage=float_stage,
-                        float_metrics=face_metrics(reference, faces),
+                        float_metrics=face_metrics(reference, faces, spec),
                         checked=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def run_row(row: Int8Row, make_runner) -> None:
         start = time.perf_counter()
         try:
             outputs = make_runner().run(faces.x)
-            _compare(row, outputs, reference, report.float_metrics, faces)
+            _compare(row, outputs, reference, report.float_metrics, faces, spec)
         except Exception as exc:     # one stage that cannot run is a row saying so, not a crash
-            row.verdict, row.error = "ERROR", " ".join(str(exc).split())[:300] or type(exc).__name__
+            row.verdict, row.error = "ERROR", one_line(exc, 300)
         row.seconds = time.perf_counter() - start
         report.rows.append(row)
 
+    # The deployed int8 formats of the export, each through its registry runner.
+    for name in export.formats():
+        fmt = FORMATS.get(name)
+        if fmt is not None and fmt.int8:
+            run_row(Int8Row(name, int8_detail(name, export.info(name)), True),
+                    lambda name=name: export.runner(name, options))
+    # What the other NNIE precisions would give, and the simulation of Caffe files exported without nnie.
     try:
-        runners, _ = nnie_runners(export, calib_x)
-        for stage, detail, deployed, runner in runners:
+        for stage, detail, deployed, runner in nnie_what_if_runners(export, calib_x):
             run_row(Int8Row(stage, detail, deployed), lambda r=runner: r)
     except Exception as exc:
-        report.rows.append(Int8Row("nnie-sim", "-", False, verdict="ERROR", error=" ".join(str(exc).split())[:300]))
-
-    onnx_int8 = stage_file(export.folder, export.manifest, "onnx-int8")
-    if onnx_int8 is not None:
-        info = next(s.get("info", {}) for s in export.manifest["stages"] if s["name"] == "onnx-int8")
-        run_row(Int8Row("onnx-int8", f"QDQ {info.get('activations', '?')} act, s8 per-channel", True),
-                lambda: OnnxRunner(onnx_int8, threads=threads))
-    elif calib_x is not None and "onnxsim" in export.stages():
+        report.rows.append(Int8Row("nnie-sim", "-", False, verdict="ERROR", error=one_line(exc, 300)))
+    # A QDQ model made now from --calib when the export has none.
+    if not export.has("onnx-int8") and calib_x is not None and export.has("onnxsim"):
         from .ort_int8 import quantize_qdq
-        work = tempfile.TemporaryDirectory(prefix="pfpld-int8-")
-
-        def built_now():
-            path = Path(work.name) / "int8.onnx"
-            quantize_qdq(export.file("onnxsim"), path, calib_x)
-            return OnnxRunner(path, threads=threads)
-        run_row(Int8Row("onnx-int8", "QDQ u8 act, s8 per-channel (made now)", True), built_now)
-        work.cleanup()
-    ncnn_param = stage_file(export.folder, export.manifest, "ncnn-int8.param")
-    if ncnn_param is not None:
-        run_row(Int8Row("ncnn-int8", "ncnn runtime, int8 conv/fc", True),
-                lambda: NcnnRunner(ncnn_param, export.file("ncnn-int8.bin"), export.file("ncnn-int8.names"),
-                                   threads=threads))
+        with tempfile.TemporaryDirectory(prefix="pfpld-int8-") as work:
+            def built_now():
+                path = Path(work) / "int8.onnx"
+                quantize_qdq(export.require("onnxsim"), path, calib_x)
+                return OnnxRunner(path, threads=threads)
+            run_row(Int8Row("onnx-int8", "QDQ u8 act, s8 per-channel (made now from --calib)", True), built_now)
     if write:
         report.markdown = export.folder / "int8.md"
         write_text_atomic(report.markdown, report.to_markdown())
-        record_in_manifest(export.folder, "int8", report.to_dict())
+        export.record_check("int8", report.to_dict())
     return report

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..landmarks import INTER_OCULAR, NUM_POINTS
 from .spec import ModelSpec, OutputSpec
 
 
@@ -147,8 +148,9 @@ def pfpld_spec(width: float = 1.0, input_size: int = 112) -> ModelSpec:
         input_name="input",
         input_size=input_size,
         outputs=(
-            OutputSpec("landmarks", (196,), "98 points x0,y0,x1,y1,... in [0,1] of the square crop, WFLW order"),
-            OutputSpec("pose", (3,), "yaw, pitch, roll in radians (300W-LP Pose_Para convention)"),
+            OutputSpec("landmarks", (2 * NUM_POINTS,), f"{NUM_POINTS} points x0,y0,x1,y1,... in [0,1] of the square "
+                       f"crop, WFLW order", kind="landmarks", norm_points=INTER_OCULAR),
+            OutputSpec("pose", (3,), "yaw, pitch, roll in radians (300W-LP Pose_Para convention)", kind="pose"),
         ),
         options={"width": width, "input_size": input_size},
     )

@@ -1,46 +1,42 @@
-"""The quantised targets of `pfpld export`, as extra stages of convert.export (which knows nothing of them):
+"""quant's formats, registered in convert's format registry (convert/formats.py, which knows nothing of them):
 
 - nnie       (`--target nnie --calib DIR [--precision ...]`): the Caffe stage's files renamed for the mapper and
                marked for 16 bit, preflight, activation ranges for the simulation, and the SDK bundle
-               (quant/nnie.py), in DIR/nnie_sdk or at --sdk-dir;
-- onnx-int8  (`--int8 --calib DIR` with an onnx target): onnxruntime QDQ, uint8 activations, per-channel int8
+               (quant/nnie.py), in DIR/nnie_sdk or at --sdk-dir; its runner is the NNIE simulation;
+- onnx-int8  (`--int8 --calib DIR` with an ONNX target): onnxruntime QDQ, uint8 activations, per-channel int8
                weights (quant/ort_int8.py);
 - ncnn-int8  (`--int8 --calib DIR` with the ncnn target): calibration table + int8 param/bin as ncnn2table and
                ncnn2int8 would write them (quant/ncnn_int8.py).
+
+All three are deployed int8 stages: `check-parity --int8` judges them by the accuracy budget (quant/int8.py).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from convert.export import ExportJob
+from convert import stages as _convert_formats  # noqa: F401  (quant's formats need convert's)
+from convert.formats import ExportJob, Format, RunOptions, register_format
 from convert.parity import random_inputs
-from convert.runtimes import CaffeRunner
+from convert.runtimes import CaffeRunner, NcnnRunner, OnnxRunner
 from pfpld.errors import ConversionError
 
 from . import nnie as nnie_mod
 from .calibration import read_calibration_set
-from .nnie_sim import CaffeGraph, NniePlan, NnieSimRunner, calibrate_ranges, hp_layers_of, write_ranges
+from .nnie_sim import CaffeGraph, NniePlan, NnieSimRunner, calibrate_ranges, hp_layers_of, read_ranges, write_ranges
 
 RENAME_TOLERANCE = 1e-6          # the NNIE files are the Caffe stage's numbers under new names: equal outputs
 
 
-@dataclass
-class Int8Options:
-    calib: Path
-    activations: str = "u8"
-
-
-def _calibration(job: ExportJob, calib: Path):
-    calib_set = read_calibration_set(calib, job.source.contract)
+def _calibration(job: ExportJob):
+    calib_set = read_calibration_set(job.options["calib"], job.source.contract)
     return calib_set, calib_set.inputs(job.source.contract)
 
 
 def export_nnie(job: ExportJob) -> dict[str, Path]:
-    opts: nnie_mod.NnieOptions = job.options["nnie"]
+    opts: nnie_mod.NnieOptions = job.options.get("nnie") or nnie_mod.NnieOptions(calib=job.options["calib"])
     source, contract = job.source, job.source.contract
     stem = source.stem
     task = opts.task or stem
@@ -72,7 +68,7 @@ def export_nnie(job: ExportJob) -> dict[str, Path]:
     if worst > RENAME_TOLERANCE:
         raise ConversionError(f"{prototxt.name}: OpenCV gives outputs {worst:.3g} away from the Caffe stage's")
 
-    calib_set, xc = _calibration(job, opts.calib)
+    calib_set, xc = _calibration(job)
     graph = CaffeGraph(prototxt, caffemodel)
     ranges = calibrate_ranges(graph, xc)
     ranges_path = job.path(".nnie.ranges.json")
@@ -100,7 +96,7 @@ def export_nnie(job: ExportJob) -> dict[str, Path]:
         contract=contract, precision=opts.precision, calib_files=calib_set.files, test_crops=crops,
         float_outputs=per_test(float_out), swapped_outputs=per_test(swapped_out), sim_outputs=per_test(sim_out),
         internal_stride=opts.internal_stride,
-        source={"export_source": source.record, "calibration": str(Path(opts.calib).resolve())})
+        source={"export_source": source.record.to_dict(), "calibration": str(Path(opts.calib).resolve())})
     job.info["nnie"] = {"precision": opts.precision, "compile_mode": nnie_mod.PRECISIONS[opts.precision],
                         "hp_layers": net.hp_layers, "task": task, "bundle": where,
                         "bundle_files": len(manifest["files"]), "calibration": str(Path(opts.calib).resolve()),
@@ -112,49 +108,57 @@ def export_nnie(job: ExportJob) -> dict[str, Path]:
 
 def export_onnx_int8(job: ExportJob) -> dict[str, Path]:
     from .ort_int8 import quantize_qdq
-    opts: Int8Options = job.options["int8"]
-    _, xc = _calibration(job, opts.calib)
+    activations = job.options.get("int8_activations") or "u8"
+    _, xc = _calibration(job)
     path = job.path(".int8.onnx")
-    quantize_qdq(job.files["onnxsim"], path, xc, activations=opts.activations)
-    job.info["onnx-int8"] = {"format": "QDQ", "activations": opts.activations, "weights": "s8 per-channel",
-                             "calibration": str(Path(opts.calib).resolve()), "calibration_images": len(xc),
+    quantize_qdq(job.files["onnxsim"], path, xc, activations=activations)
+    job.info["onnx-int8"] = {"format": "QDQ", "activations": activations, "weights": "s8 per-channel",
+                             "calibration": str(Path(job.options["calib"]).resolve()), "calibration_images": len(xc),
                              "method": "MinMax"}
     return {"onnx-int8": path}
 
 
 def export_ncnn_int8(job: ExportJob) -> dict[str, Path]:
     from .ncnn_int8 import make_int8
-    if job.fp16:
-        raise ConversionError("ncnn int8 starts from the fp32 ncnn model: drop --fp16")
-    opts: Int8Options = job.options["int8"]
     contract = job.source.contract
-    _, xc = _calibration(job, opts.calib)
+    _, xc = _calibration(job)
     names = json.loads(job.files["ncnn.names"].read_text())
     files = make_int8(job.files["ncnn.param"], job.files["ncnn.bin"], names, xc, job.folder, job.source.stem,
                       pixel=contract.color_order, mean=contract.mean, norm=contract.scale)
     info = json.loads(files["ncnn-int8.names"].read_text())["int8"]
-    job.info["ncnn-int8"] = {"calibration": str(Path(opts.calib).resolve()), **info}
+    job.info["ncnn-int8"] = {"calibration": str(Path(job.options["calib"]).resolve()), **info}
     return files
 
 
-def quant_stages(targets: list[str], nnie: nnie_mod.NnieOptions | None,
-                 int8: Int8Options | None) -> tuple[list[str], list, dict]:
-    """(chain targets, extra stages, their options) for convert.export.export."""
-    chain = [t for t in targets if t != "nnie"]
-    extra, options = [], {}
-    if "nnie" in targets:
-        if nnie is None:
-            raise ConversionError("--target nnie needs --calib DIR (make one with `pfpld calib`)")
-        chain.append("caffe")
-        extra.append(("nnie", export_nnie))
-        options["nnie"] = nnie
-    if int8 is not None:
-        wanted = set(chain)
-        if not wanted & {"onnx", "ncnn", "all"}:
-            raise ConversionError("--int8 applies to the onnx and ncnn targets (the nnie target is quantised by "
-                                  "its mapper)")
-        extra.append(("onnx-int8", export_onnx_int8))
-        if wanted & {"ncnn", "all"}:
-            extra.append(("ncnn-int8", export_ncnn_int8))
-        options["int8"] = int8
-    return sorted(set(chain)) or ["onnx"], extra, options
+def nnie_runner(folder, options: RunOptions):
+    """The NNIE simulation of the mapper's files at the exported precision, with the export's activation ranges."""
+    info = folder.info("nnie")
+    prototxt, caffemodel = folder.require("nnie.prototxt"), folder.require("nnie.caffemodel")
+    names = json.loads(folder.require("nnie.names").read_text())
+    graph = CaffeGraph(prototxt, caffemodel)
+    plan = NniePlan(info.get("precision", "mixed"), read_ranges(folder.require("nnie.ranges")), hp_layers_of(graph))
+    return NnieSimRunner(graph, names["outputs"], plan)
+
+
+def onnx_int8_runner(folder, options: RunOptions):
+    return OnnxRunner(folder.require("onnx-int8"), threads=options.threads)
+
+
+def ncnn_int8_runner(folder, options: RunOptions):
+    return NcnnRunner(folder.require("ncnn-int8.param"), folder.require("ncnn-int8.bin"),
+                      folder.require("ncnn-int8.names"), threads=options.threads, winograd=options.winograd)
+
+
+register_format(Format(
+    "nnie", "NNIE (simulated)", export_nnie, roles=("nnie.prototxt", "nnie.caffemodel", "nnie.names", "nnie.ranges"),
+    needs=("caffe",), runner=nnie_runner, int8=True, requires=("calib",), in_all=False, timed=False,
+    runtime="NNIE simulation"))
+register_format(Format(
+    "onnx-int8", "ONNX int8 (QDQ)", export_onnx_int8, roles=("onnx-int8",), needs=("onnxsim",),
+    runner=onnx_int8_runner, int8=True, requires=("calib",), with_int8_flag=True, in_all=False,
+    runtime="onnxruntime"))
+register_format(Format(
+    "ncnn-int8", "ncnn int8", export_ncnn_int8, roles=("ncnn-int8.param", "ncnn-int8.bin", "ncnn-int8.names",
+                                                      "ncnn-int8.table"),
+    needs=("ncnn",), runner=ncnn_int8_runner, int8=True, requires=("calib",), with_int8_flag=True, in_all=False,
+    runtime="ncnn"))
