@@ -183,11 +183,17 @@ class OnnxRunner(Runner):
         return dict(zip(names, session.run(list(names), {self.input_name: x1})))
 
 
-def _read_json(path: Path, what: str) -> dict:
+def _read_json(path: Path, what: str, keys: tuple[str, ...] = ()) -> dict:
+    """A name map written by the export, with the keys its runner reads (one clear line when it is not one)."""
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise ConversionError(f"{path}: cannot read the {what} ({one_line(exc, 160)})") from None
+    missing = [k for k in keys if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise ConversionError(f"{path}: not a {what} (no {', '.join(missing)}; expected the file `pfpld export` "
+                              f"wrote)")
+    return data
 
 
 class CaffeRunner(Runner):
@@ -206,7 +212,7 @@ class CaffeRunner(Runner):
         import cv2
         self.cv2 = cv2
         self.prototxt, self.caffemodel = Path(prototxt), Path(caffemodel)
-        self.names = names if isinstance(names, dict) else _read_json(names, "Caffe name map")
+        self.names = names if isinstance(names, dict) else _read_json(names, "Caffe name map", ("input", "outputs"))
         self.threads = threads
         self.winograd = winograd
         self.net = self._net()
@@ -264,7 +270,11 @@ class NcnnLayer:
 def read_ncnn_param(path: Path) -> list[NcnnLayer]:
     """Layers of a .ncnn.param file: magic 7767517, a 'layers blobs' line, then one layer per line
     `type name n_in n_out ins... outs... k=v ...`."""
-    lines = [ln.split() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConversionError(f"{path}: cannot read the ncnn param file ({one_line(exc, 120)})") from None
+    lines = [ln.split() for ln in text.splitlines() if ln.strip()]
     if not lines or lines[0] != ["7767517"]:
         raise ConversionError(f"{path}: not an ncnn param file (expected magic 7767517 on the first line)")
     layers = []
@@ -300,7 +310,7 @@ class NcnnRunner(Runner):
         import ncnn
         self.ncnn = ncnn
         self.param, self.bin = Path(param), Path(bin_path)
-        self.names = names if isinstance(names, dict) else _read_json(names, "ncnn name map")
+        self.names = names if isinstance(names, dict) else _read_json(names, "ncnn name map", ("inputs", "outputs"))
         self.fp16 = bool(self.names.get("fp16", False)) if fp16 is None else fp16
         self.layers = read_ncnn_param(self.param)
         self.threads = threads

@@ -177,7 +177,7 @@ def bench_model(source, label: str, work: Path, calib: Path, settings: BenchSett
     folder = work / label.replace(" ", "_").replace("/", "_")
     targets = list(settings.formats or target_names())
     start = time.perf_counter()
-    result = export(source, targets, folder, with_int8=True,
+    result = export(source, targets, folder, with_int8=settings.formats is None,
                     options={"calib": calib, "nnie": NnieOptions(calib=calib)})
     log(f"{label}: exported {', '.join(result.manifest.targets)} in {time.perf_counter() - start:.1f} s")
     exported = ExportFolder.open(folder)

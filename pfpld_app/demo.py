@@ -14,6 +14,7 @@ import click
 import numpy as np
 
 from pfpld.checkpoint import load_model
+from pfpld.errors import InputError
 from pfpld.data.prepare import prepare_dataset
 from pfpld.data.synthetic import generate_dataset, render_face, sample_params
 from pfpld.evaluate import evaluate_model
@@ -85,19 +86,22 @@ def run_demo(out: Path, n: int = 2000, epochs: int = 20, width: float = 0.25, se
 
     t = _step(f"1/9 synth: {n} synthetic faces in the WFLW, LaPa, 300W-LP and AFLW2000 formats")
     synth_dir = out / "synth"
-    click.echo(generate_dataset(synth_dir, n=n, seed=seed).table())
+    click.echo(generate_dataset(synth_dir, n=n, seed=seed, force=True).table())
     timings["synth_s"] = time.perf_counter() - t
 
     t = _step("2/9 prepare-data: contract crops + index")
     data_dir = out / "prepared"
     summary = prepare_dataset(data_dir, wflw=synth_dir / "WFLW", lapa=synth_dir / "LaPa",
-                              w300lp=synth_dir / "300W_LP", aflw2000=synth_dir / "AFLW2000")
+                              w300lp=synth_dir / "300W_LP", aflw2000=synth_dir / "AFLW2000", force=True)
     click.echo(summary.table())
     timings["prepare_s"] = time.perf_counter() - t
 
     t = _step(f"3/9 train: PFPLD width {width}, {epochs} epochs")
     run_dir = out / "run"
     if run_dir.exists():
+        if not (run_dir / "metrics.csv").is_file():      # only a previous demo's training run is replaced
+            raise InputError(f"{run_dir}: exists and is not a training run (no metrics.csv); pfpld never replaces "
+                             f"it: choose another --out")
         shutil.rmtree(run_dir)
     cfg = TrainConfig(data=str(data_dir), out=str(run_dir), width=width, epochs=epochs, batch_size=batch_size,
                       lr=lr, seed=seed, workers=workers, loss=LossConfig())
