@@ -25,11 +25,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
-# Trained checkpoints replace the random init of their width in the int8 section (accuracy cost measured on the
-# same exports): the demo's width 0.25, and width 1.0 from `make model-w1`. Held-out faces: W1's test split when
-# present (the demo model never saw it), else the demo's.
+# One table of every registered format (`pfpld bench`) plus training throughput. Trained checkpoints replace the
+# random weights of their width and add the accuracy delta: the demo's (width 0.25) and `make model-w1`'s (width 1.0).
+# Held-out faces: W1's test split when present (the demo model never saw it), else the demo's.
 bench: $(VENV)/.installed
-	$(PY) -m pfpld_app.bench --out bench/results.md \
+	$(PFPLD) bench --training --out bench/results.md \
 	  $(if $(wildcard $(DEMO_OUT)/run/best.pt),--ckpt $(DEMO_OUT)/run/best.pt) \
 	  $(if $(wildcard $(W1_OUT)/run/best.pt),--ckpt $(W1_OUT)/run/best.pt --data $(W1_OUT)/prepared,\
 	    $(if $(wildcard $(DEMO_OUT)/run/best.pt),--data $(DEMO_OUT)/prepared))
@@ -37,8 +37,8 @@ bench: $(VENV)/.installed
 # A trained PFPLD width 1.0 for the int8 target (speed and accuracy on one model): 4,000 synthetic faces, 30
 # epochs; about 1 hour on 2 cores.
 model-w1: $(VENV)/.installed
-	$(PFPLD) synth --out $(W1_OUT)/synth --n 4000 --seed 7
-	$(PFPLD) prepare-data --out $(W1_OUT)/prepared --wflw $(W1_OUT)/synth/WFLW --lapa $(W1_OUT)/synth/LaPa \
+	$(PFPLD) synth --out $(W1_OUT)/synth --n 4000 --seed 7 --force
+	$(PFPLD) prepare-data --force --out $(W1_OUT)/prepared --wflw $(W1_OUT)/synth/WFLW --lapa $(W1_OUT)/synth/LaPa \
 	  --300wlp $(W1_OUT)/synth/300W_LP --aflw2000 $(W1_OUT)/synth/AFLW2000
 	$(PFPLD) train --data $(W1_OUT)/prepared --out $(W1_OUT)/run --width 1.0 --epochs 30 --batch-size 64 \
 	  --lr 2e-3 --workers 1
