@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 
 from pfpld.contract import PreprocessContract
+from pfpld.data.boxes import read_boxes_file
+from pfpld.data.check_faces import synthetic_check_faces
 from pfpld.errors import ConversionError, InputError, one_line
 from pfpld.fileio import atomic_path, write_json_atomic, write_text_atomic
 from pfpld.metrics import nme_per_face
@@ -57,18 +59,6 @@ def random_inputs(contract: PreprocessContract, n: int, seed: int) -> np.ndarray
     return (low[None, :, None, None] + u * (high - low)[None, :, None, None]).astype(np.float32)
 
 
-def synthetic_face_crops(contract: PreprocessContract, n: int, seed: int) -> list[np.ndarray]:
-    """BGR crops of synthetic faces rendered by the project's generator, cut with the contract from their box."""
-    from pfpld.data.synthetic import render_face
-    rng = np.random.default_rng(seed)
-    crops = []
-    for _ in range(n):
-        face = render_face(rng, image_size=2 * contract.input_size + 32)
-        crop, _ = contract.crop_image(face.image, face.box)
-        crops.append(crop)
-    return crops
-
-
 def folder_face_crops(folder: Path, contract: PreprocessContract, n: int) -> list[np.ndarray]:
     """Face crops from a folder: a prepared dataset (index.jsonl: its test split's contract crops), images with
     a boxes.txt (`file x1 y1 x2 y2` per line, cut with the contract), or square crops (resized to the input
@@ -88,22 +78,8 @@ def folder_face_crops(folder: Path, contract: PreprocessContract, n: int) -> lis
             crops.append(stored[offset:offset + size, offset:offset + size])
         return crops
     if (folder / "boxes.txt").is_file():
-        crops = []
-        for number, line in enumerate((folder / "boxes.txt").read_text().splitlines(), start=1):
-            if not line.strip() or line.startswith("#"):
-                continue
-            fields = line.split()
-            try:
-                box = tuple(float(v) for v in fields[1:5])
-                if len(fields) != 5:
-                    raise ValueError
-            except ValueError:
-                raise InputError(f"{folder / 'boxes.txt'}:{number}: expected 'file x1 y1 x2 y2'") from None
-            image = _read_image(folder / fields[0])
-            crops.append(contract.crop_image(image, box)[0])
-            if len(crops) == n:
-                break
-        return crops
+        lines = read_boxes_file(folder / "boxes.txt")[:n]
+        return [contract.crop_image(_read_image(line.image), line.box)[0] for line in lines]
     crops = []
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:n]:
         image = _read_image(path)
@@ -133,12 +109,12 @@ def crop_from_input(contract: PreprocessContract, x: np.ndarray) -> np.ndarray:
 
 
 def build_inputs(contract: PreprocessContract, n: int, images: Path | None, seed: int) -> ParityInputs:
-    crops = (folder_face_crops(images, contract, n) if images is not None
-             else synthetic_face_crops(contract, n, seed))
+    synthetic = synthetic_check_faces(contract, n, seed) if images is None else None
+    crops = folder_face_crops(images, contract, n) if images is not None else list(synthetic.crops_bgr)
     faces = np.stack([contract.to_tensor_layout(c) for c in crops]) if crops else np.zeros((0, 3, contract.input_size,
                                                                                             contract.input_size))
     x = np.concatenate([random_inputs(contract, n, seed), faces.astype(np.float32)])
-    what = str(images) if images is not None else f"{len(crops)} synthetic faces (render_face, seed {seed})"
+    what = str(images) if images is not None else synthetic.source
     return ParityInputs(x=x, n_random=n, faces=what)
 
 

@@ -23,7 +23,8 @@ import numpy as np
 from convert.artifacts import ExportFolder
 from convert.formats import FORMATS, RunOptions
 from convert.runtimes import OnnxRunner, Runner
-from pfpld.contract import PreprocessContract, landmark_box
+from pfpld.contract import PreprocessContract
+from pfpld.data.check_faces import synthetic_check_faces
 from pfpld.errors import ConversionError, InputError, one_line
 from pfpld.fileio import write_text_atomic
 from pfpld.metrics import nme_per_face, pose_mae_deg
@@ -66,18 +67,9 @@ def heldout_faces(contract: PreprocessContract, images: Path | None, n: int, see
                        pose=np.stack([it["pose"].numpy() for it in items]),
                        has_pose=np.array([bool(it["has_pose"]) for it in items]),
                        source=f"{images} (test split, {len(items)} of {len(faces)} faces)")
-    from pfpld.data.synthetic import render_face
-    rng = np.random.default_rng(seed + HELDOUT_SEED_OFFSET)
-    xs, pts, poses = [], [], []
-    for _ in range(n):
-        face = render_face(rng, image_size=2 * contract.input_size + 64)
-        crop, matrix = contract.crop_image(face.image, landmark_box(face.points_98))
-        xs.append(contract.to_tensor_layout(crop))
-        pts.append(contract.points_to_crop(face.points_98, matrix))
-        poses.append(face.pose_rad)
-    return HeldOut(x=np.stack(xs).astype(np.float32), points=np.stack(pts), mask=np.ones((n, 98), dtype=bool),
-                   pose=np.stack(poses).astype(np.float32), has_pose=np.ones(n, dtype=bool),
-                   source=f"{n} synthetic held-out faces (render_face, seed {seed + HELDOUT_SEED_OFFSET})")
+    faces = synthetic_check_faces(contract, n, seed + HELDOUT_SEED_OFFSET)
+    return HeldOut(x=faces.inputs, points=faces.points, mask=np.ones(faces.points.shape[:2], dtype=bool),
+                   pose=faces.pose_rad, has_pose=np.ones(n, dtype=bool), source=f"held-out {faces.source}")
 
 
 @dataclass
