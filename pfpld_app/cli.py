@@ -313,6 +313,9 @@ def export_cmd(ckpt, model, width, init, seed, onnx_file, targets, out, opset, f
     if calib is not None:     # fail before the chain runs: a wrong calibration set is found in a second
         from quant.calibration import read_calibration_set
         read_calibration_set(calib, source.contract)
+    if sdk_dir is not None and any(f.name == "nnie" for f in formats):   # and a bundle folder that may not be replaced
+        from pfpld.fileio import check_output_folder
+        check_output_folder(sdk_dir, "nnie-bundle", force)
     described = " ".join(f"{k}={v}" for k, v in source.spec.options.items())
     click.echo(f"export {source.spec.name}{' ' + described if described else ''} ({source.kind}) -> {out}")
     options = {"calib": calib, "int8_activations": int8_activations,
