@@ -22,7 +22,7 @@ from .progress import progress as progress_bar
 @torch.no_grad()
 def predict_dataset(model: torch.nn.Module, dataset: PreparedFaces, batch_size: int = 64, workers: int = 0,
                     progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(landmarks (N,98,2) in [0,1], pose (N,3) rad) for every face, in dataset order."""
+    """(landmarks (N,K,2) in [0,1], pose (N,3) rad) for every face, in dataset order."""
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     lmk, pose = [], []
@@ -30,7 +30,8 @@ def predict_dataset(model: torch.nn.Module, dataset: PreparedFaces, batch_size: 
         out_l, out_p = model(batch["image"])
         lmk.append(out_l.numpy())
         pose.append(out_p.numpy())
-    return np.concatenate(lmk).reshape(-1, 98, 2), np.concatenate(pose)
+    landmarks, poses = np.concatenate(lmk), np.concatenate(pose)
+    return landmarks.reshape(len(landmarks), -1, 2), poses
 
 
 @dataclass

@@ -20,8 +20,8 @@ from .pose import project_axes
 
 @dataclass
 class Prediction:
-    points_px: np.ndarray       # (98, 2) image pixels
-    points_crop: np.ndarray     # (98, 2) [0,1] of the crop
+    points_px: np.ndarray       # (K, 2) image pixels
+    points_crop: np.ndarray     # (K, 2) [0,1] of the crop
     pose_rad: np.ndarray        # (3,) yaw, pitch, roll
     box: tuple[float, float, float, float]
 
@@ -65,7 +65,7 @@ def predict_face(model: torch.nn.Module, contract: PreprocessContract, image_bgr
     crop, matrix = contract.crop_image(image_bgr, box)
     x = torch.from_numpy(contract.to_tensor_layout(crop))[None]
     landmarks, pose = model(x)
-    points_crop = landmarks.numpy().reshape(98, 2)
+    points_crop = landmarks.numpy().reshape(-1, 2)
     return Prediction(points_px=contract.points_from_crop(points_crop, matrix), points_crop=points_crop,
                       pose_rad=pose.numpy().reshape(3).astype(np.float64), box=tuple(float(v) for v in box))
 

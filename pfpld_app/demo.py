@@ -18,6 +18,7 @@ from pfpld.errors import InputError
 from pfpld.data.prepare import prepare_dataset
 from pfpld.data.synthetic import generate_dataset, render_face, sample_params
 from pfpld.evaluate import evaluate_model
+from pfpld.metrics import nme_per_face
 from pfpld.fileio import write_text_atomic
 from pfpld.tables import markdown_table
 from pfpld.losses import LossConfig
@@ -43,8 +44,7 @@ def predict_heldout(model, contract, out: Path, seed: int, n: int = 6) -> dict:
                                                           rng.uniform(-20, 20)))
         face = render_face(rng, image_size=320, params=params)
         pred = predict_face(model, contract, face.image, face.box)
-        nmes.append(float(np.linalg.norm(pred.points_px - face.points_98, axis=1).mean()
-                          / np.linalg.norm(face.points_98[60] - face.points_98[72])))
+        nmes.append(float(nme_per_face(pred.points_px[None], face.points_98[None])[0]))
         pose_errs.append(np.degrees(np.abs(pred.pose_rad - face.pose_rad)).tolist())
         tiles.append(draw_prediction(face.image, pred, gt_points=face.points_98))
         if i == 0:
