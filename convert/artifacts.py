@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pfpld.checkpoint import tool_versions  # noqa: F401  (re-exported: the export records the same way)
 from pfpld.contract import PreprocessContract
 from pfpld.errors import ConversionError
 from pfpld.fileio import write_json_atomic
@@ -34,17 +34,6 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def tool_versions(packages=TOOL_PACKAGES) -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for package in packages:
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    return versions
 
 
 # --- the records -------------------------------------------------------------------------------------------------

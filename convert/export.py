@@ -15,14 +15,14 @@ from typing import Callable
 
 import torch
 
-from pfpld.checkpoint import load_model
+from pfpld.checkpoint import load_model, tool_versions
 from pfpld.contract import PreprocessContract
 from pfpld.errors import ConversionError, PfpldError, one_line
 from pfpld.fileio import check_output_folder, commit_output_folder, temporary_sibling
 from pfpld.models import build_model
 
 from . import stages as _builtin_formats  # noqa: F401  (registers convert's formats)
-from .artifacts import Manifest, StageRecord, file_records, sha256_of, tool_versions, write_manifest
+from .artifacts import TOOL_PACKAGES, Manifest, StageRecord, file_records, sha256_of, write_manifest
 from .formats import ExportJob, ExportSource, Format, SourceRecord, resolve_targets
 from .onnx_export import DEFAULT_OPSET, load_checked_onnx, read_metadata, spec_from_graph
 from .runtimes import process_threads
@@ -177,7 +177,7 @@ def export(source: ExportSource, targets, out: Path, *, opset: int = DEFAULT_OPS
         manifest = Manifest(
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"), source=source.record,
             targets=sorted(set(targets)), spec=source.spec, contract=source.contract, stages=records,
-            files=file_records(tmp, records), export_seconds=time.perf_counter() - start, tools=tool_versions(),
+            files=file_records(tmp, records), export_seconds=time.perf_counter() - start, tools=tool_versions(TOOL_PACKAGES),
             opset=job.info.get("onnx", {}).get("opset"))
         write_manifest(tmp, manifest)
         commit_output_folder(tmp, out, OUTPUT_KIND, force)

@@ -36,11 +36,20 @@ class Checkpoint:
     versions: dict = field(default_factory=dict)
 
 
-def tool_versions() -> dict:
-    import numpy
-    from . import __version__
-    return {"pfpld": __version__, "torch": str(torch.__version__), "numpy": numpy.__version__,
-            "python": platform.python_version()}
+TRAINING_PACKAGES = ("pfpld", "torch", "numpy")
+
+
+def tool_versions(packages: tuple[str, ...] = TRAINING_PACKAGES) -> dict[str, str | None]:
+    """Python's version and each installed package's (None when missing): what a checkpoint or an export records
+    of the tools that made it. The one place that asks."""
+    from importlib.metadata import PackageNotFoundError, version
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for package in packages:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return versions
 
 
 def plain(value):

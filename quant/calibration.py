@@ -268,10 +268,9 @@ def spread_tables(chosen: list[Candidate]) -> tuple[list[list[str]], dict[str, i
 
 def write_spread_picture(path: Path, candidates: list[Candidate], chosen: list[Candidate],
                          rules: QualityRules) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.2))
+    from matplotlib.figure import Figure     # no pyplot: the caller's backend and figure registry stay untouched
+    fig = Figure(figsize=(15, 3.2))
+    axes = fig.subplots(1, 4)
     for ax, attr, title, edges in ((axes[0], "yaw_deg", "yaw (deg)", YAW_EDGES_DEG),
                                    (axes[1], "pitch_deg", "pitch (deg)", PITCH_EDGES_DEG)):
         every = [getattr(c, attr) for c in candidates if getattr(c, attr) is not None]
@@ -299,7 +298,6 @@ def write_spread_picture(path: Path, candidates: list[Candidate], chosen: list[C
     axes[3].set_title("mean luma (grey: candidates)")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def report_markdown(name: str, source: str, contract: PreprocessContract, chosen: list[Candidate],

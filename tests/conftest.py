@@ -43,3 +43,16 @@ def random_export(tmp_path_factory):
             done[width] = (out, proc)
         return done[width]
     return make
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory) -> Path:
+    """A checkpoint of an untrained PFPLD-0.25 saved the way training saves one (for CLI and error tests)."""
+    import torch
+    from pfpld.checkpoint import save_checkpoint
+    from pfpld.models import build_model
+    torch.manual_seed(0)
+    model, spec, contract = build_model("pfpld", width=0.25)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    save_checkpoint(path, state_dict=model.state_dict(), spec=spec, contract=contract)
+    return path

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from pfpld.checkpoint import save_checkpoint
 from pfpld.models import build_model
 
 PFPLD = [sys.executable, "-m", "pfpld_app.cli"]
@@ -28,15 +27,6 @@ def assert_user_error(proc, *fragments):
     assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
     for f in fragments:
         assert f in errors[0], (f, errors[0])
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model, spec, contract = build_model("pfpld", width=0.25)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(path, state_dict=model.state_dict(), spec=spec, contract=contract)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,9 @@ import pytest
 import torch
 from test_cli import assert_user_error, run
 
-from pfpld.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pfpld.checkpoint import CheckpointError, load_checkpoint
 from pfpld.errors import ModelError
 from pfpld.models import MODELS, build_from_spec, build_model
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model, spec, contract = build_model("pfpld", width=0.25)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(path, state_dict=model.state_dict(), spec=spec, contract=contract)
-    return path
 
 
 @pytest.fixture(scope="module")
