@@ -177,7 +177,8 @@ def export(source: ExportSource, targets, out: Path, *, opset: int = DEFAULT_OPS
         manifest = Manifest(
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"), source=source.record,
             targets=sorted(set(targets)), spec=source.spec, contract=source.contract, stages=records,
-            files=file_records(tmp, records), export_seconds=time.perf_counter() - start, tools=tool_versions(TOOL_PACKAGES),
+            files=file_records(tmp, records), export_seconds=time.perf_counter() - start,
+            tools=tool_versions(TOOL_PACKAGES),
             opset=job.info.get("onnx", {}).get("opset"))
         write_manifest(tmp, manifest)
         commit_output_folder(tmp, out, OUTPUT_KIND, force)

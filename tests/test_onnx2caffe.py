@@ -425,7 +425,7 @@ def test_unreadable_onnx_file_is_one_line_naming_the_file(content, tmp_path):
         export(Net(lambda s, x: s.c(x), c=nn.Conv2d(3, 4, 3)), (1, 3, 8, 8), path)
         content = path.read_bytes()[: len(path.read_bytes()) // 2]
     path.write_bytes(content)
-    message = assert_refused(tmp_path, path, str(path))
+    assert_refused(tmp_path, path, str(path))
 
 
 def test_read_caffe_refuses_v1_layers_and_fields_outside_caffe_1_0(tmp_path):
