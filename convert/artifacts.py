@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pfpld.checkpoint import tool_versions  # noqa: F401  (re-exported: the export records the same way)
 from pfpld.contract import PreprocessContract
-from pfpld.errors import ConversionError
+from pfpld.errors import ConversionError, one_line
 from pfpld.fileio import write_json_atomic
 from pfpld.models.spec import ModelSpec
 
@@ -154,7 +154,7 @@ class ExportFolder:
         except OSError:
             raise ConversionError(f"{folder}: no {MANIFEST} (expected a folder written by `pfpld export`)") from None
         except ValueError as exc:
-            raise ConversionError(f"{path}: not valid JSON ({exc})") from None
+            raise ConversionError(f"{path}: not valid JSON ({one_line(exc)})") from None
         return cls(folder, Manifest.from_dict(data, path))
 
     @property

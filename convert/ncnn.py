@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pfpld.errors import ConversionError
+from pfpld.errors import ConversionError, one_line
 
 from .runtimes import NcnnRunner, OnnxRunner, ncnn_graph_outputs, read_ncnn_param
 
@@ -75,7 +75,7 @@ def run_pnnx(onnx_path: Path, workdir: Path, input_shape: tuple[int, ...], fp16:
     except subprocess.TimeoutExpired:
         raise ConversionError(f"{onnx_path}: pnnx did not finish within {PNNX_TIMEOUT_S} s") from None
     except OSError as exc:
-        raise ConversionError(f"cannot run pnnx ({exc})") from None
+        raise ConversionError(f"cannot run pnnx ({one_line(exc)})") from None
     param, weights, pnnx_param = (workdir / "model.ncnn.param", workdir / "model.ncnn.bin",
                                   workdir / "model.pnnx.param")
     if proc.returncode != 0 or not param.is_file() or not weights.is_file():

@@ -49,7 +49,7 @@ def read_metadata(model: onnx.ModelProto) -> tuple[ModelSpec | None, PreprocessC
         contract = (PreprocessContract.from_dict(json.loads(props[META_CONTRACT])) if META_CONTRACT in props
                     else None)
     except (ValueError, TypeError, KeyError) as exc:   # JSONDecodeError, ContractError, missing fields
-        raise ConversionError(f"ONNX metadata {META_SPEC!r}/{META_CONTRACT!r} is malformed ({exc})") from None
+        raise ConversionError(f"ONNX metadata {META_SPEC!r}/{META_CONTRACT!r} is malformed ({one_line(exc)})") from None
     return spec, contract
 
 

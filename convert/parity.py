@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from pfpld.contract import PreprocessContract
-from pfpld.data.boxes import read_boxes_file
+from pfpld.data.boxes import BOXES_FILE, read_boxes_file
 from pfpld.data.check_faces import synthetic_check_faces
 from pfpld.errors import ConversionError, InputError, one_line
 from pfpld.fileio import atomic_path, write_json_atomic, write_text_atomic
@@ -77,8 +77,8 @@ def folder_face_crops(folder: Path, contract: PreprocessContract, n: int) -> lis
             offset = (faces.crop_size_px - size) // 2
             crops.append(stored[offset:offset + size, offset:offset + size])
         return crops
-    if (folder / "boxes.txt").is_file():
-        lines = read_boxes_file(folder / "boxes.txt")[:n]
+    if (folder / BOXES_FILE).is_file():
+        lines = read_boxes_file(folder / BOXES_FILE)[:n]
         return [contract.crop_image(_read_image(line.image), line.box)[0] for line in lines]
     crops = []
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:n]:

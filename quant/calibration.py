@@ -340,7 +340,7 @@ def make_calibration_set(data: Path, out: Path, *, n: int = 32, split: str = "tr
         contract = contract or PreprocessContract.from_dict(read_prepared_header(data)["contract"])
         candidates = candidates_from_prepared(data, split, contract)
         source = f"prepared dataset {data} (split {split})"
-    elif (data / "boxes.txt").is_file():
+    elif (data / BOXES_FILE).is_file():
         contract = contract or PreprocessContract()
         candidates = candidates_from_boxes(data, contract, model)
         source = f"{data} (boxes.txt)"

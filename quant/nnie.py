@@ -42,7 +42,7 @@ from convert.export import sha256_of
 from convert.onnx2caffe import caffe_pb2
 from convert.onnx2caffe.context import from_blob
 from pfpld.contract import PreprocessContract
-from pfpld.errors import ConversionError
+from pfpld.errors import ConversionError, one_line
 from pfpld.fileio import check_output_folder, commit_output_folder, temporary_sibling
 from pfpld.metrics import nme_per_face
 
@@ -257,7 +257,7 @@ def preflight(prototxt: Path, caffemodel: Path | None = None, allow_layers=()) -
         text = prototxt.read_text()
         blocks = _top_level_blocks(text)
     except (OSError, UnicodeDecodeError, ConversionError) as exc:
-        return [f"{prototxt}: cannot read ({exc})"]
+        return [f"{prototxt}: cannot read ({one_line(exc)})"]
     violations: list[str] = []
     layers: list[caffe_pb2.LayerParameter] = []
     for line, name, block in blocks:
@@ -271,11 +271,11 @@ def preflight(prototxt: Path, caffemodel: Path | None = None, allow_layers=()) -
                 try:
                     text_format.Parse(body, lenient, allow_unknown_field=True)
                 except text_format.ParseError:
-                    violations.append(f"layer at line {line}: not readable as a Caffe layer ({exc})")
+                    violations.append(f"layer at line {line}: not readable as a Caffe layer ({one_line(exc)})")
                     continue
                 where = f"layer '{lenient.name}' ({lenient.type}, line {line})"
                 unknown = _unknown_field(str(exc))
-                violations.append(_field_violation(where, *unknown) if unknown else f"{where}: {exc}")
+                violations.append(_field_violation(where, *unknown) if unknown else f"{where}: {one_line(exc)}")
                 layer = lenient
             layers.append(layer)
         elif name == "layers":
@@ -348,7 +348,7 @@ def _caffemodel_violations(caffemodel: Path, layers: list[caffe_pb2.LayerParamet
     try:
         weights.ParseFromString(caffemodel.read_bytes())
     except Exception as exc:
-        return [f"{caffemodel}: not a caffemodel ({exc})"]
+        return [f"{caffemodel}: not a caffemodel ({one_line(exc)})"]
     out = []
     if 2 in {f.field_number for f in UnknownFieldSet(weights)}:
         out.append(f"{caffemodel}: V1 `layers` weights (pre-1.0 format)")
