@@ -202,7 +202,7 @@ def nnie_what_if_runners(export: ExportFolder, calib_x: np.ndarray | None) -> li
         names = json.loads(export.require("nnie.names").read_text())
         graph = CaffeGraph(prototxt, caffemodel)
         hp = hp_layers_of(graph)
-        ranges = read_ranges(export.require("nnie.ranges")) if calib_x is None else None
+        ranges = read_ranges(export.require("nnie.ranges"))     # the deployed row's ranges: comparable rows
         exported = export.info("nnie").get("precision")
     else:
         prototxt, caffemodel = export.file("caffe.prototxt"), export.file("caffe.caffemodel")
