@@ -23,7 +23,7 @@ from pfpld.models import build_model
 
 from . import stages as _builtin_formats  # noqa: F401  (registers convert's formats)
 from .artifacts import TOOL_PACKAGES, Manifest, StageRecord, file_records, sha256_of, write_manifest
-from .formats import ExportJob, ExportSource, Format, SourceRecord, resolve_targets
+from .formats import ExportJob, ExportSource, Format, SourceRecord, missing_options, resolve_targets
 from .onnx_export import DEFAULT_OPSET, load_checked_onnx, read_metadata, spec_from_graph
 from .runtimes import process_threads
 
@@ -160,7 +160,7 @@ def export(source: ExportSource, targets, out: Path, *, opset: int = DEFAULT_OPS
     out = Path(out)
     formats = resolve_targets(list(targets), with_int8=with_int8, has_module=source.module is not None)
     options = dict(options or {})
-    missing = [f"{f.name} needs the {o} option" for f in formats for o in f.requires if options.get(o) is None]
+    missing = missing_options(formats, options)
     if missing:
         raise ConversionError("; ".join(missing))
     check_output_folder(out, OUTPUT_KIND, force)

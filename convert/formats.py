@@ -180,6 +180,7 @@ def resolve_targets(targets, *, with_int8: bool = False, has_module: bool = True
 
 
 def missing_options(formats: list[Format], given: dict) -> list[str]:
-    """'--target nnie needs --calib' lines for every required option that is not given."""
+    """'--target nnie needs --calib' for every option a format requires and `given` lacks (export and the CLI's
+    option checks both ask here)."""
     return [f"{'--int8' if f.with_int8_flag else '--target ' + f.name} needs --{option.replace('_', '-')}"
             for f in formats for option in f.requires if given.get(option) is None]

@@ -130,7 +130,7 @@ class StageParity:
     nme: float | None = None                # landmark NME vs the reference (inter-ocular of the reference)
     pose_deg: float | None = None           # largest |pose difference| in degrees
     per_output_max_abs: dict = field(default_factory=dict)
-    verdict: str = "reference"              # reference | pass | FAIL | ERROR | skipped
+    verdict: str = "reference"              # reference | pass | FAIL | ERROR
     first_divergence: str | None = None
     error: str | None = None
     outputs: dict = field(default_factory=dict, repr=False)    # name -> (N, ...) values, not serialised
@@ -303,6 +303,7 @@ class ParityReport:
     checked: str
     picture: Path | None = None
     markdown: Path | None = None
+    skipped: list[str] = field(default_factory=list)     # formats parity does not compare (int8, unknown)
 
     @property
     def passed(self) -> bool:
@@ -334,6 +335,8 @@ class ParityReport:
                 lines.append(f"{r.stage}: {r.error}")
             if r.first_divergence:
                 lines.append(f"{r.stage}: {r.first_divergence}")
+        if self.skipped:
+            lines.append(f"not compared here: {', '.join(self.skipped)} (int8 formats: `check-parity --int8`)")
         if self.modified_files:
             lines.append(f"FAIL: files changed since export (sha256 differs from {MANIFEST}): "
                          f"{', '.join(self.modified_files)}")
@@ -352,6 +355,7 @@ class ParityReport:
                 "tolerance_applies_to": "landmarks ([0,1]) and pose (radians), absolute; other outputs "
                                         "x max(1, max |reference|)",
                 "stages": [r.to_dict() for r in self.rows], "modified_files": self.modified_files,
+                "not_compared": self.skipped,
                 "report": self.markdown.name if self.markdown else None,
                 "picture": self.picture.name if self.picture else None}
 
@@ -418,7 +422,7 @@ def check_parity(export_dir: Path, images: Path | None = None, n: int = 8, seed:
     export = ExportFolder.open(Path(export_dir))
     modified = export.modified_files()
     inputs = build_inputs(export.contract, n, images, seed)
-    formats, _ = parity_formats(export)
+    formats, skipped = parity_formats(export)
     options = RunOptions(threads=threads)
     runners: dict[str, Runner] = {}
     rows: list[StageParity] = []
@@ -458,7 +462,7 @@ def check_parity(export_dir: Path, images: Path | None = None, n: int = 8, seed:
                 row.first_divergence = f"could not localise ({one_line(exc)})"
         rows.append(row)
     report = ParityReport(folder=export.folder, rows=rows, inputs=inputs.faces, n_random=inputs.n_random,
-                          n_faces=len(inputs.x) - inputs.n_random, modified_files=modified,
+                          n_faces=len(inputs.x) - inputs.n_random, modified_files=modified, skipped=skipped,
                           checked=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if write:
         report.picture = draw_stages(export.contract, export.spec, inputs.x[inputs.face_slice], rows,

@@ -281,7 +281,7 @@ def export_cmd(ckpt, model, width, init, seed, onnx_file, targets, out, opset, f
     pfpld export CKPT --target ncnn --int8 --calib calib_data/NAME --out DIR
     """
     from convert.export import export, source_from_checkpoint, source_from_onnx, source_from_random_init
-    from convert.formats import resolve_targets
+    from convert.formats import missing_options, resolve_targets
     from quant.nnie import NnieOptions
     targets = list(targets) + (["ncnn-fp16"] if fp16 else [])
     model = model or ("pfpld" if init else None)
@@ -299,11 +299,9 @@ def export_cmd(ckpt, model, width, init, seed, onnx_file, targets, out, opset, f
     if int8 and not any(f.with_int8_flag for f in formats):
         raise click.UsageError(f"--int8 adds the int8 formats of the exported ones ({', '.join(targets)} has none): "
                                f"add an onnx or ncnn target (nnie is quantised by its mapper)")
-    for f in formats:
-        for option in f.requires:
-            if {"calib": calib}.get(option) is None:
-                what = "--int8" if f.with_int8_flag else f"--target {f.name}"
-                raise click.UsageError(f"{what} needs --{option} DIR (make one with `pfpld calib`)")
+    missing = missing_options(formats, {"calib": calib})
+    if missing:
+        raise click.UsageError(f"{missing[0]} DIR (make one with `pfpld calib`)")
     if ckpt is not None:
         source = source_from_checkpoint(ckpt)
     elif onnx_file is not None:
