@@ -2,7 +2,7 @@
 weights int8 per output channel, activations uint8 (default) or int8, ranges by MinMax over the calibration set.
 
 uint8 activations with int8 weights is the pairing onnxruntime's x86 kernels run fastest (u8s8 integer GEMM, VNNI
-where the CPU has it); int8 activations fall back to slower paths on x86. Both are measured by `pfpld bench`.
+where the CPU has it); int8 activations fall back to slower paths on x86. `pfpld bench` times the default (u8).
 """
 from __future__ import annotations
 
