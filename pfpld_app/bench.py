@@ -164,8 +164,8 @@ def plain_onnx_reference(module, spec, folder: Path) -> Path:
     return path
 
 
-def bench_model(source, label: str, work: Path, calib: Path, settings: BenchSettings, peak: float | None,
-                data: Path | None, trained: bool, log: Callable[[str], None]) -> ModelBench:
+def bench_model(source, label: str, work: Path, calib: Path, settings: BenchSettings, data: Path | None,
+                trained: bool, log: Callable[[str], None]) -> ModelBench:
     from convert.artifacts import ExportFolder
     from convert.export import export
     from convert.formats import FORMATS, RunOptions, target_names
@@ -225,8 +225,6 @@ def bench_model(source, label: str, work: Path, calib: Path, settings: BenchSett
         for threads, ms in row.latency_ms.items():
             if threads in reference.latency_ms:
                 row.vs_reference[threads] = reference.latency_ms[threads] / ms
-        if peak and macs and 1 in row.latency_ms:
-            row.peak_pct = 100 * 2 * macs / (row.latency_ms[1] * 1e-3) / (peak * 1e9)
         if faces is not None and row.format != "reference" and FORMATS[row.format].runner is not None:
             try:
                 m = face_metrics(exported.runner(row.format).run(faces.x), faces, exported.spec)
@@ -266,8 +264,18 @@ def run_format_benchmark(sources: list[tuple[object, str, bool]], settings: Benc
         log(f"FMA peak: {peak} GFLOP/s ({how})")
         if calib is None:
             calib = synthetic_calibration(work / "calib", sources[0][0].contract)
-        results = [bench_model(source, label, work, calib, settings, peak, data, trained, log)
+        results = [bench_model(source, label, work, calib, settings, data, trained, log)
                    for source, label, trained in sources]
+        # Measured again at the end: a core shared with another process reads low once; the best of the two
+        # is the closer bound.
+        again, _ = fma_peak_gflops(work)
+        if again and (peak is None or again > peak):
+            peak = again
+        log(f"FMA peak: {peak} GFLOP/s (best of the start and the end)")
+    for res in results:
+        for row in res.rows:
+            if peak and res.macs and 1 in row.latency_ms:
+                row.peak_pct = 100 * 2 * res.macs / (row.latency_ms[1] * 1e-3) / (peak * 1e9)
     return results, peak, how
 
 
@@ -299,7 +307,8 @@ def format_markdown(results: list[ModelBench], peak: float | None, how: str, set
              f"Machine: {machine_line()}. Single image, median of >= {settings.min_runs} runs after warm-up, "
              f"runtimes with their default options (Winograd on); parity with exact arithmetic (Winograd off) on "
              f"{settings.n_parity} random inputs and {settings.n_parity} synthetic faces. "
-             + (f"fp32 FMA peak of one core: **{peak:.1f} GFLOP/s** ({how})." if peak else f"FMA peak: {how}."), "",
+             + (f"fp32 FMA peak of one core: **{peak:.1f} GFLOP/s** ({how}; best of a measurement before and after "
+                f"the runs)." if peak else f"FMA peak: {how}."), "",
              "The reference row is the same module exported by a plain `torch.onnx.export` and run by onnxruntime; "
              "`x reference` is its latency divided by the row's (above 1: faster). The NNIE row is a simulation "
              "(no board latency).", ""]
