@@ -108,6 +108,28 @@ def train(data, out, model, width, epochs, batch_size, lr, weight_decay, milesto
                    f"{out}/best.pt, {out}/metrics.csv")
 
 
+@main.command("import")
+@click.argument("ckpt", type=click.Path(path_type=Path))
+@click.option("--from", "origin", type=click.Choice(["nniefacelib"]), required=True, help="The code base that "
+              "saved CKPT: nniefacelib = the original PFPLD (a state_dict with its names, bare, wrapped in a dict "
+              "or with DataParallel's module. prefix).")
+@click.option("--width", type=float, help="Channel width (default: read from the weights).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The pfpld checkpoint to write.")
+@click.option("--force", is_flag=True, help="Replace --out if it is a pfpld checkpoint (anything else is never "
+              "replaced).")
+@user_errors
+def import_cmd(ckpt, origin, width, out, force):
+    """Turn a checkpoint trained by another code base of the family into a pfpld checkpoint (weights, spec and the
+    reference preprocessing contract), for export, check-parity, eval and predict."""
+    from pfpld.importers import import_checkpoint
+    imported = import_checkpoint(ckpt, origin, out, width=width, force=force)
+    record = imported.record
+    how = ", ".join(f"{k} {record[k]}" for k in ("wrapper_key", "data_parallel_prefix") if record.get(k))
+    click.echo(f"imported {len(imported.state_dict)} tensors of {imported.spec.name} width {record['width']:g} "
+               f"(from {record['width_from']}{', ' + how if how else ''}) -> {out}")
+    click.echo(f"next: pfpld export {out} --target all --out DIR")
+
+
 @main.command("eval")
 @click.argument("ckpt", type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
