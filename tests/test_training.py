@@ -11,6 +11,7 @@ import torch
 from pfpld.checkpoint import load_checkpoint, load_model
 from pfpld.data.dataset import AugmentConfig, PreparedFaces
 from pfpld.evaluate import evaluate_model
+from pfpld.losses import LossConfig
 from pfpld.models import build_model
 from pfpld.train import TrainConfig, train
 
@@ -69,17 +70,24 @@ def test_flip_augmentation_negates_yaw_and_roll(prepared_dir):
     assert torch.equal(b["image"], torch.flip(a["image"], dims=[2]))
 
 
+# The seed of the short training run; the test was run for seeds 0-9 with PFPLD_TEST_SEED (see the issue notes).
+SHORT_RUN_SEED = int(os.environ.get("PFPLD_TEST_SEED", "3"))
+
+
 @pytest.mark.slow
 def test_short_training_halves_the_untrained_nme_and_beats_the_mean_shape(prepared_dir, tmp_path):
     """The issue's criterion (below half of the untrained model's held-out NME), and a stricter one: training
-    must also beat the mean-shape start that the landmark head is initialised to."""
-    torch.manual_seed(3)
+    must also beat the mean-shape start that the landmark head is initialised to by a clear margin. The pose term
+    is weighted 10 here, not the reference's 1000: at 1000 it dominates the total loss in a run this short, and
+    the landmark margin then depends on the CPU's rounding (0.996 x the mean shape on one machine, 0.82-0.90 on
+    another); at 10 the ten seeds 0-9 land at 0.68-0.83 x."""
+    torch.manual_seed(SHORT_RUN_SEED)
     untrained, _, _ = build_model("pfpld", width=0.25)
     before = evaluate_model(untrained.eval(), prepared_dir).landmarks["nme"]
     untrained.init_landmark_head(torch.from_numpy(PreparedFaces(prepared_dir, "train").mean_landmarks()))
     mean_shape = evaluate_model(untrained.eval(), prepared_dir).landmarks["nme"]
-    row = train(_cfg(prepared_dir, tmp_path / "run", epochs=20, batch_size=16, milestones=(15,), augment=False),
-                progress=False)
+    row = train(_cfg(prepared_dir, tmp_path / "run", epochs=20, batch_size=16, milestones=(15,), augment=False,
+                     seed=SHORT_RUN_SEED, loss=LossConfig(pose_weight=10.0)), progress=False)
     model, ckpt = load_model(tmp_path / "run" / "best.pt")
     after = evaluate_model(model, prepared_dir).landmarks["nme"]
     assert after < 0.5 * before, (before, after)
