@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from .data.dataset import PreparedFaces
 from .data.record import WFLW_ATTRIBUTES
+from .devices import model_device
 from .errors import DatasetError
 from .metrics import landmark_summary, nme_per_face, pose_mae_deg
 from .progress import progress as progress_bar
@@ -24,12 +25,14 @@ def predict_dataset(model: torch.nn.Module, dataset: PreparedFaces, batch_size: 
                     progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(landmarks (N,K,2) in [0,1], pose (N,3) rad) for every face, in dataset order."""
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    device = model_device(model)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
     lmk, pose = [], []
     for batch in progress_bar(loader, desc="eval", unit="batch", enabled=progress, leave=False):
-        out_l, out_p = model(batch["image"])
-        lmk.append(out_l.numpy())
-        pose.append(out_p.numpy())
+        out_l, out_p = model(batch["image"].to(device, non_blocking=True))
+        lmk.append(out_l.float().cpu().numpy())
+        pose.append(out_p.float().cpu().numpy())
     landmarks, poses = np.concatenate(lmk), np.concatenate(pose)
     return landmarks.reshape(len(landmarks), -1, 2), poses
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .contract import PreprocessContract
+from .devices import model_device
 from .errors import InputError
 from .fileio import atomic_path
 from .pose import project_axes
@@ -63,11 +64,12 @@ def read_image(path: Path) -> np.ndarray:
 def predict_face(model: torch.nn.Module, contract: PreprocessContract, image_bgr: np.ndarray, box) -> Prediction:
     check_box_on_image(box, image_bgr.shape)
     crop, matrix = contract.crop_image(image_bgr, box)
-    x = torch.from_numpy(contract.to_tensor_layout(crop))[None]
+    x = torch.from_numpy(contract.to_tensor_layout(crop))[None].to(model_device(model))
     landmarks, pose = model(x)
-    points_crop = landmarks.numpy().reshape(-1, 2)
+    points_crop = landmarks.float().cpu().numpy().reshape(-1, 2)
     return Prediction(points_px=contract.points_from_crop(points_crop, matrix), points_crop=points_crop,
-                      pose_rad=pose.numpy().reshape(3).astype(np.float64), box=tuple(float(v) for v in box))
+                      pose_rad=pose.float().cpu().numpy().reshape(3).astype(np.float64),
+                      box=tuple(float(v) for v in box))
 
 
 def draw_prediction(image_bgr: np.ndarray, pred: Prediction, gt_points: np.ndarray | None = None) -> np.ndarray:

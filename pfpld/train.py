@@ -1,7 +1,9 @@
 """`pfpld train`: one loop read top to bottom. Build data, build model, loop, validate, checkpoint.
 
-Runs single-process, or data-parallel when started with torchrun (gloo on CPU, NCCL on GPU): the global batch
-is split over the processes and only rank 0 validates and writes. Every epoch writes RUN/last.pt (and
+Runs on the CPU or a CUDA device (`--device`; mixed precision on CUDA with `--amp`, a GradScaler for fp16, pinned
+memory and non-blocking copies, optional channels-last), single-process or data-parallel when started with
+torchrun (gloo on CPU, NCCL on GPU, one GPU per process by LOCAL_RANK): the global batch is split over the
+processes and only rank 0 validates and writes. Every epoch writes RUN/last.pt (and
 RUN/best.pt when the validation NME improves) atomically; `--resume` continues exactly, because every random
 draw of the data pipeline is seeded by (seed, epoch, index) and the shuffle by (seed, epoch).
 """
@@ -22,6 +24,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .contract import PreprocessContract
+from .devices import resolve_amp, resolve_device
 from .data.dataset import AugmentConfig, PreparedFaces
 from .data.prepare import read_prepared_header
 from .errors import InputError
@@ -48,6 +51,9 @@ class TrainConfig:
     seed: int = 0
     workers: int = 2
     augment: bool = True
+    device: str = "auto"                # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
+    amp: str = "auto"                   # auto | bf16 | fp16 | off (mixed precision on CUDA only)
+    channels_last: bool = False
     loss: LossConfig = field(default_factory=LossConfig)
 
     def resolved_milestones(self) -> list[int]:
@@ -65,12 +71,21 @@ METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_landmark_loss", "train_pos
                   "val_failure_rate", "val_auc", "val_pose_mae_deg", "train_images_per_s", "epoch_seconds"]
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size); initialises the process group when torchrun started us."""
+def _distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); initialises the process group when torchrun started us (NCCL for CUDA, else gloo)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return (dist.get_rank(), dist.get_world_size()) if world > 1 else (0, 1)
+
+
+def _training_device(cfg: TrainConfig) -> torch.device:
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:     # torchrun: one GPU per process
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 def _write_metrics_csv(path: Path, history: list[dict]) -> None:
@@ -84,7 +99,9 @@ def _write_metrics_csv(path: Path, history: list[dict]) -> None:
 
 def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> dict:
     """Train and return the last epoch's metrics row."""
-    rank, world = _distributed()
+    device = _training_device(cfg)
+    amp_dtype = resolve_amp(cfg.amp, device)
+    rank, world = _distributed(device)
     out = Path(cfg.out)
     header = read_prepared_header(Path(cfg.data))
     torch.manual_seed(cfg.seed)
@@ -97,7 +114,9 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         raise InputError(f"--batch-size {cfg.batch_size} does not split evenly over {world} processes")
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     loader_args = dict(batch_size=cfg.batch_size // world, sampler=sampler, num_workers=cfg.workers,
-                       drop_last=len(train_set) >= 2 * cfg.batch_size)
+                       drop_last=len(train_set) >= 2 * cfg.batch_size, pin_memory=device.type == "cuda")
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.resolved_milestones(), gamma=cfg.gamma)
@@ -117,7 +136,12 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     if not resume and hasattr(model, "init_landmark_head"):
         model.init_landmark_head(torch.from_numpy(train_set.mean_landmarks()))
     # bn8 and fc_aux exist only so released state_dicts load strictly: forward never uses them.
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    # fp16 needs loss scaling against underflowing gradients; bf16 and fp32 do not (the scaler is then a no-op).
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
 
@@ -128,21 +152,31 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         loader = DataLoader(train_set, **loader_args)
         model.train()
         t0 = time.perf_counter()
-        sums = torch.zeros(4, dtype=torch.float64)   # loss, landmark loss, pose loss, images
+        sums = torch.zeros(4, dtype=torch.float64, device=device)   # loss, landmark loss, pose loss, images
         bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                            enabled=progress and rank == 0, leave=False)
         for batch in bar:
-            landmarks, pose = ddp_model(batch["image"])
-            loss, lmk_loss, pose_loss = total_loss(landmarks, pose, batch, contract.input_size, cfg.loss)
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            image = batch["image"].contiguous(memory_format=memory_format)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                landmarks, pose = ddp_model(image)
+            # the loss in fp32, whatever precision the forward ran in
+            loss, lmk_loss, pose_loss = total_loss(landmarks.float(), pose.float(), batch, contract.input_size,
+                                                   cfg.loss)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             n = batch["image"].shape[0]
-            sums += torch.tensor([loss.item() * n, lmk_loss.item() * n, pose_loss.item() * n, n], dtype=torch.float64)
+            sums[:3] += torch.stack([loss.detach(), lmk_loss.detach(), pose_loss.detach()]).double() * n
+            sums[3] += n
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
         if world > 1:
             dist.all_reduce(sums)
+        sums = sums.cpu()
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
 
@@ -166,7 +200,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             _write_metrics_csv(out / "metrics.csv", history)
             plot_training_curves(history, out / "curves.png")
             if progress:
-                pose_txt = "" if math.isnan(row["val_pose_mae_deg"]) else f"  pose MAE {row['val_pose_mae_deg']:.2f} deg"
+                pose_mae = row["val_pose_mae_deg"]
+                pose_txt = "" if math.isnan(pose_mae) else f"  pose MAE {pose_mae:.2f} deg"
                 bar.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.3f}  "
                           f"val NME {100 * row['val_nme']:.2f}%{pose_txt}  {row['train_images_per_s']:.0f} img/s")
         if world > 1:

@@ -87,9 +87,13 @@ def prepare_data(out, wflw, lapa, w300lp, aflw2000, force):
 @click.option("--landmark-weight", type=float, default=1.0, show_default=True)
 @click.option("--pose-weight", type=float, default=1000.0, show_default=True, help="On smooth-L1 of radians.")
 @click.option("--no-augment", is_flag=True, help="Train on the plain contract crops.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True,
+              help="Mixed precision on CUDA (auto: bf16 where supported, else fp16 with a GradScaler; off on the CPU).")
+@click.option("--channels-last", is_flag=True, help="Channels-last memory format (faster convolutions on recent GPUs).")
 @user_errors
 def train(data, out, model, width, epochs, batch_size, lr, weight_decay, milestones, resume, seed, workers,
-          wing_w, wing_epsilon, eye_weight, landmark_weight, pose_weight, no_augment):
+          wing_w, wing_epsilon, eye_weight, landmark_weight, pose_weight, no_augment, device, amp, channels_last):
     """Train a model on a prepared dataset (data-parallel when started with torchrun)."""
     from pfpld.losses import LossConfig
     from pfpld.train import TrainConfig, train as run_training
@@ -99,7 +103,7 @@ def train(data, out, model, width, epochs, batch_size, lr, weight_decay, milesto
         raise click.BadParameter(f"{milestones!r}: expected comma-separated epochs", param_hint="--milestones")
     cfg = TrainConfig(data=str(data), out=str(out), model=model, width=width, epochs=epochs, batch_size=batch_size,
                       lr=lr, weight_decay=weight_decay, milestones=ms, seed=seed, workers=workers,
-                      augment=not no_augment,
+                      augment=not no_augment, device=device, amp=amp, channels_last=channels_last,
                       loss=LossConfig(wing_w_px=wing_w, wing_epsilon_px=wing_epsilon, eye_weight=eye_weight,
                                       landmark_weight=landmark_weight, pose_weight=pose_weight))
     row = run_training(cfg, resume=str(resume) if resume else None)
@@ -135,12 +139,16 @@ def import_cmd(ckpt, origin, width, out, force):
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.option("--split", default="test", show_default=True)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the metrics as JSON.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @user_errors
-def eval_cmd(ckpt, data, split, json_out):
+def eval_cmd(ckpt, data, split, json_out, device):
     """NME / failure rate / AUC (overall, per source, per WFLW attribute) and pose MAE of a checkpoint."""
     from pfpld.checkpoint import load_model
+    from pfpld.devices import resolve_device
     from pfpld.evaluate import evaluate_model
+    where = resolve_device(device)
     model, record = load_model(ckpt)
+    model.to(where)
     report = evaluate_model(model, data, split=split, contract=record.contract, progress=True)
     click.echo(report.table())
     if json_out:
@@ -154,13 +162,17 @@ def eval_cmd(ckpt, data, split, json_out):
 @click.option("--box", required=True, help="Face box X1,Y1,X2,Y2 in pixels (the crop rule's box).")
 @click.option("--out", type=click.Path(path_type=Path), help="Write the image with landmarks and pose axes.")
 @click.option("--json", "as_json", is_flag=True, help="Print landmarks and pose as JSON.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @user_errors
-def predict(ckpt, image, box, out, as_json):
+def predict(ckpt, image, box, out, as_json, device):
     """Landmarks and head pose for one face in one image."""
     from pfpld.checkpoint import load_model
+    from pfpld.devices import resolve_device
     from pfpld.predict import draw_prediction, parse_box, predict_face, read_image, write_image_atomic
     face_box = parse_box(box)
+    where = resolve_device(device)
     model, record = load_model(ckpt)
+    model.to(where)
     picture = read_image(image)
     pred = predict_face(model, record.contract, picture, face_box)
     if as_json:
