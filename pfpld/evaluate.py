@@ -44,10 +44,19 @@ class EvalReport:
     by_attribute: dict = field(default_factory=dict)
     pose: dict = field(default_factory=dict)
     pose_by_source: dict = field(default_factory=dict)
+    # The trivial baseline on the same faces: every face predicted as the training split's mean shape and mean
+    # pose. A model that does not beat it clearly has not learned.
+    baseline: dict = field(default_factory=dict)         # {"landmarks": summary, "pose": MAE summary}
 
     def to_dict(self) -> dict:
         return {"landmarks": self.landmarks, "by_source": self.by_source, "by_attribute": self.by_attribute,
-                "pose": self.pose, "pose_by_source": self.pose_by_source}
+                "pose": self.pose, "pose_by_source": self.pose_by_source, "baseline": self.baseline}
+
+    @property
+    def nme_vs_mean_shape(self) -> float | None:
+        """The model's NME as a multiple of the mean shape's on the same faces (below 1: better)."""
+        base = self.baseline.get("landmarks", {}).get("nme")
+        return self.landmarks["nme"] / base if base else None
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=True)
@@ -60,6 +69,13 @@ class EvalReport:
                 [(f"wflw:{k}", v) for k, v in self.by_attribute.items()]:
             auc = "    -   " if math.isnan(s["auc"]) else f"{s['auc']:8.4f}"
             rows.append(f"{name:<22} {s['n']:>6} {pct(s['nme']):>7} {pct(s['failure_rate']):>9} {auc}")
+        if self.baseline:
+            s = self.baseline["landmarks"]
+            auc = "    -   " if math.isnan(s["auc"]) else f"{s['auc']:8.4f}"
+            rows.append(f"{'mean shape (baseline)':<22} {s['n']:>6} {pct(s['nme']):>7} {pct(s['failure_rate']):>9} "
+                        f"{auc}")
+            rows.append(f"model NME = {self.nme_vs_mean_shape:.2f} x the mean shape's (the training split's mean "
+                        f"landmarks predicted for every face)")
         rows.append("")
         rows.append(f"{'pose (|angle|<=99)':<22} {'faces':>6} {'yaw':>7} {'pitch':>7} {'roll':>7} {'MAE deg':>8}")
         for name, p in [("all", self.pose)] + [(f"source:{k}", v) for k, v in self.pose_by_source.items()]:
@@ -68,6 +84,10 @@ class EvalReport:
                             f"{p['mean']:8.2f}")
             else:
                 rows.append(f"{name:<22} {0:>6}   (no pose labels)")
+        p = self.baseline.get("pose", {})
+        if p.get("n", 0):
+            rows.append(f"{'mean pose (baseline)':<22} {p['n']:>6} {p['yaw']:7.2f} {p['pitch']:7.2f} {p['roll']:7.2f} "
+                        f"{p['mean']:8.2f}")
         return "\n".join(rows)
 
 
@@ -97,4 +117,22 @@ def evaluate_model(model: torch.nn.Module, data: Path, split: str = "test", cont
         raise DatasetError(f"{Path(data) / 'index.jsonl'}: prepared with contract {dataset.contract.to_json()}, "
                            f"but the model expects {contract.to_json()}")
     lmk, pose = predict_dataset(model, dataset, batch_size, workers, progress)
-    return evaluate_predictions(dataset, lmk, pose)
+    report = evaluate_predictions(dataset, lmk, pose)
+    report.baseline = mean_shape_baseline(Path(data), dataset)
+    return report
+
+
+def mean_shape_baseline(data: Path, dataset: PreparedFaces) -> dict:
+    """NME and pose MAE of predicting the training split's mean landmarks and mean pose for every face of
+    `dataset` (empty when the prepared data has no training faces)."""
+    try:
+        train = PreparedFaces(data, "train")
+    except DatasetError:
+        return {}
+    if not len(train):
+        return {}
+    n = len(dataset)
+    landmarks = np.broadcast_to(train.mean_landmarks(), (n,) + train.mean_landmarks().shape)
+    mean_pose = train.pose[train.has_pose].mean(0) if train.has_pose.any() else np.zeros(3, np.float32)
+    constant = evaluate_predictions(dataset, landmarks, np.broadcast_to(mean_pose, (n, 3)))
+    return {"landmarks": constant.landmarks, "pose": constant.pose}

@@ -134,3 +134,22 @@ def test_two_process_ddp_run_on_cpu(prepared_dir, tmp_path):
     # both processes trained: the all-reduced image count covers the whole (drop-last) epoch
     assert ckpt.history[0]["train_images"] >= n_train - 32
     assert not math.isnan(ckpt.history[0]["val_nme"])
+
+
+def test_eval_prints_the_mean_shape_baseline_beside_the_model(prepared_dir):
+    """The baseline is the training split's mean landmarks and mean pose predicted for every test face; the
+    model whose landmark head starts at that mean shape (with its weights zeroed) scores exactly the same."""
+    model, _, _ = build_model("pfpld", width=0.25)
+    train_faces = PreparedFaces(prepared_dir, "train")
+    model.init_landmark_head(torch.from_numpy(train_faces.mean_landmarks()))
+    with torch.no_grad():
+        model.fc.weight.zero_()
+    report = evaluate_model(model.eval(), prepared_dir)
+    base = report.baseline["landmarks"]
+    assert base["n"] == report.landmarks["n"] and 0 < base["nme"] < 1
+    assert report.landmarks["nme"] == pytest.approx(base["nme"], rel=1e-5)
+    assert report.nme_vs_mean_shape == pytest.approx(1.0, rel=1e-5)
+    assert report.baseline["pose"]["n"] > 0 and report.baseline["pose"]["mean"] > 0
+    table = report.table()
+    assert "mean shape (baseline)" in table and "model NME = 1.00 x the mean shape's" in table
+    assert "mean pose (baseline)" in table and report.to_dict()["baseline"] == report.baseline
