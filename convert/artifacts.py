@@ -13,7 +13,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pfpld.checkpoint import tool_versions  # noqa: F401  (re-exported: the export records the same way)
 from pfpld.contract import PreprocessContract
 from pfpld.errors import ConversionError, one_line
 from pfpld.fileio import write_json_atomic
@@ -128,13 +127,6 @@ def write_manifest(folder: Path, manifest: Manifest) -> None:
     write_json_atomic(Path(folder) / MANIFEST, manifest.to_dict())
 
 
-def is_export_folder(path: Path) -> bool:
-    try:
-        return json.loads((Path(path) / MANIFEST).read_text()).get("format") == EXPORT_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 # --- the reader --------------------------------------------------------------------------------------------------
 class ExportFolder:
     """An export folder opened for reading: files by role, runners by format, integrity against the manifest."""
@@ -188,10 +180,6 @@ class ExportFolder:
             raise ConversionError(f"{self.folder}: no file with role {role!r} in this export "
                                   f"(formats: {', '.join(self.formats())})")
         return path
-
-    def files_of(self, format_name: str) -> dict[str, Path]:
-        stage = self.manifest.stage(format_name)
-        return {} if stage is None else {role: self.folder / name for role, name in stage.files.items()}
 
     def size_bytes(self, format_name: str) -> int:
         stage = self.manifest.stage(format_name)

@@ -131,8 +131,8 @@ def mean_shape_baseline(data: Path, dataset: PreparedFaces) -> dict:
         return {}
     if not len(train):
         return {}
-    n = len(dataset)
-    landmarks = np.broadcast_to(train.mean_landmarks(), (n,) + train.mean_landmarks().shape)
+    mean_landmarks = train.mean_landmarks()
+    landmarks = np.broadcast_to(mean_landmarks, (len(dataset),) + mean_landmarks.shape)
     mean_pose = train.pose[train.has_pose].mean(0) if train.has_pose.any() else np.zeros(3, np.float32)
-    constant = evaluate_predictions(dataset, landmarks, np.broadcast_to(mean_pose, (n, 3)))
+    constant = evaluate_predictions(dataset, landmarks, np.broadcast_to(mean_pose, (len(dataset), 3)))
     return {"landmarks": constant.landmarks, "pose": constant.pose}

@@ -171,6 +171,7 @@ def bench_model(source, label: str, work: Path, calib: Path, settings: BenchSett
     from convert.formats import FORMATS, RunOptions, target_names
     from convert.parity import check_parity
     from convert.runtimes import OnnxRunner, process_threads
+    from pfpld.errors import one_line
     from quant.int8 import face_metrics, float_format, heldout_faces
     from quant.nnie import NnieOptions
 
@@ -219,7 +220,6 @@ def bench_model(source, label: str, work: Path, calib: Path, settings: BenchSett
                     row.latency_ms[threads] = median_latency_ms(runner.run, x, settings.budget_s, settings.min_runs)
                     log(f"  {label} {row.format:<10} {threads}T {row.latency_ms[threads]:8.3f} ms")
                 except Exception as exc:  # a format that cannot run is a row saying so, as in Ultralytics' table
-                    from pfpld.errors import one_line
                     row.status = f"error: {one_line(exc, 120)}"
     for row in rows:
         for threads, ms in row.latency_ms.items():
@@ -230,7 +230,6 @@ def bench_model(source, label: str, work: Path, calib: Path, settings: BenchSett
                 m = face_metrics(exported.runner(row.format).run(faces.x), faces, exported.spec)
                 row.accuracy_delta = m.nme_pct - float_metrics.nme_pct
             except Exception as exc:
-                from pfpld.errors import one_line
                 row.status = f"error: {one_line(exc, 120)}"
     note = (f"accuracy delta: NME points against the float model on {len(faces.x)} held-out faces ({faces.source}); "
             f"float NME {float_metrics.nme_pct:.2f}%" if faces is not None else
