@@ -81,11 +81,13 @@ def prepare_data(out, wflw, lapa, w300lp, aflw2000, force):
 @click.option("--resume", type=click.Path(path_type=Path), help="A last.pt to continue exactly.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
-@click.option("--wing-w", type=float, default=10.0, show_default=True, help="Wing w, in crop pixels.")
-@click.option("--wing-epsilon", type=float, default=2.0, show_default=True, help="Wing epsilon, in crop pixels.")
-@click.option("--eye-weight", type=float, default=5.0, show_default=True)
-@click.option("--landmark-weight", type=float, default=1.0, show_default=True)
-@click.option("--pose-weight", type=float, default=1000.0, show_default=True, help="On smooth-L1 of radians.")
+# Loss options default to None: pfpld.losses.LossConfig holds the defaults (and why), the CLI does not re-type them.
+@click.option("--wing-w", type=float, help="Wing w, in crop pixels.  [default: LossConfig's]")
+@click.option("--wing-epsilon", type=float, help="Wing epsilon, in crop pixels.  [default: LossConfig's]")
+@click.option("--eye-weight", type=float, help="Weight of the eye points 60-75.  [default: LossConfig's]")
+@click.option("--landmark-weight", type=float, help="Weight of the landmark term.  [default: LossConfig's]")
+@click.option("--pose-weight", type=float, help="Weight of smooth-L1 on pose radians (the PFPLD reference used 1000 "
+              "with Wing on [0,1] coordinates; see pfpld/losses.py).  [default: LossConfig's]")
 @click.option("--no-augment", is_flag=True, help="Train on the plain contract crops.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True,
@@ -104,8 +106,9 @@ def train(data, out, model, width, epochs, batch_size, lr, weight_decay, milesto
     cfg = TrainConfig(data=str(data), out=str(out), model=model, width=width, epochs=epochs, batch_size=batch_size,
                       lr=lr, weight_decay=weight_decay, milestones=ms, seed=seed, workers=workers,
                       augment=not no_augment, device=device, amp=amp, channels_last=channels_last,
-                      loss=LossConfig(wing_w_px=wing_w, wing_epsilon_px=wing_epsilon, eye_weight=eye_weight,
-                                      landmark_weight=landmark_weight, pose_weight=pose_weight))
+                      loss=LossConfig(**{k: v for k, v in dict(
+                          wing_w_px=wing_w, wing_epsilon_px=wing_epsilon, eye_weight=eye_weight,
+                          landmark_weight=landmark_weight, pose_weight=pose_weight).items() if v is not None}))
     row = run_training(cfg, resume=str(resume) if resume else None)
     if row:
         click.echo(f"done: epoch {row['epoch']}  val NME {100 * row['val_nme']:.2f}%  -> {out}/last.pt, "

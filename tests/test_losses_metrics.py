@@ -54,7 +54,6 @@ def test_pose_loss_uses_only_faces_with_pose():
     has = torch.tensor([True, False])
     assert pose_loss(pred, target, has).item() == pytest.approx(0.5 * 0.1 ** 2 / 3, rel=1e-5)
     assert pose_loss(pred, target, torch.tensor([False, False])).item() == 0.0
-    assert LossConfig().pose_weight == 1000.0
 
 
 def _face_with_eye_distance(d):
