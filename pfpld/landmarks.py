@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .arrays import namespace
+
 NUM_POINTS = 98
 
 # Horizontal-flip order of the WFLW 98-point scheme: in the mirrored image, point i of the face is point
@@ -58,21 +60,22 @@ def mirror_matrix(size_px: int) -> np.ndarray:
     return np.array([[-1.0, 0.0, size_px - 1.0], [0.0, 1.0, 0.0]])
 
 
-def flip_points(points_norm: np.ndarray, size_px: int) -> np.ndarray:
-    """Points (98,2) in [0,1] of a crop size_px wide, after mirroring the crop by mirror_matrix(size_px):
-    x -> (size_px - 1) / size_px - x, and reordered so index i keeps its meaning."""
-    flipped = points_norm[MIRROR_98].copy()
-    flipped[:, 0] = (size_px - 1.0) / size_px - flipped[:, 0]
-    return flipped
+def flip_points(points_norm, size_px: int):
+    """Points (..., 98, 2) in [0,1] of a crop size_px wide, after mirroring the crop by mirror_matrix(size_px):
+    x -> (size_px - 1) / size_px - x, and reordered so index i keeps its meaning. numpy or torch (pfpld.arrays)."""
+    xp = namespace(points_norm)
+    reordered = points_norm[..., MIRROR_98, :]
+    return xp.stack([(size_px - 1.0) / size_px - reordered[..., 0], reordered[..., 1]], -1)
 
 
-def flip_mask(mask: np.ndarray) -> np.ndarray:
-    return mask[MIRROR_98].copy()
+def flip_mask(mask):
+    return mask[..., MIRROR_98]
 
 
-def flip_pose(pose_rad: np.ndarray) -> np.ndarray:
-    """yaw, pitch, roll of the mirrored face: yaw and roll change sign, pitch does not."""
-    return np.array([-pose_rad[0], pose_rad[1], -pose_rad[2]], dtype=pose_rad.dtype)
+def flip_pose(pose_rad):
+    """yaw, pitch, roll (..., 3) of the mirrored face: yaw and roll change sign, pitch does not."""
+    xp = namespace(pose_rad)
+    return xp.stack([-pose_rad[..., 0], pose_rad[..., 1], -pose_rad[..., 2]], -1)
 
 
 def points_68_to_98(points_68: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

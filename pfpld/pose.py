@@ -2,50 +2,59 @@
 
 R = Rx(pitch) Ry(yaw) Rz(roll); a face projects as s R X + t in a y-up frame. Labels are ordered yaw, pitch,
 roll (radians) everywhere in pfpld. Augmentation that rotates or mirrors a crop recomputes the angles
-exactly through the rotation matrix instead of guessing which angle changes.
+exactly through the rotation matrix instead of guessing which angle changes. The functions take one face's
+numpy values or a batch (leading dimensions) of numpy arrays or torch tensors (pfpld.arrays).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .arrays import namespace, stack_matrix
 from .landmarks import flip_pose
 
 
-def rotation_matrix(yaw: float, pitch: float, roll: float) -> np.ndarray:
-    cp, sp = np.cos(pitch), np.sin(pitch)
-    cy, sy = np.cos(yaw), np.sin(yaw)
-    cr, sr = np.cos(roll), np.sin(roll)
-    rx = np.array([[1, 0, 0], [0, cp, sp], [0, -sp, cp]])
-    ry = np.array([[cy, 0, -sy], [0, 1, 0], [sy, 0, cy]])
-    rz = np.array([[cr, sr, 0], [-sr, cr, 0], [0, 0, 1]])
+def rotation_matrix(yaw, pitch, roll):
+    """(..., 3, 3) R = Rx(pitch) Ry(yaw) Rz(roll) for angles in radians (scalars or same-shaped arrays)."""
+    xp = namespace(yaw)
+    cp, sp = xp.cos(pitch), xp.sin(pitch)
+    cy, sy = xp.cos(yaw), xp.sin(yaw)
+    cr, sr = xp.cos(roll), xp.sin(roll)
+    one, zero = xp.ones_like(cp), xp.zeros_like(cp)
+    rx = stack_matrix(xp, [[one, zero, zero], [zero, cp, sp], [zero, -sp, cp]])
+    ry = stack_matrix(xp, [[cy, zero, -sy], [zero, one, zero], [sy, zero, cy]])
+    rz = stack_matrix(xp, [[cr, sr, zero], [-sr, cr, zero], [zero, zero, one]])
     return rx @ ry @ rz
 
 
-def matrix_to_angles(r: np.ndarray) -> np.ndarray:
-    """Inverse of rotation_matrix: (yaw, pitch, roll) with yaw in [-pi/2, pi/2]."""
-    yaw = np.arcsin(np.clip(-r[0, 2], -1.0, 1.0))
-    roll = np.arctan2(r[0, 1], r[0, 0])
-    pitch = np.arctan2(r[1, 2], r[2, 2])
-    return np.array([yaw, pitch, roll])
+def matrix_to_angles(r):
+    """Inverse of rotation_matrix: (..., 3) yaw, pitch, roll with yaw in [-pi/2, pi/2]."""
+    xp = namespace(r)
+    yaw = xp.arcsin(xp.clip(-r[..., 0, 2], -1.0, 1.0))
+    roll = xp.arctan2(r[..., 0, 1], r[..., 0, 0])
+    pitch = xp.arctan2(r[..., 1, 2], r[..., 2, 2])
+    return xp.stack([yaw, pitch, roll], -1)
 
 
-def pose_after_image_transform(pose_rad: np.ndarray, linear_2x2: np.ndarray) -> np.ndarray:
-    """Pose of the face after an image-space similarity transform (its 2x2 part, image coords, y down).
+def pose_after_image_transform(pose_rad, linear_2x2):
+    """Pose (..., 3) of the face after an image-space similarity transform (its 2x2 part (..., 2, 2), image
+    coords, y down).
 
     A rotation of the image rotates the head about the camera axis: R' = Rz3(alpha) R in the y-up frame.
     A mirror (det < 0) is handled as the mirrored template (yaw and roll change sign) followed by the rest.
     """
-    a = np.asarray(linear_2x2, dtype=np.float64)
-    pose = np.asarray(pose_rad, dtype=np.float64)
-    if np.linalg.det(a) < 0:
-        pose = flip_pose(pose)
-        a = a @ np.diag([-1.0, 1.0])
-    d = np.diag([1.0, -1.0])                        # image (y down) <-> projection frame (y up)
-    a_up = d @ a @ d
-    alpha = np.arctan2(a_up[1, 0], a_up[0, 0])
-    ca, sa = np.cos(alpha), np.sin(alpha)
-    rz3 = np.array([[ca, -sa, 0], [sa, ca, 0], [0, 0, 1]])
-    return matrix_to_angles(rz3 @ rotation_matrix(*pose))
+    xp = namespace(pose_rad)
+    a, pose = xp.asarray(linear_2x2, dtype=xp.float64), xp.asarray(pose_rad, dtype=xp.float64)
+    mirrored = xp.linalg.det(a) < 0
+    pose = xp.where(mirrored[..., None], flip_pose(pose), pose)
+    # a @ diag(-1, 1) for the mirrored; then alpha of D a D with D = diag(1, -1), the image (y down) <->
+    # projection frame (y up) change: its column 0 is (a00, -a10).
+    a00 = xp.where(mirrored, -a[..., 0, 0], a[..., 0, 0])
+    a10 = xp.where(mirrored, -a[..., 1, 0], a[..., 1, 0])
+    alpha = xp.arctan2(-a10, a00)
+    ca, sa = xp.cos(alpha), xp.sin(alpha)
+    one, zero = xp.ones_like(ca), xp.zeros_like(ca)
+    rz3 = stack_matrix(xp, [[ca, -sa, zero], [sa, ca, zero], [zero, zero, one]])
+    return matrix_to_angles(rz3 @ rotation_matrix(pose[..., 0], pose[..., 1], pose[..., 2]))
 
 
 def project_axes(pose_rad: np.ndarray, length: float = 1.0) -> np.ndarray:
