@@ -87,16 +87,21 @@ EXPECTED_COUNTS = {"wflw/train": 3, "wflw/test": 1, "lapa/train": 1, "lapa/test"
 def test_prepare_writes_header_with_contract_crop_size_and_counts(prepared):
     out, summary = prepared
     header = index_lines(out)[0]
-    assert header == {"format": "pfpld-prepared", "version": 1, "contract": json.loads(CONTRACT.to_json()),
-                      "context": 1.5, "crop_size_px": 168, "counts": EXPECTED_COUNTS}
+    assert header == {"format": "pfpld-prepared", "version": 2, "contract": json.loads(CONTRACT.to_json()),
+                      "context": 1.5, "crop_size_px": 168, "counts": EXPECTED_COUNTS,
+                      "array": {"file": "crops.npy", "dtype": "uint8", "shape": [10, 168, 168, 3], "channels": "BGR"}}
     assert read_prepared_header(out) == header
     assert summary.counts == EXPECTED_COUNTS and summary.total == 10
 
 
-def test_prepare_writes_one_index_line_and_one_168px_png_per_face(prepared):
+def test_prepare_writes_one_index_line_one_168px_png_and_one_array_row_per_face(prepared):
     out, _ = prepared
     faces = index_lines(out)[1:]
     assert len(faces) == 10
+    crops = np.load(out / "crops.npy")
+    assert crops.shape == (10, 168, 168, 3) and crops.dtype == np.uint8
+    for row, face in zip(crops, faces):
+        assert np.array_equal(row, cv2.imread(str(out / face["image"]), cv2.IMREAD_UNCHANGED))
     assert [f["image"] for f in faces[:4]] == ["train/wflw/000000.png", "train/wflw/000001.png",
                                                "train/wflw/000002.png", "test/wflw/000000.png"]
     for face in faces:
@@ -246,6 +251,7 @@ def test_other_context_keeps_the_contract_crop_in_the_centre(tmp_path, sources):
     prepare_dataset(out, aflw2000=sources["aflw2000"], context=2.0, progress=False)
     assert read_prepared_header(out)["crop_size_px"] == 224
     assert cv2.imread(str(out / "test/aflw2000/000000.png")).shape == (224, 224, 3)
+    assert np.load(out / "crops.npy").shape == (1, 224, 224, 3)
 
 
 def test_nothing_to_prepare_is_an_error(tmp_path):
@@ -273,9 +279,20 @@ def test_missing_index_is_named(tmp_path):
         read_prepared_header(tmp_path)
 
 
-def test_header_of_another_format_names_file_and_line_1(small_prepared):
-    rewrite_line(small_prepared, 1, lambda line: line.replace("pfpld-prepared", "something-else"))
-    with pytest.raises(DatasetError, match=r"index\.jsonl:1: format 'something-else'"):
+def one_more_array_row(line: str) -> str:
+    header = json.loads(line)
+    header["array"]["shape"][0] += 1
+    return json.dumps(header)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda line: line.replace("pfpld-prepared", "something-else"), r"format 'something-else'"),
+    (lambda line: line.replace('"version": 2', '"version": 3'), r"version 3: this pfpld reads versions 1, 2 \(re-run"),
+    (one_more_array_row, r"'array' is .*: expected .*\[4, 168, 168, 3\]"),
+])
+def test_bad_header_names_file_and_line_1(small_prepared, edit, message):
+    rewrite_line(small_prepared, 1, edit)
+    with pytest.raises(DatasetError, match=rf"index\.jsonl:1: {message}"):
         read_prepared_header(small_prepared)
 
 

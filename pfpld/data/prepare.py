@@ -2,11 +2,14 @@
 
 Each face is cropped with the preprocessing contract's crop rule (box = extent of its valid landmarks), with
 extra context around it for augmentation; the contract crop itself is exactly the centre input_size window.
-The folder is written under a temporary name and renamed at the end, so it is either complete or absent.
+Every crop is stored twice: as a PNG for people to look at, and as one row of crops.npy (N, S, S, 3) uint8 BGR,
+rows in the order of the index's face lines, which training memory-maps instead of decoding images. The folder
+is written under a temporary name and renamed at the end, so it is either complete or absent.
 """
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import math
 import shutil
@@ -27,8 +30,10 @@ from .record import DatasetError, FaceRecord
 from .sources import iter_300wlp, iter_aflw2000, iter_lapa, iter_wflw
 
 FORMAT = "pfpld-prepared"
-VERSION = 1
+VERSION = 2                 # 2: crops.npy beside the PNGs (version 1 folders have PNGs only and still read)
+READABLE_VERSIONS = (1, 2)
 INDEX_FILE = "index.jsonl"
+ARRAY_FILE = "crops.npy"
 README_FILE = "README.txt"
 SPLITS = ("train", "test")
 SOURCE_ORDER = ("wflw", "lapa", "300wlp", "aflw2000")
@@ -162,18 +167,39 @@ def write_png(path: Path, image: np.ndarray) -> None:
     path.write_bytes(buf.tobytes())
 
 
+def npy_header(rows: int, size_px: int) -> bytes:
+    """The .npy (version 1.0) header of crops.npy with `rows` crops of size_px x size_px x 3 uint8. numpy pads it
+    so that the first dimension can grow to 21 digits with the header keeping its length."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                                               "fortran_order": False, "shape": (rows, size_px, size_px, 3)})
+    return buf.getvalue()
+
+
+def array_entry(rows: int, size_px: int) -> dict:
+    """The header's description of crops.npy (what the reader checks the file against)."""
+    return {"file": ARRAY_FILE, "dtype": "uint8", "shape": [rows, size_px, size_px, 3], "channels": "BGR"}
+
+
 # --- the folder ------------------------------------------------------------------------------------------
 
 def write_faces(tmp: Path, streams: list[SourceStream], contract: PreprocessContract, context: float,
                 progress: bool) -> dict[str, int]:
-    """Crop every face of every stream into tmp/<split>/<source>/NNNNNN.png and append its index line to
-    tmp/index.body.jsonl. Returns the counts per "<source>/<split>"."""
+    """Crop every face of every stream into tmp/<split>/<source>/NNNNNN.png, append its pixels to tmp/crops.npy
+    and its index line to tmp/index.body.jsonl. Returns the counts per "<source>/<split>".
+
+    crops.npy starts with the header of an empty array; once the count is known its header is rewritten in
+    place (the same length, see npy_header): the array of a full dataset is many GB, and this way it is
+    written once, never copied."""
     counts: dict[str, int] = {}
     for s in streams:
         counts.setdefault(f"{s.source}/{s.split}", 0)
+    size_px = crop_size_for(contract, context)
     reader = ImageReader()
     body = tmp / "index.body.jsonl"
-    with open(body, "w", encoding="utf-8") as f, progress_bar(desc="prepare", unit="face", enabled=progress) as bar:
+    with open(body, "w", encoding="utf-8") as f, open(tmp / ARRAY_FILE, "wb") as crops, \
+            progress_bar(desc="prepare", unit="face", enabled=progress) as bar:
+        crops.write(npy_header(0, size_px))
         for stream in streams:
             bar.set_description_str(stream.label)
             for record in stream.records():
@@ -183,9 +209,16 @@ def write_faces(tmp: Path, streams: list[SourceStream], contract: PreprocessCont
                 crop, points = crop_face(reader.read(record.image_path), record, contract, context)
                 (tmp / image_rel).parent.mkdir(parents=True, exist_ok=True)
                 write_png(tmp / image_rel, crop)
+                crops.write(np.ascontiguousarray(crop).data)
                 f.write(json.dumps(index_entry(record, image_rel, points), separators=(",", ":")) + "\n")
                 counts[key] = n + 1
                 bar.update(1)
+        header = npy_header(sum(counts.values()), size_px)
+        if len(header) != len(npy_header(0, size_px)):
+            raise RuntimeError(f"numpy {np.__version__} writes .npy headers of varying length: cannot finish "
+                               f"{ARRAY_FILE} in place")
+        crops.seek(0)
+        crops.write(header)
     return counts
 
 
@@ -205,6 +238,8 @@ def write_readme(tmp: Path, summary: PrepareSummary, contract: PreprocessContrac
     text = (
         f"pfpld prepared dataset ({FORMAT} v{VERSION}): {size}x{size} px face crops (PNG) and {INDEX_FILE} "
         f"(line 1 a header, then one face a line; points in [0,1] of the centre {inp}x{inp} contract crop).\n"
+        f"The same crops, one row per face line in index order, are in {ARRAY_FILE} ({summary.total}x{size}x{size}x3 "
+        f"uint8 BGR, numpy's .npy format), which training memory-maps.\n"
         f"Made by `pfpld prepare-data` (pfpld.data.prepare.prepare_dataset) on "
         f"{datetime.date.today().isoformat()} from {made_from}.\n"
         "Re-run the command to rebuild it: the folder is replaced as a whole, do not edit it by hand.\n\n"
@@ -232,7 +267,7 @@ def prepare_dataset(out: Path, *, wflw: Path | None = None, lapa: Path | None = 
     with output_folder(out, "prepared", force) as tmp:      # checked first: fail before hours of cropping
         counts = write_faces(tmp, streams, contract, context, progress)
         header = {"format": FORMAT, "version": VERSION, "contract": contract.to_dict(), "context": float(context),
-                  "crop_size_px": size_px, "counts": counts}
+                  "crop_size_px": size_px, "counts": counts, "array": array_entry(sum(counts.values()), size_px)}
         write_index(tmp, header)
         summary = PrepareSummary(out=out, counts=counts, crop_size_px=size_px)
         write_readme(tmp, summary, contract, sources)
@@ -258,9 +293,10 @@ def parse_header(line: str, where: str) -> dict:
     header = _json_object(line, where)
     if header.get("format") != FORMAT:
         raise DatasetError(f"{where}: format {header.get('format')!r}: expected {FORMAT!r} header")
-    if header.get("version") != VERSION:
-        raise DatasetError(f"{where}: version {header.get('version')!r}: this pfpld reads version {VERSION}")
-    missing = [k for k in HEADER_KEYS if k not in header]
+    if header.get("version") not in READABLE_VERSIONS:
+        raise DatasetError(f"{where}: version {header.get('version')!r}: this pfpld reads versions "
+                           f"{', '.join(map(str, READABLE_VERSIONS))} (re-run `pfpld prepare-data`)")
+    missing = [k for k in HEADER_KEYS + (("array",) if header["version"] >= 2 else ()) if k not in header]
     if missing:
         raise DatasetError(f"{where}: header lacks {', '.join(missing)}")
     counts = header["counts"]
@@ -268,7 +304,43 @@ def parse_header(line: str, where: str) -> dict:
         raise DatasetError(f"{where}: 'counts' must map '<source>/<split>' to face counts")
     if not isinstance(header["crop_size_px"], int) or not isinstance(header["contract"], dict):
         raise DatasetError(f"{where}: 'crop_size_px' must be an integer and 'contract' an object")
+    if "array" in header:
+        expected = array_entry(sum(counts.values()), header["crop_size_px"])
+        if header["array"] != expected:
+            raise DatasetError(f"{where}: 'array' is {json.dumps(header['array'])}: expected {json.dumps(expected)} "
+                               f"(from 'counts' and 'crop_size_px')")
     return header
+
+
+def open_crop_array(out: Path, header: dict) -> np.ndarray | None:
+    """The crops of a prepared folder as a read-only memory map (N, S, S, 3) uint8 BGR, rows in index order;
+    None for a version-1 folder (PNGs only). The file is checked against the header first: a missing,
+    truncated or reshaped array is one DatasetError naming the file and what was expected."""
+    if "array" not in header:
+        return None
+    path = Path(out) / header["array"]["file"]
+    shape = tuple(header["array"]["shape"])
+    expected = f"a uint8 .npy array of shape {shape} (header of {Path(out) / INDEX_FILE})"
+    redo = "re-run `pfpld prepare-data`"
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version != (1, 0):
+                raise ValueError(f".npy format version {version}")
+            file_shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
+            offset = f.tell()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: not found: expected {expected}; {redo}") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DatasetError(f"{path}: not a readable .npy file ({one_line(e)}): expected {expected}; {redo}") from None
+    if file_shape != shape or dtype != np.uint8 or fortran_order:
+        raise DatasetError(f"{path}: holds a {dtype} array of shape {file_shape}"
+                           f"{' in Fortran order' if fortran_order else ''}: expected {expected}; {redo}")
+    size = path.stat().st_size
+    if size != offset + math.prod(shape):
+        raise DatasetError(f"{path}: {size} bytes: expected {offset + math.prod(shape)} for {expected}: truncated "
+                           f"or damaged; {redo}")
+    return np.load(path, mmap_mode="r")
 
 
 def _json_object(line: str, where: str) -> dict:
