@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from .arrays import asarray_like, namespace
 from .errors import ContractError  # noqa: F401 (re-exported)
 
 
@@ -84,9 +85,15 @@ class PreprocessContract:
 
     def to_tensor_layout(self, crop_bgr: np.ndarray) -> np.ndarray:
         """BGR uint8 HxWx3 crop -> float32 CxHxW network input per the contract (colour order, mean, scale)."""
-        img = crop_bgr[:, :, ::-1] if self.color_order == "RGB" else crop_bgr
-        x = (img.astype(np.float32) - np.asarray(self.mean, dtype=np.float32)) * np.float32(self.scale)
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        return np.ascontiguousarray(self.normalise(crop_bgr.astype(np.float32).transpose(2, 0, 1)))
+
+    def normalise(self, bgr_planes):
+        """(..., 3, H, W) float32 BGR pixel values (0-255) -> the network input: channels in color_order, then
+        (pixel - mean) * scale in float32. A numpy array, or a torch tensor (a batch, on any device) as the
+        training augmentation makes: the same arithmetic, so the two give the same bits."""
+        planes = namespace(bgr_planes).flip(bgr_planes, (-3,)) if self.color_order == "RGB" else bgr_planes
+        mean = asarray_like(np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1), bgr_planes)
+        return (planes - mean) * float(np.float32(self.scale))
 
     def points_to_crop(self, points_px: np.ndarray, matrix: np.ndarray) -> np.ndarray:
         """Image-pixel points (N,2) -> [0,1] coordinates of the crop made with `matrix` (context 1)."""

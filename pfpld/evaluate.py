@@ -30,7 +30,8 @@ def predict_dataset(model: torch.nn.Module, dataset: PreparedFaces, batch_size: 
                         pin_memory=device.type == "cuda")
     lmk, pose = [], []
     for batch in progress_bar(loader, desc="eval", unit="batch", enabled=progress, leave=False):
-        out_l, out_p = model(batch["image"].to(device, non_blocking=True))
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        out_l, out_p = model(dataset.network_batch(batch)["image"])
         lmk.append(out_l.float().cpu().numpy())
         pose.append(out_p.float().cpu().numpy())
     landmarks, poses = np.concatenate(lmk), np.concatenate(pose)

@@ -3,9 +3,11 @@
 Runs on the CPU or a CUDA device (`--device`; mixed precision on CUDA with `--amp`, a GradScaler for fp16, pinned
 memory and non-blocking copies, optional channels-last), single-process or data-parallel when started with
 torchrun (gloo on CPU, NCCL on GPU, one GPU per process by LOCAL_RANK): the global batch is split over the
-processes and only rank 0 validates and writes. Every epoch writes RUN/last.pt (and
-RUN/best.pt when the validation NME improves) atomically; `--resume` continues exactly, because every random
-draw of the data pipeline is seeded by (seed, epoch, index) and the shuffle by (seed, epoch).
+processes and only rank 0 validates and writes. The loader hands over raw crops memory-mapped from the prepared
+folder with each face's augmentation draw; the augmentation itself runs batched on the training device once the
+batch is there (PreparedFaces.network_batch). Every epoch writes RUN/last.pt (and RUN/best.pt when the
+validation NME improves) atomically; `--resume` continues exactly, because every random draw of the data pipeline
+is seeded by (seed, epoch, index) and the shuffle by (seed, epoch).
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ from torch.utils.data.distributed import DistributedSampler
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .contract import PreprocessContract
 from .devices import resolve_amp, resolve_device
-from .data.dataset import AugmentConfig, PreparedFaces
+from .data.augment import AugmentConfig
+from .data.dataset import PreparedFaces
 from .data.prepare import read_prepared_header
 from .errors import InputError
 from .evaluate import evaluate_predictions, predict_dataset
@@ -49,7 +52,7 @@ class TrainConfig:
     milestones: tuple[int, ...] = ()    # empty: at 3/8 and 3/4 of the epochs (the reference's 30 and 60 of 80)
     gamma: float = 0.1
     seed: int = 0
-    workers: int = 2
+    workers: int | None = None          # loader processes; None: 0 on the CPU, 2 with CUDA (see loader_workers)
     augment: bool = True
     device: str = "auto"                # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
     amp: str = "auto"                   # auto | bf16 | fp16 | off (mixed precision on CUDA only)
@@ -69,6 +72,15 @@ class TrainConfig:
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_landmark_loss", "train_pose_loss", "val_nme",
                   "val_failure_rate", "val_auc", "val_pose_mae_deg", "train_images_per_s", "epoch_seconds"]
+
+
+def loader_workers(cfg: TrainConfig, device: torch.device) -> int:
+    """Loader processes: as configured, else none on the CPU (reading memory-mapped crops is cheap, and workers
+    would compete with the training step for the same cores) and 2 with CUDA (they overlap the read and the
+    pinned copy with the GPU's work)."""
+    if cfg.workers is not None:
+        return cfg.workers
+    return 2 if device.type == "cuda" else 0
 
 
 def _distributed(device: torch.device) -> tuple[int, int]:
@@ -113,7 +125,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     if cfg.batch_size % world:
         raise InputError(f"--batch-size {cfg.batch_size} does not split evenly over {world} processes")
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-    loader_args = dict(batch_size=cfg.batch_size // world, sampler=sampler, num_workers=cfg.workers,
+    loader_args = dict(batch_size=cfg.batch_size // world, sampler=sampler, num_workers=loader_workers(cfg, device),
                        drop_last=len(train_set) >= 2 * cfg.batch_size, pin_memory=device.type == "cuda")
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
@@ -157,6 +169,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                            enabled=progress and rank == 0, leave=False)
         for batch in bar:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            batch = train_set.network_batch(batch)          # the augmentation, batched on the training device
             image = batch["image"].contiguous(memory_format=memory_format)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 landmarks, pose = ddp_model(image)

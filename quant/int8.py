@@ -60,13 +60,10 @@ def heldout_faces(contract: PreprocessContract, images: Path | None, n: int, see
         from pfpld.data.dataset import PreparedFaces
         faces = PreparedFaces(images, "test")
         picks = np.unique(np.linspace(0, len(faces) - 1, min(n, len(faces))).round().astype(int))
-        items = [faces[int(i)] for i in picks]
-        return HeldOut(x=np.stack([it["image"].numpy() for it in items]).astype(np.float32),
-                       points=np.stack([it["points"].numpy().reshape(-1, 2) for it in items]),
-                       mask=np.stack([it["mask"].numpy() for it in items]),
-                       pose=np.stack([it["pose"].numpy() for it in items]),
-                       has_pose=np.array([bool(it["has_pose"]) for it in items]),
-                       source=f"{images} (test split, {len(items)} of {len(faces)} faces)")
+        return HeldOut(x=np.stack([faces.reference_sample(int(i))[0] for i in picks]).astype(np.float32),
+                       points=faces.points[picks], mask=faces.mask[picks], pose=faces.pose[picks],
+                       has_pose=faces.has_pose[picks],
+                       source=f"{images} (test split, {len(picks)} of {len(faces)} faces)")
     faces = synthetic_check_faces(contract, n, seed + HELDOUT_SEED_OFFSET)
     return HeldOut(x=faces.inputs, points=faces.points, mask=np.ones(faces.points.shape[:2], dtype=bool),
                    pose=faces.pose_rad, has_pose=np.ones(n, dtype=bool), source=f"held-out {faces.source}")

@@ -4,33 +4,34 @@ import cv2
 import numpy as np
 import pytest
 
-from pfpld.data.dataset import AugmentConfig, PreparedFaces, _photometric, _random_similarity
+from pfpld.data.augment import AugmentConfig, photometric_reference, similarity_matrix
+from pfpld.data.dataset import PreparedFaces
 from pfpld.landmarks import MIRROR_98, flip_points, mirror_matrix
 from pfpld.pose import pose_after_image_transform
 
 
 def matrix_only_sample(ds: PreparedFaces, index: int) -> dict:
-    """__getitem__ as it was before the helpers: the mirror folded into the similarity matrix, the points mapped
-    through that whole matrix and reordered by MIRROR_98, the pose through pose_after_image_transform of the
-    whole matrix."""
-    cfg, size = ds.augment, ds.contract.input_size
+    """The per-sample augmentation as it was before the helpers, on the face's draw: the mirror folded into the
+    similarity matrix, the points mapped through that whole matrix and reordered by MIRROR_98, the pose through
+    pose_after_image_transform of the whole matrix."""
+    size = ds.contract.input_size
     image = ds.load_crop(index)
     offset = (ds.crop_size_px - size) / 2.0
     points_px = ds.points[index] * size + offset
     mask, pose = ds.mask[index], ds.pose[index]
-    rng = np.random.default_rng([ds.seed, ds.epoch, index])
-    m, flip = _random_similarity(rng, cfg, ds.crop_size_px, size)
-    if flip:
+    draw = ds.draw(index)
+    m = similarity_matrix(draw, ds.crop_size_px, size)
+    if draw.flip:
         m = np.array([[-1.0, 0.0, size - 1.0], [0.0, 1.0, 0.0]]) @ np.vstack([m, [0, 0, 1]])
     out = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    out = _photometric(rng, cfg, out)
+    out = photometric_reference(out, draw)
     if ds.has_pose[index]:
         pose = pose_after_image_transform(pose, m[:, :2]).astype(np.float32)
     points = (points_px @ m[:, :2].T + m[:, 2]) / size
-    if flip:
+    if draw.flip:
         points, mask = points[MIRROR_98], mask[MIRROR_98]
-    return {"image": ds.contract.to_tensor_layout(out), "points": points.astype(np.float32).reshape(-1),
-            "mask": mask, "pose": np.asarray(pose, dtype=np.float32), "flipped": flip}
+    return {"image": ds.contract.to_tensor_layout(out), "points": points.astype(np.float32),
+            "mask": mask, "pose": np.asarray(pose, dtype=np.float32), "flipped": draw.flip}
 
 
 @pytest.mark.parametrize("seed", [0, 7])
@@ -39,12 +40,12 @@ def test_augmented_samples_equal_the_matrix_only_path(prepared_dir, seed):
     ds.set_epoch(3)
     flips = 0
     for index in range(min(len(ds), 24)):
-        got, want = ds[index], matrix_only_sample(ds, index)
+        (image, labels), want = ds.reference_sample(index), matrix_only_sample(ds, index)
         flips += want["flipped"]
-        assert np.array_equal(got["image"].numpy(), want["image"])       # the same single resampling
-        assert np.array_equal(got["mask"].numpy(), want["mask"])
-        assert np.allclose(got["points"].numpy(), want["points"], rtol=0, atol=1e-6)
-        assert np.allclose(got["pose"].numpy(), want["pose"], rtol=0, atol=1e-6)
+        assert np.array_equal(image, want["image"])       # the same single resampling
+        assert np.array_equal(labels.mask, want["mask"])
+        assert np.allclose(labels.points, want["points"], rtol=0, atol=1e-6)
+        assert np.allclose(labels.pose, want["pose"], rtol=0, atol=1e-6)
     assert 0 < flips < min(len(ds), 24)          # both branches were exercised
 
 

@@ -7,9 +7,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import default_collate
 
 from pfpld.checkpoint import load_checkpoint, load_model
-from pfpld.data.dataset import AugmentConfig, PreparedFaces
+from pfpld.data.augment import AugmentConfig
+from pfpld.data.dataset import PreparedFaces
 from pfpld.evaluate import evaluate_model
 from pfpld.losses import LossConfig
 from pfpld.models import build_model
@@ -25,9 +27,14 @@ def _cfg(data, out, **kw):
     return TrainConfig(**base)
 
 
+def network_sample(ds: PreparedFaces, index: int) -> dict:
+    """One face as the training loop sees it: collated, then through network_batch (the batched augmentation)."""
+    return {k: v[0] for k, v in ds.network_batch(default_collate([ds[index]])).items()}
+
+
 def test_dataset_without_augmentation_is_the_contract_crop(prepared_dir):
     ds = PreparedFaces(prepared_dir, "test")
-    sample = ds[0]
+    sample = network_sample(ds, 0)
     crop = ds.load_crop(0)
     off = (ds.crop_size_px - ds.contract.input_size) // 2
     centre = crop[off:off + 112, off:off + 112]
@@ -36,12 +43,14 @@ def test_dataset_without_augmentation_is_the_contract_crop(prepared_dir):
 
 
 def test_augmentation_keeps_landmarks_on_the_pixels_they_label(prepared_dir, tmp_path):
-    """Replace a stored crop by a black image with one white dot on the nose tip, augment it (rotation, scale,
-    shift, mirror), and find the dot where the augmented label says it is."""
+    """Replace a stored crop (its row of crops.npy) by a black image with one white dot on the nose tip, augment
+    it as training does (rotation, scale, shift, mirror, batched), and find the dot where the augmented label
+    says it is."""
     import shutil
     import cv2
     data = tmp_path / "data"
     shutil.copytree(prepared_dir, data)
+    crops = np.load(data / "crops.npy", mmap_mode="r+")
     ds = PreparedFaces(data, "train", AugmentConfig(brightness=0, contrast=0, saturation=0, hue=0,
                                                     grayscale_p=0, erasing_p=0, flip_p=1.0))
     off = (ds.crop_size_px - 112) / 2
@@ -49,8 +58,9 @@ def test_augmentation_keeps_landmarks_on_the_pixels_they_label(prepared_dir, tmp
         marker = np.zeros((ds.crop_size_px, ds.crop_size_px, 3), np.uint8)
         x, y = ds.points[index, 54] * 112 + off
         cv2.circle(marker, (int(round(x)), int(round(y))), 2, (255, 255, 255), -1)
-        cv2.imwrite(str(data / ds.images[index]), marker)
-        s = ds[index]
+        crops[ds.array_rows[index]] = marker
+        crops.flush()
+        s = network_sample(ds, index)
         img = s["image"].numpy()[0]
         ys, xs = np.nonzero(img > 0.5)
         px, py = s["points"].numpy().reshape(98, 2)[54] * 112     # the mirror keeps the nose tip at index 54
@@ -63,7 +73,7 @@ def test_flip_augmentation_negates_yaw_and_roll(prepared_dir):
     plain = PreparedFaces(prepared_dir, "train", AugmentConfig(flip_p=0.0, **no_geo))
     flipped = PreparedFaces(prepared_dir, "train", AugmentConfig(flip_p=1.0, **no_geo))
     i = int(np.flatnonzero(plain.has_pose)[0])
-    a, b = plain[i], flipped[i]
+    a, b = network_sample(plain, i), network_sample(flipped, i)
     assert np.allclose(b["pose"].numpy(), a["pose"].numpy() * np.array([-1, 1, -1]), atol=1e-5)
     pa, pb = a["points"].numpy().reshape(98, 2), b["points"].numpy().reshape(98, 2)
     assert pb[60, 0] == pytest.approx(111 / 112 - pa[72, 0], abs=1e-5)    # the mirrored outer corner
