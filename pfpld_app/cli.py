@@ -80,7 +80,8 @@ def prepare_data(out, wflw, lapa, w300lp, aflw2000, force):
               "--epochs).")
 @click.option("--resume", type=click.Path(path_type=Path), help="A last.pt to continue exactly.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), help="Loader processes (default: none on the CPU, where "
+              "crops are memory-mapped and augmented batched in the training process; 2 with CUDA).")
 # Loss options default to None: pfpld.losses.LossConfig holds the defaults (and why), the CLI does not re-type them.
 @click.option("--wing-w", type=float, help="Wing w, in crop pixels.  [default: LossConfig's]")
 @click.option("--wing-epsilon", type=float, help="Wing epsilon, in crop pixels.  [default: LossConfig's]")
@@ -424,7 +425,8 @@ def check_parity_cmd(export_dir, images, n, json_out, threads, seed, int8, calib
               "count.")
 @click.option("--heldout", type=click.IntRange(min=1), default=256, show_default=True, help="Held-out faces for the "
               "accuracy delta.")
-@click.option("--training", is_flag=True, help="Also measure training and data-loader throughput.")
+@click.option("--training", is_flag=True, help="Also measure training throughput: the bare step against the "
+              "end-to-end `pfpld train` loop.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench/results.md"), show_default=True)
 @user_errors
 def bench(model, widths, ckpts, data, calib, formats, threads, budget, heldout, training, out):
