@@ -16,6 +16,7 @@ import io
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     milestones: tuple[int, ...] = ()    # empty: at 3/8 and 3/4 of the epochs (the reference's 30 and 60 of 80)
     gamma: float = 0.1
+    schedule: str = "step"              # step: x gamma at the milestones | cosine: cosine decay to lr x final_lr_frac
+    warmup_epochs: float = 0.0          # linear warm-up from lr/100 first (either schedule; fractions allowed)
+    final_lr_frac: float = 0.01
     seed: int = 0
     workers: int | None = None          # loader processes; None: 0 on the CPU, 2 with CUDA (see loader_workers)
     augment: bool = True
@@ -81,6 +85,29 @@ def loader_workers(cfg: TrainConfig, device: torch.device) -> int:
     if cfg.workers is not None:
         return cfg.workers
     return 2 if device.type == "cuda" else 0
+
+
+SCHEDULES = ("step", "cosine")
+
+
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The learning-rate multiplier as a function of the optimizer step (the scheduler steps once per batch, so a
+    warm-up and a cosine decay are smooth even in a run of a few epochs). The step schedule changes at the first
+    step of each milestone epoch, as an epoch-stepped MultiStepLR does."""
+    if cfg.schedule not in SCHEDULES:
+        raise InputError(f"schedule {cfg.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    total = cfg.epochs * steps_per_epoch
+    milestones = [m * steps_per_epoch for m in cfg.resolved_milestones()]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 0.01 + 0.99 * step / warmup
+        if cfg.schedule == "cosine":
+            t = min(1.0, (step - warmup) / max(1.0, total - warmup))
+            return cfg.final_lr_frac + (1 - cfg.final_lr_frac) * 0.5 * (1 + math.cos(math.pi * t))
+        return cfg.gamma ** sum(step >= m for m in milestones)
+    return factor
 
 
 def _distributed(device: torch.device) -> tuple[int, int]:
@@ -131,7 +158,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     model.to(device, memory_format=memory_format)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.resolved_milestones(), gamma=cfg.gamma)
+    steps_per_epoch = len(DataLoader(train_set, **loader_args))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
     start_epoch, history, best_nme = 0, [], math.inf
     if resume:
         ckpt = load_checkpoint(Path(resume))
@@ -142,6 +170,9 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             raise CheckpointError(f"{resume}: has no optimizer/scheduler state to resume from")
         model.load_state_dict(ckpt.state_dict)
         optimizer.load_state_dict(ckpt.optimizer)
+        if "lr_lambdas" not in ckpt.scheduler:
+            raise CheckpointError(f"{resume}: its scheduler state is an older pfpld's epoch-stepped MultiStepLR, not "
+                                  f"the per-step schedule: resume it with the pfpld version that wrote it")
         scheduler.load_state_dict(ckpt.scheduler)
         start_epoch, history = ckpt.epoch, list(ckpt.history)
         best_nme = min((h["val_nme"] for h in history if not math.isnan(h["val_nme"])), default=math.inf)
@@ -163,6 +194,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         train_set.set_epoch(epoch)
         loader = DataLoader(train_set, **loader_args)
         model.train()
+        lr = optimizer.param_groups[0]["lr"]                        # at the epoch's first step
         t0 = time.perf_counter()
         sums = torch.zeros(4, dtype=torch.float64, device=device)   # loss, landmark loss, pose loss, images
         bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
@@ -180,6 +212,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            scheduler.step()
             n = batch["image"].shape[0]
             sums[:3] += torch.stack([loss.detach(), lmk_loss.detach(), pose_loss.detach()]).double() * n
             sums[3] += n
@@ -190,8 +223,6 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         if world > 1:
             dist.all_reduce(sums)
         sums = sums.cpu()
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
 
         if rank == 0:
             lmk, pose_pred = predict_dataset(model, val_set, batch_size=64)

@@ -20,8 +20,8 @@ TIMING_COLUMNS = {"train_images_per_s", "epoch_seconds"}
 
 def train_args(data, out, *extra):
     return PFPLD + ["train", "--data", str(data), "--out", str(out), "--width", "0.25", "--epochs", "3",
-                    "--batch-size", "32", "--lr", "3e-3", "--workers", "0", "--milestones", "2", "--seed", "4",
-                    *map(str, extra)]
+                    "--batch-size", "32", "--lr", "3e-3", "--workers", "0", "--schedule", "cosine",
+                    "--warmup-epochs", "0.5", "--seed", "4", *map(str, extra)]
 
 
 def kill_in_epoch(args, epoch: int, env: dict) -> None:

@@ -121,7 +121,9 @@ def test_checkpoint_round_trip_and_exact_resume(prepared_dir, tmp_path):
     for k in a.state_dict:
         assert torch.equal(a.state_dict[k], b.state_dict[k]), k
     assert a.history[-1]["val_nme"] == b.history[-1]["val_nme"]
-    assert a.scheduler["last_epoch"] == b.scheduler["last_epoch"] == 2
+    n_train = len(PreparedFaces(prepared_dir, "train"))
+    steps = n_train // 32 if n_train >= 64 else math.ceil(n_train / 32)         # the scheduler steps per batch
+    assert a.scheduler["last_epoch"] == b.scheduler["last_epoch"] == 2 * steps
     # round trip: spec, contract and record survive weights_only loading
     assert a.spec.options["width"] == 0.25 and a.contract.input_size == 112
     assert a.config["epochs"] == 2 and "torch" in a.versions
@@ -163,3 +165,28 @@ def test_eval_prints_the_mean_shape_baseline_beside_the_model(prepared_dir):
     table = report.table()
     assert "mean shape (baseline)" in table and "model NME = 1.00 x the mean shape's" in table
     assert "mean pose (baseline)" in table and report.to_dict()["baseline"] == report.baseline
+
+
+def test_lr_schedule_per_step(tmp_path):
+    """The scheduler steps once per batch: the step schedule changes exactly where an epoch-stepped MultiStepLR
+    does; the warm-up rises linearly from lr/100; the cosine ends at lr x final_lr_frac; a wrong name is one line."""
+    from pfpld.errors import InputError
+    from pfpld.train import lr_factor
+    steps = 7
+    step_cfg = TrainConfig(data="", out="", epochs=8, milestones=(3, 6), gamma=0.1)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    reference = torch.optim.lr_scheduler.MultiStepLR(opt, [3, 6], gamma=0.1)
+    f = lr_factor(step_cfg, steps)
+    for epoch in range(8):
+        expected = opt.param_groups[0]["lr"]
+        assert [f(epoch * steps + i) for i in range(steps)] == pytest.approx([expected] * steps, rel=1e-12)
+        reference.step()
+    warm = lr_factor(TrainConfig(data="", out="", epochs=4, schedule="cosine", warmup_epochs=1.0), steps)
+    assert warm(0) == pytest.approx(0.01)
+    assert warm(steps // 2) == pytest.approx(0.01 + 0.99 * (steps // 2) / steps)
+    assert warm(steps) == pytest.approx(1.0)
+    ramp = [warm(i) for i in range(4 * steps + 1)]
+    assert all(b <= a + 1e-12 for a, b in zip(ramp[steps:], ramp[steps + 1:]))     # decays monotonically
+    assert ramp[-1] == pytest.approx(0.01)
+    with pytest.raises(InputError, match="schedule 'linear'"):
+        lr_factor(TrainConfig(data="", out="", schedule="linear"), steps)
