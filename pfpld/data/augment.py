@@ -278,7 +278,9 @@ def photometric_batch(x: torch.Tensor, draw: AugmentDraw) -> torch.Tensor:
     gray = gray_levels(x)
     x.sub_(gray).mul_(per_face(draw.saturation)).add_(gray).clamp_(0.0, 255.0).floor_()
     hue = torch.nonzero(draw.hue_steps != 0)[:, 0]
-    if len(hue):
+    if len(hue) == len(x):                      # the usual case: no gather and scatter of the whole batch
+        x = shift_hue(x, draw.hue_steps)
+    elif len(hue):
         x[hue] = shift_hue(x[hue], draw.hue_steps[hue])
     grayscale = torch.nonzero(draw.grayscale)[:, 0]
     if len(grayscale):
@@ -340,8 +342,10 @@ def shift_hue(x: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     numerator.add_(((b - r).add_(diff, alpha=2.0).sub_(numerator)).mul_(_mask(v, g)))
     numerator.add_(((g - b).sub_(numerator)).mul_(_mask(v, r)))
     h = _fixed_point_scale(numerator, HUE_STEPS * (1 << HSV_SHIFT) / 6.0, diff)
-    h = torch.remainder(h.add_(steps.to(x.dtype)[:, None, None]), HUE_STEPS)   # also lifts negative hues
-    h.mul_(np.float32(6.0 / HUE_STEPS))
+    h.add_(steps.to(x.dtype)[:, None, None])
+    # mod 180 (also lifts cv2's negative hues): h is a whole number in [-66, 186], so the float32 floor of
+    # h / 180 is exact; torch.remainder costs three times more
+    h.sub_(torch.floor(h * np.float32(1.0 / HUE_STEPS)).mul_(HUE_STEPS)).mul_(np.float32(6.0 / HUE_STEPS))
     sector = torch.floor(h)
     f = h.sub_(sector)
     s.mul_(np.float32(1.0 / 255.0))
