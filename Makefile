@@ -30,9 +30,9 @@ test: $(VENV)/.installed
 # Held-out faces: W1's test split when present (the demo model never saw it), else the demo's.
 bench: $(VENV)/.installed
 	$(PFPLD) bench --training --out bench/results.md \
-	  $(if $(wildcard $(DEMO_OUT)/run/best.pt),--ckpt $(DEMO_OUT)/run/best.pt) \
+	  $(if $(wildcard $(DEMO_OUT)/run/last.pt),--ckpt $(DEMO_OUT)/run/last.pt) \
 	  $(if $(wildcard $(W1_OUT)/run/best.pt),--ckpt $(W1_OUT)/run/best.pt --data $(W1_OUT)/prepared,\
-	    $(if $(wildcard $(DEMO_OUT)/run/best.pt),--data $(DEMO_OUT)/prepared))
+	    $(if $(wildcard $(DEMO_OUT)/run/last.pt),--data $(DEMO_OUT)/prepared))
 
 # A trained PFPLD width 1.0 for the int8 target (speed and accuracy on one model): 4,000 synthetic faces, 30
 # epochs; about 1 hour on 2 cores.

@@ -78,6 +78,11 @@ def prepare_data(out, wflw, lapa, w300lp, aflw2000, force):
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
 @click.option("--milestones", default="", help="Epochs where lr x0.1, e.g. 30,60 (default: 3/8 and 3/4 of "
               "--epochs).")
+@click.option("--schedule", type=click.Choice(["step", "cosine"]), default="step", show_default=True,
+              help="step: lr x0.1 at the milestones (the reference); cosine: cosine decay to lr/100, stepped per "
+              "batch (better for short runs).")
+@click.option("--warmup-epochs", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Linear warm-up from lr/100 over this many epochs (fractions allowed), before either schedule.")
 @click.option("--resume", type=click.Path(path_type=Path), help="A last.pt to continue exactly.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), help="Loader processes (default: none on the CPU, where "
@@ -95,7 +100,8 @@ def prepare_data(out, wflw, lapa, w300lp, aflw2000, force):
               help="Mixed precision on CUDA (auto: bf16 where supported, else fp16 with a GradScaler; off on the CPU).")
 @click.option("--channels-last", is_flag=True, help="Channels-last memory format (faster convolutions on recent GPUs).")
 @user_errors
-def train(data, out, model, width, epochs, batch_size, lr, weight_decay, milestones, resume, seed, workers,
+def train(data, out, model, width, epochs, batch_size, lr, weight_decay, milestones, schedule, warmup_epochs, resume,
+          seed, workers,
           wing_w, wing_epsilon, eye_weight, landmark_weight, pose_weight, no_augment, device, amp, channels_last):
     """Train a model on a prepared dataset (data-parallel when started with torchrun)."""
     from pfpld.losses import LossConfig
@@ -105,7 +111,8 @@ def train(data, out, model, width, epochs, batch_size, lr, weight_decay, milesto
     except ValueError:
         raise click.BadParameter(f"{milestones!r}: expected comma-separated epochs", param_hint="--milestones")
     cfg = TrainConfig(data=str(data), out=str(out), model=model, width=width, epochs=epochs, batch_size=batch_size,
-                      lr=lr, weight_decay=weight_decay, milestones=ms, seed=seed, workers=workers,
+                      lr=lr, weight_decay=weight_decay, milestones=ms, schedule=schedule, warmup_epochs=warmup_epochs,
+                      seed=seed, workers=workers,
                       augment=not no_augment, device=device, amp=amp, channels_last=channels_last,
                       loss=LossConfig(**{k: v for k, v in dict(
                           wing_w_px=wing_w, wing_epsilon_px=wing_epsilon, eye_weight=eye_weight,
@@ -192,15 +199,18 @@ def predict(ckpt, image, box, out, as_json, device):
 
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
-@click.option("--n", type=click.IntRange(min=20), default=2000, show_default=True, help="Synthetic faces.")
-@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--width", type=float, default=0.25, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--n", type=click.IntRange(min=20), help="Synthetic faces.  [default: DemoRecipe's]")
+@click.option("--epochs", type=click.IntRange(min=1), help="[default: DemoRecipe's]")
+@click.option("--width", type=float, help="[default: DemoRecipe's]")
+@click.option("--seed", type=int, help="[default: DemoRecipe's]")
 @user_errors
 def demo(out, n, epochs, width, seed):
-    """The main job on built-in data: synth -> prepare-data -> train -> eval -> predict."""
-    from .demo import run_demo
-    result = run_demo(out, n=n, epochs=epochs, width=width, seed=seed)
+    """The main job on built-in data: synth -> prepare-data -> train -> eval -> export -> parity -> int8 (the
+    recipe and why: pfpld_app/demo.py, DemoRecipe)."""
+    from dataclasses import replace
+    from .demo import DemoRecipe, run_demo
+    given = dict(n=n, epochs=epochs, width=width, seed=seed)
+    result = run_demo(out, replace(DemoRecipe(), **{k: v for k, v in given.items() if v is not None}))
     if result["parity"]["verdict"] != "pass":
         click.secho("parity check failed: see the export's parity.md", fg="red", err=True)
         sys.exit(1)
