@@ -225,3 +225,17 @@ def test_a_version_1_folder_still_reads_through_its_pngs(copied, prepared_dir):
         assert torch.equal(item["crop"], new[i]["crop"]) and torch.equal(item["draw"], new[i]["draw"])
     assert torch.equal(old.network_batch(default_collate(batch))["image"],
                        new.network_batch(default_collate([new[i] for i in range(6)]))["image"])
+
+
+def test_loader_processes_give_the_same_batches_as_the_training_process(prepared_dir):
+    """--workers K on the CPU: the workers (forked after the augmentation's threads exist) read the same crops
+    and draws, so the augmented batches are the same bits."""
+    from torch.utils.data import DataLoader
+    ds = PreparedFaces(prepared_dir, "train", AugmentConfig(), seed=SEED)
+    ds.set_epoch(2)
+    batches = {}
+    for workers in (0, 2):
+        loader = DataLoader(ds, batch_size=32, shuffle=False, num_workers=workers)
+        batches[workers] = [ds.network_batch(b)["image"] for b in loader]
+    assert len(batches[0]) == len(batches[2])
+    assert all(torch.equal(a, b) for a, b in zip(batches[0], batches[2]))
