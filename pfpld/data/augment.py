@@ -213,7 +213,7 @@ def photometric_reference(bgr: np.ndarray, draw: AugmentDraw) -> np.ndarray:
 
 # On the CPU a batch is augmented in chunks of this many images, side by side on single-threaded workers (one per
 # intra-op thread), instead of with torch's intra-op parallelism: a chunk's intermediates stay in the caches
-# (measured on 2 cores: 64 faces take about 30 ms in chunks of 8 to 24, 65 ms at once), and the few hundred
+# (measured on 2 cores: 64 faces take 30-45 ms in chunks of 8 to 24, 65 ms in one piece), and the few hundred
 # small ops of a batch do not each synchronise the OpenMP threads, which costs milliseconds per op as soon as
 # another process shares the cores (measured with another training running: 85 ms instead of 0.2 to 3 s per
 # 64 faces). A GPU takes the whole batch at once.
