@@ -170,6 +170,11 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             raise CheckpointError(f"{resume}: has no optimizer/scheduler state to resume from")
         model.load_state_dict(ckpt.state_dict)
         optimizer.load_state_dict(ckpt.optimizer)
+        for key in ("schedule", "warmup_epochs"):      # the scheduler state is a step count: the curve must match
+            saved = (ckpt.config or {}).get(key, getattr(TrainConfig, key))
+            if saved != getattr(cfg, key):
+                raise CheckpointError(f"{resume}: was trained with {key} {saved!r}, this run asks for "
+                                      f"{getattr(cfg, key)!r}: resume with the same --{key.replace('_', '-')}")
         if "lr_lambdas" not in ckpt.scheduler:
             raise CheckpointError(f"{resume}: its scheduler state is an older pfpld's epoch-stepped MultiStepLR, not "
                                   f"the per-step schedule: resume it with the pfpld version that wrote it")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from pfpld.checkpoint import load_checkpoint, load_model
+from pfpld.checkpoint import CheckpointError, load_checkpoint, load_model
 from pfpld.data.augment import AugmentConfig
 from pfpld.data.dataset import PreparedFaces
 from pfpld.evaluate import evaluate_model
@@ -128,6 +128,9 @@ def test_checkpoint_round_trip_and_exact_resume(prepared_dir, tmp_path):
     assert a.spec.options["width"] == 0.25 and a.contract.input_size == 112
     assert a.config["epochs"] == 2 and "torch" in a.versions
     assert len(list(csv.DictReader(open(first / "metrics.csv")))) == 2
+    # the scheduler state is a step count: resuming it on another learning-rate curve is refused, not silent
+    with pytest.raises(CheckpointError, match="schedule 'step', this run asks for 'cosine'"):
+        train(_cfg(prepared_dir, first, epochs=3, schedule="cosine"), resume=str(first / "last.pt"), progress=False)
 
 
 @pytest.mark.slow
