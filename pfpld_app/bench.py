@@ -323,6 +323,7 @@ def format_markdown(results: list[ModelBench], peak: float | None, how: str, set
 # The issue's targets for `pfpld train` against the bare step: the data pipeline may cost at most 15 % at width 0.25
 # and 5 % at width 1.0 (a bigger model leaves it relatively more time).
 END_TO_END_TARGETS = {0.25: 0.85, 1.0: 0.95}
+END_TO_END_EPOCHS = 3           # the first (start-up) is left out of the loop rate
 
 
 def train_images_per_s(model: str, width: float, batch_size: int = 64, steps: int = 8, warmup: int = 2,
@@ -362,7 +363,8 @@ class EndToEnd:
     width: float
     device: str
     bare_images_per_s: float        # mean of a measurement before and one after the training run
-    loop_images_per_s: float        # the train loop's own train_images_per_s, last epoch (augmentation on)
+    loop_images_per_s: float        # the train loop's own train_images_per_s (augmentation on), mean of the
+                                    # epochs after the first
     wall_images_per_s: float        # training images / wall time of the whole train() call: start-up, every
                                     # epoch's validation, checkpoints and plots included
 
@@ -374,22 +376,29 @@ class EndToEnd:
     def target(self) -> float | None:
         return END_TO_END_TARGETS.get(self.width) if self.device == "cpu" else None
 
+    def target_text(self) -> str:
+        if self.target is None:
+            return "-"
+        return f">= {self.target:.2f} ({'met' if self.ratio >= self.target else 'missed'})"
+
 
 def end_to_end(model: str, width: float, data: Path, work: Path, device: str, batch_size: int = 64,
-               epochs: int = 2) -> EndToEnd:
-    """Run `pfpld train` (the train() loop itself, default loader settings, augmentation on) on a prepared set,
-    with the bare step measured just before and after it."""
+               epochs: int = END_TO_END_EPOCHS) -> EndToEnd:
+    """Run `pfpld train` (the train() loop itself, default loader settings, augmentation on, fp32 like the bare
+    step) on a prepared set, with the bare step measured just before and after it."""
+    from pfpld.checkpoint import load_checkpoint
     from pfpld.train import TrainConfig, train
     before = train_images_per_s(model, width, batch_size, device=device)
     cfg = TrainConfig(data=str(data), out=str(work / f"run_{width}_{device}"), model=model, width=width,
-                      epochs=epochs, batch_size=batch_size, lr=1e-3, device=device)
+                      epochs=epochs, batch_size=batch_size, lr=1e-3, device=device, amp="off")
     start = time.perf_counter()
-    row = train(cfg, progress=False)
+    train(cfg, progress=False)
     wall = time.perf_counter() - start
     after = train_images_per_s(model, width, batch_size, device=device)
+    history = load_checkpoint(Path(cfg.out) / "last.pt").history
     return EndToEnd(width=width, device=device, bare_images_per_s=(before + after) / 2,
-                    loop_images_per_s=row["train_images_per_s"],
-                    wall_images_per_s=epochs * row["train_images"] / wall)
+                    loop_images_per_s=statistics.mean(h["train_images_per_s"] for h in history[1:]),
+                    wall_images_per_s=sum(h["train_images"] for h in history) / wall)
 
 
 def training_markdown(model: str, widths: tuple[float, ...], log: Callable[[str], None] = print,
@@ -416,17 +425,15 @@ def training_markdown(model: str, widths: tuple[float, ...], log: Callable[[str]
     train_faces = sum(v for k, v in summary.counts.items() if k.endswith("/train"))
     header = ["model", "device", "bare step (img/s)", "`pfpld train` loop (img/s)", "loop / bare", "target",
               "wall incl. validation (img/s)", "wall / bare"]
-    rows = [[f"{model} w{r.width}", f"{r.device} ({torch.get_num_threads()} threads)" if r.device == "cpu"
-             else torch.cuda.get_device_name(0), f"{r.bare_images_per_s:.1f}", f"{r.loop_images_per_s:.1f}",
-             f"{r.ratio:.2f}", "-" if r.target is None else (f">= {r.target:.2f} "
-                                                            f"({'met' if r.ratio >= r.target else 'missed'})"),
+    rows = [[f"{model} w{r.width}",
+             f"cpu ({torch.get_num_threads()} threads)" if r.device == "cpu" else torch.cuda.get_device_name(0),
+             f"{r.bare_images_per_s:.1f}", f"{r.loop_images_per_s:.1f}", f"{r.ratio:.2f}", r.target_text(),
              f"{r.wall_images_per_s:.1f}", f"{r.wall_images_per_s / r.bare_images_per_s:.2f}"] for r in results]
-    return "\n".join(["## Training throughput", "",
-                      f"Machine: {machine_line()}. Batch 64. The bare step is forward + backward + Adam on random "
-                      f"tensors (no data), the mean of a measurement just before and one just after the training run. "
-                      f"The loop rate is `pfpld train`'s own `train_images_per_s` (last of 2 epochs) on "
-                      f"{train_faces} prepared synthetic training faces with augmentation, default loader settings "
-                      f"(on the CPU no loader process: crops memory-mapped from crops.npy, augmentation batched on the "
-                      f"training device); the wall rate divides the training images by the whole train() call "
-                      f"(start-up, validation of {summary.total - train_faces} faces each epoch, checkpoints, plots).",
-                      ""] + markdown_table(header, rows)) + "\n"
+    how = (f"Machine: {machine_line()}. Batch 64. The bare step is forward + backward + Adam on random tensors (no "
+           f"data), the mean of a measurement just before and one just after the training run. The loop rate is "
+           f"`pfpld train`'s own `train_images_per_s` (mean of epochs 2 to {END_TO_END_EPOCHS}) on {train_faces} "
+           f"prepared synthetic training faces with augmentation and the default loader settings (on the CPU no loader "
+           f"process: crops memory-mapped from crops.npy, augmentation batched in the training process); the wall "
+           f"rate divides all training images by the whole train() call (start-up, validation of "
+           f"{summary.total - train_faces} faces each epoch, checkpoints, plots). fp32 on every device.")
+    return "\n".join(["## Training throughput", "", how, ""] + markdown_table(header, rows)) + "\n"
