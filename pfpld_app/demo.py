@@ -190,7 +190,8 @@ def run_demo(out: Path, recipe: DemoRecipe = DemoRecipe()) -> dict:
     click.secho("\n== results", bold=True)
     for label, path in [("synthetic data + contact sheet", synth_dir / "preview.png"),
                         ("prepared dataset", data_dir / "index.jsonl"),
-                        ("checkpoint (evaluated, exported)", ckpt), ("training metrics per epoch", run_dir / "metrics.csv"),
+                        ("checkpoint (evaluated, exported)", ckpt),
+                        ("training metrics per epoch", run_dir / "metrics.csv"),
                         ("training curves", run_dir / "curves.png"), ("metrics", out / "eval.json"),
                         ("predictions (green) vs truth (red)", out / "predict.png"),
                         ("export (onnx, caffe, ncnn + manifest)", export_dir / "manifest.json"),
