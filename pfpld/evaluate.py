@@ -65,30 +65,28 @@ class EvalReport:
     def table(self) -> str:
         def pct(v):
             return "   -  " if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:6.2f}"
+
+        def landmark_row(name, s):
+            auc = "    -   " if math.isnan(s["auc"]) else f"{s['auc']:8.4f}"
+            return f"{name:<22} {s['n']:>6} {pct(s['nme']):>7} {pct(s['failure_rate']):>9} {auc}"
+
+        def pose_row(name, p):
+            return f"{name:<22} {p['n']:>6} {p['yaw']:7.2f} {p['pitch']:7.2f} {p['roll']:7.2f} {p['mean']:8.2f}"
+
         rows = [f"{'subset':<22} {'faces':>6} {'NME %':>7} {'FR@0.1 %':>9} {'AUC@0.1':>8}"]
         for name, s in [("all", self.landmarks)] + [(f"source:{k}", v) for k, v in self.by_source.items()] + \
                 [(f"wflw:{k}", v) for k, v in self.by_attribute.items()]:
-            auc = "    -   " if math.isnan(s["auc"]) else f"{s['auc']:8.4f}"
-            rows.append(f"{name:<22} {s['n']:>6} {pct(s['nme']):>7} {pct(s['failure_rate']):>9} {auc}")
+            rows.append(landmark_row(name, s))
         if self.baseline:
-            s = self.baseline["landmarks"]
-            auc = "    -   " if math.isnan(s["auc"]) else f"{s['auc']:8.4f}"
-            rows.append(f"{'mean shape (baseline)':<22} {s['n']:>6} {pct(s['nme']):>7} {pct(s['failure_rate']):>9} "
-                        f"{auc}")
+            rows.append(landmark_row("mean shape (baseline)", self.baseline["landmarks"]))
             rows.append(f"model NME = {self.nme_vs_mean_shape:.2f} x the mean shape's (the training split's mean "
                         f"landmarks predicted for every face)")
         rows.append("")
         rows.append(f"{'pose (|angle|<=99)':<22} {'faces':>6} {'yaw':>7} {'pitch':>7} {'roll':>7} {'MAE deg':>8}")
         for name, p in [("all", self.pose)] + [(f"source:{k}", v) for k, v in self.pose_by_source.items()]:
-            if p.get("n", 0):
-                rows.append(f"{name:<22} {p['n']:>6} {p['yaw']:7.2f} {p['pitch']:7.2f} {p['roll']:7.2f} "
-                            f"{p['mean']:8.2f}")
-            else:
-                rows.append(f"{name:<22} {0:>6}   (no pose labels)")
-        p = self.baseline.get("pose", {})
-        if p.get("n", 0):
-            rows.append(f"{'mean pose (baseline)':<22} {p['n']:>6} {p['yaw']:7.2f} {p['pitch']:7.2f} {p['roll']:7.2f} "
-                        f"{p['mean']:8.2f}")
+            rows.append(pose_row(name, p) if p.get("n", 0) else f"{name:<22} {0:>6}   (no pose labels)")
+        if self.baseline.get("pose", {}).get("n", 0):
+            rows.append(pose_row("mean pose (baseline)", self.baseline["pose"]))
         return "\n".join(rows)
 
 
