@@ -22,6 +22,7 @@ from pfpld.fileio import check_output_folder, commit_output_folder, temporary_si
 from pfpld.models import build_model
 
 from . import stages as _builtin_formats  # noqa: F401  (registers convert's formats)
+from .deploy import export_runtimes, write_deploy
 from .artifacts import TOOL_PACKAGES, Manifest, StageRecord, file_records, sha256_of, write_manifest
 from .formats import ExportJob, ExportSource, Format, SourceRecord, missing_options, resolve_targets
 from .onnx_export import DEFAULT_OPSET, load_checked_onnx, read_metadata, spec_from_graph
@@ -174,6 +175,7 @@ def export(source: ExportSource, targets, out: Path, *, opset: int = DEFAULT_OPS
             records.append(record)
             if log:
                 log(f"  {fmt.name:<10} {record.seconds:6.2f} s  {', '.join(record.files.values())}")
+        write_deploy(tmp, source.spec, source.contract, export_runtimes(tmp, source.spec, records))
         manifest = Manifest(
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"), source=source.record,
             targets=sorted(set(targets)), spec=source.spec, contract=source.contract, stages=records,

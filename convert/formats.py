@@ -109,6 +109,7 @@ class Format:
     in_all: bool = True                   # part of `--target all`
     timed: bool = True                    # `pfpld bench` measures its latency (not for a simulation)
     runtime: str = ""                     # what runs it, for tables ("onnxruntime", "OpenCV dnn", ...)
+    device: str = ""                      # the deploy_cpp backend that runs its files ("ncnn"): deploy.json lists it
 
     @property
     def parity(self) -> bool:

@@ -126,9 +126,9 @@ register_format(Format(
 register_format(Format(
     "ncnn", "ncnn fp32", ncnn_export("ncnn", fp16=False), roles=("ncnn.param", "ncnn.bin", "ncnn.names"),
     needs=("onnxsim",), runner=ncnn_runner("ncnn"), tolerance=FP32_MAX_ABS, layer_tolerance=LAYER_REL_FP32,
-    runtime="ncnn"))
+    runtime="ncnn", device="ncnn"))
 register_format(Format(
     "ncnn-fp16", "ncnn fp16", ncnn_export("ncnn-fp16", fp16=True),
     roles=("ncnn-fp16.param", "ncnn-fp16.bin", "ncnn-fp16.names"), needs=("onnxsim",),
     runner=ncnn_runner("ncnn-fp16"), tolerance=FP16_MAX_ABS, layer_tolerance=LAYER_REL_FP16, in_all=False,
-    runtime="ncnn"))
+    runtime="ncnn", device="ncnn"))

@@ -92,8 +92,9 @@ def export_nnie(job: ExportJob) -> dict[str, Path]:
         root.mkdir()
         where = "nnie_sdk"
     manifest = nnie_mod.write_bundle(
-        root, task=task, net_files={"prototxt": prototxt, "caffemodel": caffemodel, "names": names_path}, nnie=net,
-        contract=contract, precision=opts.precision, calib_files=calib_set.files, test_crops=crops,
+        root, task=task, spec=source.spec,
+        net_files={"prototxt": prototxt, "caffemodel": caffemodel, "names": names_path}, nnie=net, contract=contract,
+        precision=opts.precision, calib_files=calib_set.files, test_crops=crops,
         float_outputs=per_test(float_out), swapped_outputs=per_test(swapped_out), sim_outputs=per_test(sim_out),
         internal_stride=opts.internal_stride,
         source={"export_source": source.record.to_dict(), "calibration": str(Path(opts.calib).resolve())})
@@ -161,4 +162,4 @@ register_format(Format(
     "ncnn-int8", "ncnn int8", export_ncnn_int8, roles=("ncnn-int8.param", "ncnn-int8.bin", "ncnn-int8.names",
                                                       "ncnn-int8.table"),
     needs=("ncnn",), runner=ncnn_int8_runner, int8=True, requires=("calib",), with_int8_flag=True, in_all=False,
-    runtime="ncnn"))
+    runtime="ncnn", device="ncnn"))

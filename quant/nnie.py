@@ -38,6 +38,7 @@ import numpy as np
 from google.protobuf import text_format
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from convert.deploy import nnie_entry, write_deploy
 from convert.export import sha256_of
 from convert.onnx2caffe import caffe_pb2
 from convert.onnx2caffe.context import from_blob
@@ -45,6 +46,7 @@ from pfpld.contract import PreprocessContract
 from pfpld.errors import ConversionError, one_line
 from pfpld.fileio import check_output_folder, commit_output_folder, temporary_sibling
 from pfpld.metrics import nme_per_face
+from pfpld.models.spec import ModelSpec
 
 from .nnie_sim import HP_SUFFIX, PRECISIONS
 
@@ -538,7 +540,7 @@ apart the two are.
 """
 
 
-def write_bundle(root: Path, *, task: str, net_files: dict[str, Path], nnie: NnieNet, contract: PreprocessContract,
+def write_bundle(root: Path, *, task: str, spec: ModelSpec, net_files: dict[str, Path], nnie: NnieNet, contract: PreprocessContract,
                  precision: str, calib_files: list[Path], test_crops: list[np.ndarray], float_outputs: list[dict],
                  swapped_outputs: list[dict], sim_outputs: list[dict], internal_stride: int, source: dict) -> dict:
     """Write the bundle into the (new, empty) folder root; returns its manifest."""
@@ -575,6 +577,7 @@ def write_bundle(root: Path, *, task: str, net_files: dict[str, Path], nnie: Nni
                                                                   np.reshape(ref["landmarks"], (1, -1)))[0]), 6)
         (planar_dir / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
         tests.append(f"{stem}.bgr")
+    write_deploy(model_dir, spec, contract, {"nnie": nnie_entry(task, nnie.input_blob, planes, nnie.outputs)})
     (root / "README.md").write_text(readme_text(task, precision, contract, cfgs, nnie.hp_layers, nnie.outputs,
                                                 len(calib_files), tests, nnie.input_blob, planes))
     files = {str(p.relative_to(root)): {"sha256": sha256_of(p), "size": p.stat().st_size}
