@@ -34,7 +34,8 @@ def ncnn_entry(format_name: str, files: dict[str, str], folder: Path, spec: Mode
         names = json.loads(names_file.read_text())
         return {"backend": "ncnn", "param": files[f"{format_name}.param"], "bin": files[f"{format_name}.bin"],
                 "input": names["inputs"][spec.input_name],
-                "outputs": {o.name: names["outputs"][o.name] for o in spec.outputs}}
+                "outputs": {o.name: names["outputs"][o.name] for o in spec.outputs},
+                "fp16": bool(names.get("fp16", False))}
     except (OSError, ValueError, KeyError) as exc:
         raise ConversionError(f"{names_file}: no ncnn blob name for {exc} (expected the map written by the ncnn "
                               f"stage)") from None

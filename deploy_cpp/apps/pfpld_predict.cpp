@@ -1,0 +1,119 @@
+// pfpld_predict: one image (PPM/PGM/BMP) and a face box -> landmarks in image pixels and the head pose, as JSON
+// with the keys of `pfpld predict --json`. The model comes from the deploy.json of an export folder (or NNIE
+// bundle). A user's mistake is one line on stderr and exit code 2.
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <sstream>
+#include <string>
+
+#include "pfpld/backend.hpp"
+#include "pfpld/config.hpp"
+#include "pfpld/error.hpp"
+#include "pfpld/image.hpp"
+#include "pfpld/preprocess.hpp"
+#ifdef PFPLD_WITH_NCNN
+#include "pfpld/ncnn_backend.hpp"
+#endif
+#ifdef PFPLD_WITH_NNIE
+#include "pfpld/nnie_backend.hpp"
+#endif
+
+namespace {
+
+const char* kUsage =
+    "usage: pfpld_predict DEPLOY_JSON_OR_FOLDER IMAGE --box X1,Y1,X2,Y2 [--runtime NAME] [--threads N] [--winograd]\n";
+
+pfpld::Box parse_box(const std::string& text) {
+    pfpld::Box b;
+    char c1, c2, c3;
+    std::istringstream in(text);
+    if (!(in >> b.x1 >> c1 >> b.y1 >> c2 >> b.x2 >> c3 >> b.y2) || c1 != ',' || c2 != ',' || c3 != ',' || !in.eof() ||
+        !(b.x2 > b.x1 && b.y2 > b.y1))
+        throw pfpld::Error("--box '" + text + "': expected X1,Y1,X2,Y2 in pixels with X1 < X2 and Y1 < Y2");
+    return b;
+}
+
+std::string number(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.9g", v);
+    return buf;
+}
+
+std::unique_ptr<pfpld::Backend> make_backend(const pfpld::DeployConfig& config, const std::string& runtime, int threads,
+                                             bool winograd) {
+    const std::string& backend = config.runtime(runtime).backend;
+#ifdef PFPLD_WITH_NCNN
+    if (backend == "ncnn") return pfpld::make_ncnn_backend(config, runtime, pfpld::NcnnOptions{threads, winograd});
+#endif
+#ifdef PFPLD_WITH_NNIE
+    if (backend == "nnie") return pfpld::make_nnie_backend(config, runtime);
+#endif
+    (void)threads;
+    (void)winograd;
+    throw pfpld::Error("runtime '" + runtime + "' needs the " + backend + " backend, which this build does not include");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        std::string deploy, image_path, box_text, runtime;
+        int threads = 1;
+        bool winograd = false;
+        for (int i = 1; i < argc; ++i) {
+            std::string arg = argv[i];
+            auto value = [&](const char* name) {
+                if (i + 1 >= argc) throw pfpld::Error(std::string(name) + " needs a value");
+                return std::string(argv[++i]);
+            };
+            if (arg == "--box") box_text = value("--box");
+            else if (arg == "--runtime") runtime = value("--runtime");
+            else if (arg == "--threads") threads = std::atoi(value("--threads").c_str());
+            else if (arg == "--winograd") winograd = true;
+            else if (arg == "-h" || arg == "--help") { std::cout << kUsage; return 0; }
+            else if (!arg.empty() && arg[0] == '-') throw pfpld::Error("unknown option " + arg);
+            else if (deploy.empty()) deploy = arg;
+            else if (image_path.empty()) image_path = arg;
+            else throw pfpld::Error("unexpected argument " + arg);
+        }
+        if (deploy.empty() || image_path.empty() || box_text.empty()) {
+            std::cerr << kUsage;
+            return 2;
+        }
+        if (threads < 1) throw pfpld::Error("--threads: expected a positive number");
+        pfpld::DeployConfig config = pfpld::DeployConfig::load(deploy);
+        if (runtime.empty()) {
+            if (config.runtimes.empty()) throw pfpld::Error(config.path + ": no runtime this program can run");
+            runtime = config.runtimes.count("ncnn") ? "ncnn" : config.runtimes.begin()->first;
+        }
+        const pfpld::Box box = parse_box(box_text);
+        const pfpld::Image image = pfpld::read_image(image_path);
+        pfpld::FacePipeline pipeline(config, make_backend(config, runtime, threads, winograd));
+        const pfpld::FaceResult r = pipeline.predict(image, box);
+
+        std::ostringstream out;
+        out << "{\"box\": [" << number(box.x1) << ", " << number(box.y1) << ", " << number(box.x2) << ", " << number(box.y2)
+            << "], \"runtime\": \"" << runtime << "\", \"landmarks_px\": [";
+        for (size_t i = 0; i < r.landmarks_px.size(); ++i)
+            out << (i ? ", " : "") << "[" << number(r.landmarks_px[i].x) << ", " << number(r.landmarks_px[i].y) << "]";
+        out << "]";
+        if (r.has_pose) {
+            const char* names[3] = {"yaw", "pitch", "roll"};
+            out << ", \"pose_rad\": {";
+            for (int k = 0; k < 3; ++k) out << (k ? ", " : "") << "\"" << names[k] << "\": " << number(r.pose_rad[k]);
+            out << "}, \"pose_deg\": {";
+            for (int k = 0; k < 3; ++k) out << (k ? ", " : "") << "\"" << names[k] << "\": " << number(r.pose_deg[k]);
+            out << "}";
+        }
+        out << "}\n";
+        std::cout << out.str();
+        return 0;
+    } catch (const pfpld::Error& e) {
+        std::cerr << "error: " << e.what() << "\n";
+        return 2;
+    } catch (const std::exception& e) {
+        std::cerr << "error: " << e.what() << "\n";
+        return 1;
+    }
+}

@@ -1,0 +1,63 @@
+// deploy.json, the file `pfpld export` writes in every export folder and NNIE bundle (convert/deploy.py): the
+// preprocessing contract, the model's outputs by name and kind, and the files and blob names of each runtime.
+// Nothing here re-types a value of the Python side; everything comes from that file.
+#pragma once
+#include <array>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace pfpld {
+
+struct CropRule {
+    std::string box_source;   // what the box was measured on in training ("landmark_extent")
+    double expand = 0.0;      // side of the square = expand * max(box w, box h)
+    double shift_y = 0.0;     // centre shift, as a fraction of the side (down is +)
+};
+
+struct Contract {
+    int input_size = 0;
+    std::string color_order;          // "RGB" or "BGR": channel order of the network input
+    double scale = 0.0;               // input = (pixel - mean) * scale, in float32
+    std::array<double, 3> mean{};     // per network channel (in color_order)
+    CropRule crop;
+    std::string layout;               // "NCHW"
+};
+
+struct OutputSpec {
+    std::string name;                 // the spec's name ("landmarks", "pose")
+    std::string kind;                 // "landmarks": K points x,y in [0,1] of the crop; "pose": yaw, pitch, roll
+                                      // in radians; "": anything else (returned raw)
+    std::vector<int> shape;           // without the batch dimension
+    std::string meaning;
+    size_t count() const;             // number of values
+};
+
+struct RuntimeFiles {
+    std::string backend;                          // "ncnn", "nnie"
+    std::map<std::string, std::string> files;     // "param", "bin", "wk": paths made absolute on load
+    std::string input;                            // the runtime's blob name of the input
+    std::map<std::string, std::string> outputs;   // spec output name -> the runtime's blob name
+    std::vector<std::string> planes;              // nnie: planar input plane order (the cfg's RGB_order)
+    double s32_scale = 0.0;                       // nnie: report blob value = s32 / s32_scale
+    bool fp16 = false;                            // ncnn: fp16 weights and arithmetic allowed (ncnn-fp16)
+};
+
+struct DeployConfig {
+    std::string path;                 // the deploy.json read
+    std::string model;
+    Contract contract;
+    std::string input_name;
+    std::vector<int> input_shape;     // N, C, H, W
+    std::vector<OutputSpec> outputs;
+    std::map<std::string, RuntimeFiles> runtimes;   // "ncnn", "ncnn-int8", "nnie", ...
+
+    // Reads deploy.json (or the deploy.json inside a folder). Throws pfpld::Error naming the file and the key.
+    static DeployConfig load(const std::string& path);
+    static DeployConfig parse(const std::string& json_text, const std::string& where, const std::string& base_dir);
+
+    const OutputSpec& output(const std::string& name) const;
+    const RuntimeFiles& runtime(const std::string& name) const;
+};
+
+}  // namespace pfpld

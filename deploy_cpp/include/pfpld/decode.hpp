@@ -1,0 +1,48 @@
+// From the network's outputs, looked up by the spec's names, to what a caller wants: landmarks in image pixels
+// (through the inverse of the crop matrix), the pose in degrees; and NNIE's S32 report blobs to float.
+#pragma once
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "pfpld/config.hpp"
+#include "pfpld/preprocess.hpp"
+
+namespace pfpld {
+
+// Raw outputs of one forward pass, by the spec's output names.
+struct Outputs {
+    std::map<std::string, std::vector<float>> values;
+    const std::vector<float>& get(const std::string& name) const;   // throws naming the missing output
+};
+
+struct Point {
+    double x = 0, y = 0;
+};
+
+struct FaceResult {
+    std::vector<Point> landmarks_px;            // first "landmarks" output, image pixels (empty if none)
+    std::vector<Point> landmarks_crop;          // the same in [0,1] of the crop
+    bool has_pose = false;
+    std::array<double, 3> pose_rad{};           // yaw, pitch, roll
+    std::array<double, 3> pose_deg{};
+    Outputs raw;                                // every output, by name
+};
+
+// K points x0,y0,x1,y1,... in [0,1] of the crop -> image pixels (PreprocessContract.points_from_crop).
+std::vector<Point> landmarks_to_image(const Contract& contract, const std::vector<float>& values,
+                                      const Affine& crop_matrix);
+std::array<double, 3> radians_to_degrees(const std::array<double, 3>& radians);
+
+// Checks every output has the spec's size, then decodes each by its kind.
+FaceResult decode(const DeployConfig& config, Outputs outputs, const Affine& crop_matrix);
+
+// NNIE S32 blob (num x chn x height x width, each row `stride_bytes` long, aligned) -> float values / scale, the
+// padding skipped: num * chn * height * width floats.
+std::vector<float> s32_blob_to_float(const int32_t* blob, size_t num, size_t chn, size_t height, size_t width,
+                                     size_t stride_bytes, double scale);
+
+}  // namespace pfpld

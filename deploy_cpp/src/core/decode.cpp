@@ -1,0 +1,76 @@
+#include "pfpld/decode.hpp"
+#include "pfpld/backend.hpp"
+
+#include <cmath>
+
+#include "pfpld/error.hpp"
+
+namespace pfpld {
+
+const std::vector<float>& Outputs::get(const std::string& name) const {
+    auto it = values.find(name);
+    if (it == values.end()) throw Error("no output named '" + name + "' in this forward pass");
+    return it->second;
+}
+
+std::vector<Point> landmarks_to_image(const Contract& contract, const std::vector<float>& values, const Affine& crop_matrix) {
+    if (values.size() % 2 != 0) throw Error("landmarks: odd number of values (" + std::to_string(values.size()) + ")");
+    const Affine inv = crop_matrix.inverse();
+    std::vector<Point> points(values.size() / 2);
+    for (size_t i = 0; i < points.size(); ++i) {
+        const double qx = double(values[2 * i]) * contract.input_size, qy = double(values[2 * i + 1]) * contract.input_size;
+        const auto p = inv.apply(qx, qy);
+        points[i] = {p[0], p[1]};
+    }
+    return points;
+}
+
+std::array<double, 3> radians_to_degrees(const std::array<double, 3>& radians) {
+    const double k = 180.0 / 3.14159265358979323846;
+    return {radians[0] * k, radians[1] * k, radians[2] * k};
+}
+
+FaceResult decode(const DeployConfig& config, Outputs outputs, const Affine& crop_matrix) {
+    FaceResult result;
+    for (const auto& spec : config.outputs) {
+        const std::vector<float>& v = outputs.get(spec.name);
+        if (v.size() != spec.count())
+            throw Error(config.path + ": output '" + spec.name + "' has " + std::to_string(v.size()) + " values, expected " +
+                        std::to_string(spec.count()));
+        if (spec.kind == "landmarks" && result.landmarks_px.empty()) {
+            result.landmarks_px = landmarks_to_image(config.contract, v, crop_matrix);
+            for (size_t i = 0; i + 1 < v.size(); i += 2) result.landmarks_crop.push_back({v[i], v[i + 1]});
+        } else if (spec.kind == "pose" && !result.has_pose) {
+            result.has_pose = true;
+            result.pose_rad = {v[0], v[1], v[2]};
+            result.pose_deg = radians_to_degrees(result.pose_rad);
+        }
+    }
+    result.raw = std::move(outputs);
+    return result;
+}
+
+std::vector<float> s32_blob_to_float(const int32_t* blob, size_t num, size_t chn, size_t height, size_t width,
+                                     size_t stride_bytes, double scale) {
+    if (stride_bytes < width * sizeof(int32_t) || stride_bytes % sizeof(int32_t) != 0)
+        throw Error("S32 blob: stride " + std::to_string(stride_bytes) + " bytes cannot hold a row of " +
+                    std::to_string(width) + " values");
+    if (!(scale > 0)) throw Error("S32 blob: scale must be > 0");
+    const size_t stride = stride_bytes / sizeof(int32_t);
+    std::vector<float> out;
+    out.reserve(num * chn * height * width);
+    for (size_t row = 0; row < num * chn * height; ++row)
+        for (size_t x = 0; x < width; ++x) out.push_back(float(double(blob[row * stride + x]) / scale));
+    return out;
+}
+
+FacePipeline::FacePipeline(DeployConfig config, std::unique_ptr<Backend> backend)
+    : config_(std::move(config)), backend_(std::move(backend)) {}
+
+FaceResult FacePipeline::predict(const Image& image, const Box& box) {
+    Affine matrix;
+    Image crop = crop_face(config_.contract, image, box, &matrix);
+    return decode(config_, backend_->infer(crop), matrix);
+}
+
+}  // namespace pfpld
