@@ -27,10 +27,11 @@ class Prediction:
     box: tuple[float, float, float, float]
 
     def to_dict(self) -> dict:
-        return {"box": list(self.box), "landmarks_px": np.round(self.points_px, 3).tolist(),
+        # Full precision: deploy_cpp's end-to-end test compares its own numbers with these within 1e-3.
+        return {"box": list(self.box), "landmarks_px": np.asarray(self.points_px, np.float64).tolist(),
                 "pose_rad": {"yaw": float(self.pose_rad[0]), "pitch": float(self.pose_rad[1]),
                              "roll": float(self.pose_rad[2])},
-                "pose_deg": dict(zip(("yaw", "pitch", "roll"), np.degrees(self.pose_rad).round(3).tolist()))}
+                "pose_deg": dict(zip(("yaw", "pitch", "roll"), np.degrees(self.pose_rad).tolist()))}
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:

@@ -89,6 +89,7 @@ int main(int argc, char** argv) {
         }
         const pfpld::Box box = parse_box(box_text);
         const pfpld::Image image = pfpld::read_image(image_path);
+        pfpld::check_box(box, image.width, image.height);
         pfpld::FacePipeline pipeline(config, make_backend(config, runtime, threads, winograd));
         const pfpld::FaceResult r = pipeline.predict(image, box);
 

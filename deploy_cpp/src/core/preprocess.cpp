@@ -85,7 +85,7 @@ Image warp_affine(const Image& src, const Affine& matrix, int out_width, int out
     M[2] = b1;
     M[5] = b2;
 
-    std::vector<int> adelta(size_t(out_width)), bdelta(size_t(out_width));
+    std::vector<int> adelta(static_cast<size_t>(out_width)), bdelta(static_cast<size_t>(out_width));
     for (int x = 0; x < out_width; ++x) {
         adelta[size_t(x)] = round_int(M[0] * x * kAbScale);
         bdelta[size_t(x)] = round_int(M[3] * x * kAbScale);

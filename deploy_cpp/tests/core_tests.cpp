@@ -1,0 +1,186 @@
+// The core library against the Python side's own outputs (fixtures written by make_fixtures.py).
+#include <algorithm>
+#include <cstring>
+
+#include "check.hpp"
+#include "pfpld/config.hpp"
+#include "pfpld/decode.hpp"
+#include "pfpld/error.hpp"
+#include "pfpld/image.hpp"
+#include "pfpld/preprocess.hpp"
+
+using nlohmann::json;
+
+namespace {
+
+pfpld::Affine affine_of(const json& values) {
+    pfpld::Affine a;
+    for (size_t i = 0; i < 6; ++i) a.m[i] = values.at(i).get<double>();
+    return a;
+}
+
+pfpld::Box box_of(const json& v) { return {v[0].get<double>(), v[1].get<double>(), v[2].get<double>(), v[3].get<double>()}; }
+
+size_t differing(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
+    if (a.size() != b.size()) return std::max(a.size(), b.size());
+    size_t n = 0;
+    for (size_t i = 0; i < a.size(); ++i) n += a[i] != b[i];
+    return n;
+}
+
+// The contract the fixtures were cut with: the deploy.json of their model's export.
+pfpld::Contract fixture_contract(const json& index) {
+    return pfpld::DeployConfig::load(index.at("deploy").get<std::string>()).contract;
+}
+
+void images(const json& index, const std::string&) {
+    for (const auto& rec : index.at("images")) {
+        const pfpld::Image image = pfpld::read_image(rec.at("file").get<std::string>());
+        const auto expected = check::read_bytes(rec.at("bgr").get<std::string>());
+        CHECK_MSG(image.width == rec.at("width").get<int>() && image.height == rec.at("height").get<int>(), rec.at("file"));
+        CHECK_MSG(image.channels == 3 && image.pixels == expected, rec.at("file") << ": pixels differ from cv2.imread");
+        std::cout << "  " << rec.at("file").get<std::string>() << ": " << image.width << "x" << image.height << " equal\n";
+    }
+}
+
+void warp(const json& index, const std::string&) {
+    size_t total = 0, bad = 0;
+    for (const auto& rec : index.at("warps")) {
+        const pfpld::Image src = pfpld::read_image(rec.at("src").get<std::string>());
+        const pfpld::Image out = pfpld::warp_affine(src, affine_of(rec.at("matrix")), rec.at("width"), rec.at("height"));
+        const auto expected = check::read_bytes(rec.at("expected").get<std::string>());
+        const size_t n = differing(out.pixels, expected);
+        CHECK_MSG(n == 0, rec.at("expected") << ": " << n << " bytes differ from cv2.warpAffine");
+        total += expected.size();
+        bad += n;
+    }
+    std::cout << "  " << index.at("warps").size() << " warps, " << total << " bytes, " << bad << " differ from cv2.warpAffine\n";
+}
+
+void crop(const json& index, const std::string&) {
+    const pfpld::Contract contract = fixture_contract(index);
+    for (const auto& rec : index.at("faces")) {
+        const pfpld::Image image = pfpld::read_image(rec.at("image").get<std::string>());
+        pfpld::Affine matrix;
+        const pfpld::Image out = pfpld::crop_face(contract, image, box_of(rec.at("box")), &matrix);
+        const pfpld::Affine expected = affine_of(rec.at("matrix"));
+        for (size_t k = 0; k < 6; ++k)
+            CHECK_MSG(matrix.m[k] == expected.m[k], rec.at("image") << ": matrix[" << k << "] " << matrix.m[k] << " != " << expected.m[k]);
+        const size_t n = differing(out.pixels, check::read_bytes(rec.at("crop").get<std::string>()));
+        CHECK_MSG(n == 0, rec.at("image") << ": " << n << " crop bytes differ from PreprocessContract.crop_image");
+        std::cout << "  " << rec.at("image").get<std::string>() << ": matrix and crop equal\n";
+    }
+}
+
+void pack(const json& index, const std::string&) {
+    const pfpld::Contract contract = fixture_contract(index);
+    for (const auto& rec : index.at("faces")) {
+        pfpld::Image crop(contract.input_size, contract.input_size, 3);
+        crop.pixels = check::read_bytes(rec.at("crop").get<std::string>());
+        const auto planes = rec.at("planes").get<std::vector<std::string>>();
+        for (const auto& p : rec.at("planar")) {
+            const size_t stride = pfpld::aligned_stride(size_t(contract.input_size), p.at("align").get<size_t>());
+            CHECK(stride == p.at("stride").get<size_t>());
+            std::vector<uint8_t> buffer(3 * stride * size_t(contract.input_size), 0xAB);
+            pfpld::pack_planar_u8(crop, planes, buffer.data(), stride);
+            CHECK_MSG(buffer == check::read_bytes(p.at("file").get<std::string>()), p.at("file") << ": planar U8 differs");
+        }
+        const auto chw = pfpld::pack_float_chw(contract, crop);
+        const auto expected = check::read_array<float>(rec.at("chw").get<std::string>());
+        CHECK(chw.size() == expected.size());
+        double worst = 0;
+        for (size_t i = 0; i < std::min(chw.size(), expected.size()); ++i) worst = std::max(worst, double(std::fabs(chw[i] - expected[i])));
+        CHECK_MSG(worst <= 1e-6, rec.at("chw") << ": float input differs by " << worst);
+        std::cout << "  " << rec.at("crop").get<std::string>() << ": planar U8 equal at every stride, float max diff " << worst << "\n";
+    }
+}
+
+void decode(const json& index, const std::string&) {
+    const pfpld::DeployConfig config = pfpld::DeployConfig::load(index.at("deploy").get<std::string>());
+    for (const auto& rec : index.at("faces")) {
+        pfpld::Outputs outputs;
+        for (auto it = rec.at("ncnn_outputs").begin(); it != rec.at("ncnn_outputs").end(); ++it)
+            outputs.values[it.key()] = check::read_array<float>(it.value().get<std::string>());
+        const pfpld::FaceResult r = pfpld::decode(config, outputs, affine_of(rec.at("matrix")));
+        const auto& expected = rec.at("decoded");
+        double worst_px = 0, worst_deg = 0;
+        CHECK(r.landmarks_px.size() == expected.at("landmarks_px").size());
+        for (size_t i = 0; i < std::min(r.landmarks_px.size(), expected.at("landmarks_px").size()); ++i) {
+            worst_px = std::max(worst_px, std::fabs(r.landmarks_px[i].x - expected["landmarks_px"][i][0].get<double>()));
+            worst_px = std::max(worst_px, std::fabs(r.landmarks_px[i].y - expected["landmarks_px"][i][1].get<double>()));
+        }
+        CHECK(r.has_pose);
+        for (int k = 0; k < 3; ++k) worst_deg = std::max(worst_deg, std::fabs(r.pose_deg[k] - expected["pose_deg"][k].get<double>()));
+        // Python rounds the pixels to float32 (PreprocessContract.points_from_crop): 1e-4 px covers that.
+        CHECK_MSG(worst_px <= 1e-4 && worst_deg <= 1e-9, rec.at("image") << ": " << worst_px << " px, " << worst_deg << " deg");
+        std::cout << "  " << rec.at("image").get<std::string>() << ": landmarks within " << worst_px << " px, pose within "
+                  << worst_deg << " deg of Python's decoding\n";
+    }
+}
+
+void s32(const json& index, const std::string&) {
+    for (const auto& rec : index.at("s32")) {
+        const auto blob = check::read_array<int32_t>(rec.at("file").get<std::string>());
+        const auto values = pfpld::s32_blob_to_float(blob.data(), rec.at("num"), rec.at("chn"), rec.at("height"), rec.at("width"),
+                                                     rec.at("stride"), rec.at("scale").get<double>());
+        const auto expected = check::read_array<float>(rec.at("expected").get<std::string>());
+        CHECK_MSG(values == expected, rec.at("file") << ": S32 decoding differs");
+        std::cout << "  " << rec.at("file").get<std::string>() << ": " << values.size() << " values equal (stride "
+                  << rec.at("stride").get<int>() << " bytes)\n";
+    }
+}
+
+void errors(const json& index, const std::string& folder) {
+    using pfpld::Error;
+    const std::string tmp = folder + "/bad";
+    std::system(("mkdir -p '" + tmp + "'").c_str());
+    auto write = [&](const std::string& name, const std::string& text) {
+        std::ofstream(tmp + "/" + name, std::ios::binary) << text;
+        return tmp + "/" + name;
+    };
+    check::expect_error<Error>([&] { pfpld::read_image(tmp + "/missing.ppm"); }, "missing.ppm: cannot open");
+    check::expect_error<Error>([&] { pfpld::read_image(write("header.ppm", "P6\n12 x\n255\n")); }, "no height");
+    check::expect_error<Error>([&] { pfpld::read_image(write("maxval.ppm", "P6\n2 2\n65535\n")); }, "maxval 65535");
+    check::expect_error<Error>([&] { pfpld::read_image(write("short.ppm", "P6\n4 4\n255\nabc")); }, "truncated");
+    check::expect_error<Error>([&] { pfpld::read_image(write("short.bmp", "BM" + std::string(60, '\0'))); }, "BMP");
+    check::expect_error<Error>([&] { pfpld::read_image(write("text.jpg", "\xff\xd8\xff")); }, "not a PPM, PGM or BMP");
+    const pfpld::Contract contract = fixture_contract(index);
+    const pfpld::Image image(64, 48, 3);
+    check::expect_error<Error>([&] { pfpld::crop_face(contract, image, {70, 10, 90, 30}); }, "does not overlap the 64x48 image");
+    check::expect_error<Error>([&] { pfpld::crop_face(contract, image, {30, 10, 20, 30}); }, "is empty");
+    // deploy.json without a key, and broken: each names the file and the key.
+    {
+        std::ifstream in(index.at("deploy").get<std::string>());
+        json good = json::parse(in);
+        json no_expand = good;
+        no_expand["contract"]["crop"].erase("expand");
+        check::expect_error<Error>([&] { pfpld::DeployConfig::load(write("deploy_no_expand.json", no_expand.dump())); },
+                                   "no key 'contract.crop.expand'");
+        json no_blob = good;
+        no_blob["runtimes"]["ncnn"]["outputs"].erase("pose");
+        check::expect_error<Error>([&] { pfpld::DeployConfig::load(write("deploy_no_blob.json", no_blob.dump())); },
+                                   "runtimes.ncnn.outputs has no blob for output 'pose'");
+        json wrong_type = good;
+        wrong_type["contract"]["input_size"] = "112";
+        check::expect_error<Error>([&] { pfpld::DeployConfig::load(write("deploy_type.json", wrong_type.dump())); },
+                                   "'contract.input_size' has the wrong type");
+        const pfpld::DeployConfig config = pfpld::DeployConfig::load(index.at("deploy").get<std::string>());
+        check::expect_error<Error>([&] { config.runtime("nnie"); }, "no runtime 'nnie'");
+        pfpld::Outputs short_outputs;
+        short_outputs.values["landmarks"] = std::vector<float>(10);
+        short_outputs.values["pose"] = std::vector<float>(3);
+        check::expect_error<Error>([&] { pfpld::decode(config, short_outputs, pfpld::Affine{{1, 0, 0, 0, 1, 0}}); },
+                                   "output 'landmarks' has 10 values, expected");
+    }
+    check::expect_error<Error>([&] { pfpld::DeployConfig::load(write("broken.json", "{\"format\": ")); }, "not valid JSON");
+    check::expect_error<Error>([&] { pfpld::DeployConfig::load(tmp + "/nowhere.json"); }, "nowhere.json: cannot open");
+    std::vector<int32_t> blob(4);
+    check::expect_error<Error>([&] { pfpld::s32_blob_to_float(blob.data(), 1, 1, 1, 4, 8, 4096); }, "stride 8 bytes");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    return check::run(argc, argv, {{"images", images}, {"warp", warp}, {"crop", crop}, {"pack", pack},
+                                   {"decode", decode}, {"s32", s32}, {"errors", errors}});
+}
