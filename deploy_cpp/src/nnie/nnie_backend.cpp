@@ -75,7 +75,6 @@ public:
     MmzBuffer& operator=(const MmzBuffer&) = delete;
 
     uint8_t* data() { return virt_; }
-    HI_U32 size() const { return size_; }
     HI_U64 phys(HI_U32 offset = 0) const { return phys_ + offset; }
     HI_U64 virt(HI_U32 offset = 0) const { return static_cast<HI_U64>(reinterpret_cast<uintptr_t>(virt_ + offset)); }
     SVP_MEM_INFO_S info() const {
@@ -105,13 +104,15 @@ public:
         std::ifstream in(path, std::ios::binary | std::ios::ate);
         if (!in) throw Error(path + ": cannot open the .wk (nnie_mapper_12 writes it from the cfg in the same folder)");
         const std::streamoff size = in.tellg();
-        if (size <= 0 || size > std::streamoff(UINT32_MAX)) throw Error(path + ": not a .wk (size " + std::to_string(size) + ")");
+        if (size <= 0 || size > std::streamoff(UINT32_MAX))
+            throw Error(path + ": not a .wk (size " + std::to_string(size) + ")");
         file_ = std::make_unique<MmzBuffer>("pfpld_wk", HI_U32(size), false);
         in.seekg(0);
         if (!in.read(reinterpret_cast<char*>(file_->data()), size)) throw Error(path + ": read failed");
         SVP_SRC_MEM_INFO_S buffer = file_->info();
         check(HI_MPI_SVP_NNIE_LoadModel(&buffer, &model_), "HI_MPI_SVP_NNIE_LoadModel",
-              path + " (a .wk from the NNIE 1.2 mapper, nnie_mapper_12, for this chip? a mapper 1.1 .wk fails on SDK 1.2)");
+              path + " (a .wk from the NNIE 1.2 mapper, nnie_mapper_12, for this chip? A mapper 1.1 .wk fails on "
+              "SDK 1.2)");
     }
     ~WkModel() { HI_MPI_SVP_NNIE_UnloadModel(&model_); }
     WkModel(const WkModel&) = delete;
@@ -145,8 +146,8 @@ HI_U32 element_bytes(SVP_BLOB_TYPE_E type) {
     return type == SVP_BLOB_TYPE_S32 || type == SVP_BLOB_TYPE_VEC_S32 || type == SVP_BLOB_TYPE_SEQ_S32 ? 4 : 1;
 }
 
-// A blob of one image shaped as the node, its rows `align`-byte aligned as the sample's SAMPLE_SVP_NNIE_GetBlobMemSize
-// does for every node (feature maps, VEC_S32 vectors and the U8 image alike); no address yet.
+// A blob of one image shaped as the node, each row `align`-byte aligned as the sample's SAMPLE_SVP_NNIE_GetBlobMemSize
+// aligns every node (the U8 image, S32 feature maps and VEC_S32 vectors alike); no address yet.
 SVP_BLOB_S blob_for(const SVP_NNIE_NODE_S& node, HI_U32 align) {
     SVP_BLOB_S blob{};
     blob.enType = node.enType;
@@ -179,7 +180,7 @@ public:
             throw Error("NNIE core " + std::to_string(options.core_id) + ": this chip has cores 0.." +
                         std::to_string(int(SVP_NNIE_ID_BUTT) - 1));
         if (options.blob_align_bytes != 16 && options.blob_align_bytes != 32)
-            throw Error("NNIE blob alignment " + std::to_string(options.blob_align_bytes) + ": expected 16 or 32 bytes");
+            throw Error("NNIE blob alignment " + std::to_string(options.blob_align_bytes) + ": expected 16 or 32");
         auto wk = files_.files.find("wk");
         if (wk == files_.files.end()) throw Error(where + " names no .wk");
 
@@ -190,8 +191,9 @@ public:
             throw Error(path + ": a functional-simulation .wk (from <task>_func.cfg); the board runs the one from "
                         "<task>_inst.cfg");
         if (model.u32NetSegNum != 1 || model.astSeg[0].enNetType != SVP_NNIE_NET_TYPE_CNN)
-            throw Error(path + ": " + std::to_string(model.u32NetSegNum) + " segments; this backend runs single-segment "
-                        "CNN models such as PFPLD");
+            throw Error(path + ": " + std::to_string(model.u32NetSegNum) + " segment(s), the first of net type " +
+                        std::to_string(int(model.astSeg[0].enNetType)) + "; this backend runs one-segment CNN "
+                        "models (net type 0) such as PFPLD");
         const SVP_NNIE_SEG_S& seg = model.astSeg[0];
 
         const SVP_NNIE_NODE_S& input = seg.astSrcNode[0];
@@ -233,9 +235,10 @@ public:
         input_ = std::make_unique<MmzBuffer>("pfpld_input", blob_bytes(src_), true);
         place_blob(&src_, *input_, 0);
         HI_U32 dst_bytes = 0;   // every output node gets a blob, one after the other: the forward pass writes them all
+        dst_.resize(seg.u16DstNum);
         for (unsigned i = 0; i < seg.u16DstNum; ++i) {
-            dst_.push_back(blob_for(seg.astDstNode[i], align));
-            dst_bytes += blob_bytes(dst_.back());
+            dst_[i] = blob_for(seg.astDstNode[i], align);
+            dst_bytes += blob_bytes(dst_[i]);
         }
         outputs_ = std::make_unique<MmzBuffer>("pfpld_output", dst_bytes, true);
         HI_U32 offset = 0;
@@ -286,19 +289,21 @@ private:
               "HI_MPI_SVP_NNIE_Forward", wk_->path());
         HI_BOOL finished = HI_FALSE;
         HI_S32 ret;
-        while ((ret = HI_MPI_SVP_NNIE_Query(ctrl_.enNnieId, handle, &finished, HI_TRUE)) == HI_ERR_SVP_NNIE_QUERY_TIMEOUT)
+        while ((ret = HI_MPI_SVP_NNIE_Query(ctrl_.enNnieId, handle, &finished, HI_TRUE)) ==
+               HI_ERR_SVP_NNIE_QUERY_TIMEOUT)
             usleep(useconds_t(options_.query_sleep_us));
         check(ret, "HI_MPI_SVP_NNIE_Query", wk_->path());
-        if (!finished) throw Error("HI_MPI_SVP_NNIE_Query: returned before the forward pass of " + wk_->path() + " finished");
+        if (!finished) throw Error("HI_MPI_SVP_NNIE_Query: returned before the forward pass of " + wk_->path() +
+                                   " ended");
         outputs_->flush();   // invalidate: read what the NNIE wrote, not stale cache lines
 
         Outputs outputs;
         for (const auto& spec : config_.outputs) {
             const SVP_DST_BLOB_S& blob = dst_[output_index_.at(spec.name)];
             const auto& whc = blob.unShape.stWhc;
-            outputs.values[spec.name] =
-                s32_blob_to_float(reinterpret_cast<const int32_t*>(static_cast<uintptr_t>(blob.u64VirAddr)), blob.u32Num,
-                                  whc.u32Chn, whc.u32Height, whc.u32Width, blob.u32Stride, files_.s32_scale);
+            const auto* s32 = reinterpret_cast<const int32_t*>(static_cast<uintptr_t>(blob.u64VirAddr));
+            outputs.values[spec.name] = s32_blob_to_float(s32, blob.u32Num, whc.u32Chn, whc.u32Height, whc.u32Width,
+                                                          blob.u32Stride, files_.s32_scale);
         }
         return outputs;
     }
@@ -308,8 +313,8 @@ private:
     std::string runtime_;
     NnieOptions options_;
     std::map<std::string, unsigned> output_index_;   // spec output name -> dst node index
-    // Declared in the order they are needed, so they are released in reverse: the task buffer is removed from the
-    // driver before it is freed, every buffer is freed before the model is unloaded, the model before its file.
+    // Released in the reverse of this order: the task buffer leaves the driver's record before it is freed, and the
+    // buffers go before the model is unloaded.
     std::unique_ptr<WkModel> wk_;
     std::unique_ptr<MmzBuffer> task_, tmp_, input_, outputs_;
     SVP_SRC_BLOB_S src_{};
@@ -320,7 +325,8 @@ private:
 
 }  // namespace
 
-std::unique_ptr<Backend> make_nnie_backend(const DeployConfig& config, const std::string& runtime, const NnieOptions& options) {
+std::unique_ptr<Backend> make_nnie_backend(const DeployConfig& config, const std::string& runtime,
+                                           const NnieOptions& options) {
     return std::make_unique<NnieBackend>(config, runtime, options);
 }
 
