@@ -8,7 +8,7 @@ PFPLD  := $(VENV)/bin/pfpld
 DEMO_OUT ?= runs/demo
 W1_OUT   ?= runs/w1
 
-.PHONY: venv demo test bench model-long model-w1 clean
+.PHONY: venv demo test pytest cpp-test bench model-long model-w1 clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,27 @@ venv: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PFPLD) demo --out $(DEMO_OUT)
 
-test: $(VENV)/.installed
+test: pytest cpp-test
+
+pytest: $(VENV)/.installed
 	$(PY) -m pytest -q tests
+
+# deploy_cpp: ncnn's C++ library built once into ~/.cache/pfpld/ncnn (deploy_cpp/tools/build_ncnn.sh), the host
+# build with the ncnn backend and its ctest (fixtures written by the Python side), then the core library and its
+# tests cross-built for 32- and 64-bit ARM and run under qemu on the host build's fixtures.
+CPP_BUILD := build/deploy_cpp
+CPP_CROSS := arm-linux-gnueabihf aarch64-linux-gnu
+cpp-test: $(VENV)/.installed
+	deploy_cpp/tools/debian_deps.sh
+	ncnn_dir=$$(PYTHON=$(PY) deploy_cpp/tools/build_ncnn.sh) && \
+	  cmake -S deploy_cpp -B $(CPP_BUILD)/host -Dncnn_DIR="$$ncnn_dir" -DPFPLD_WITH_NCNN=ON -DPFPLD_PYTHON=$(abspath $(PY))
+	cmake --build $(CPP_BUILD)/host -j2
+	cd $(CPP_BUILD)/host && ctest --output-on-failure
+	for t in $(CPP_CROSS); do \
+	  cmake -S deploy_cpp -B $(CPP_BUILD)/$$t -DCMAKE_TOOLCHAIN_FILE=cmake/toolchains/$$t.cmake -DPFPLD_WITH_NCNN=OFF \
+	    -DPFPLD_FIXTURES=$(abspath $(CPP_BUILD))/host/fixtures && \
+	  cmake --build $(CPP_BUILD)/$$t -j2 && (cd $(CPP_BUILD)/$$t && ctest --output-on-failure) || exit 1; \
+	done
 
 # One table of every registered format (`pfpld bench`) plus training throughput. Trained checkpoints replace the
 # random weights of their width and add the accuracy delta: the demo's (width 0.25) and `make model-w1`'s (width 1.0).

@@ -1,5 +1,7 @@
 #include "pfpld/config.hpp"
 
+#include <sys/stat.h>
+
 #include <fstream>
 #include <sstream>
 
@@ -46,9 +48,9 @@ std::string folder_of(const std::string& path) {
     return slash == std::string::npos ? std::string(".") : path.substr(0, slash);
 }
 
-bool is_directory_like(const std::string& path) {
-    std::ifstream probe(path + "/deploy.json");
-    return probe.good();
+bool is_directory(const std::string& path) {
+    struct stat info;
+    return stat(path.c_str(), &info) == 0 && S_ISDIR(info.st_mode);
 }
 
 }  // namespace
@@ -60,9 +62,10 @@ size_t OutputSpec::count() const {
 }
 
 DeployConfig DeployConfig::load(const std::string& path) {
-    std::string file = is_directory_like(path) ? path + "/deploy.json" : path;
+    const std::string file = is_directory(path) ? path + "/deploy.json" : path;
     std::ifstream in(file, std::ios::binary);
-    if (!in) throw Error(file + ": cannot open (expected deploy.json from `pfpld export`, or its folder)");
+    if (!in || is_directory(file))
+        throw Error(file + ": cannot open (expected deploy.json from `pfpld export`, or the folder that holds it)");
     std::stringstream text;
     text << in.rdbuf();
     return parse(text.str(), file, folder_of(file));
