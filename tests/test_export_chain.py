@@ -104,6 +104,25 @@ def test_ncnn_name_map_points_at_the_spec_outputs(random_export, width):
         assert np.abs(raw[blob].reshape(-1) - reference[spec_name].reshape(-1)).max() < 1e-5, spec_name
 
 
+def test_deploy_json_lists_every_device_runtime_from_the_same_records(random_export):
+    """deploy.json, what deploy_cpp reads: the manifest's contract, the spec's outputs by name and kind, and every
+    ncnn-run format with its files and its own blob names (deploy_cpp's ctest runs it against Python ncnn)."""
+    out, _ = random_export(0.25)
+    manifest = json.loads((out / "manifest.json").read_text())
+    deploy = json.loads((out / "deploy.json").read_text())
+    assert deploy["format"] == "pfpld-deploy" and deploy["model"] == "pfpld"
+    assert deploy["contract"] == manifest["contract"] and deploy["input"] == {"name": "input",
+                                                                              "shape": [1, 3, 112, 112]}
+    assert [(o["name"], o["kind"], o["shape"]) for o in deploy["outputs"]] == [
+        (o["name"], o["kind"], o["shape"]) for o in manifest["spec"]["outputs"]]
+    assert set(deploy["runtimes"]) == {s["name"] for s in manifest["stages"] if s["name"].startswith("ncnn")}
+    for name, runtime in deploy["runtimes"].items():
+        names = json.loads((out / f"pfpld.{name}.names.json").read_text())
+        assert runtime == {"backend": "ncnn", "param": f"pfpld.{name}.param", "bin": f"pfpld.{name}.bin",
+                           "input": names["inputs"]["input"], "outputs": names["outputs"], "fp16": names["fp16"]}
+    assert manifest["files"]["deploy.json"]["sha256"]       # covered by the manifest like every other file
+
+
 class TwoHeads(nn.Module):
     """Two outputs of the same size, listed in the graph in the opposite order to the one they are computed in:
     only values, not positions or sizes, can tell pnnx's out0 / out1 apart."""

@@ -285,7 +285,19 @@ def test_nnie_export_writes_a_checked_sdk_bundle(calib_set, tmp_path):
     bundle = out / "nnie_sdk"
     model_dir = bundle / "data" / "nnie_model" / "pfpld"
     assert {p.name for p in model_dir.iterdir()} == {"pfpld.prototxt", "pfpld.caffemodel", "pfpld_inst.cfg",
-                                                      "pfpld_func.cfg", "image_list.txt", "pfpld.names.json"}
+                                                      "pfpld_func.cfg", "image_list.txt", "pfpld.names.json",
+                                                      "deploy.json"}
+    # What deploy_cpp's NNIE backend reads: the contract as exported, the .wk the inst cfg makes, the plane order of
+    # the cfg's RGB_order, the report blob of every output by name, S32 / 4096.
+    deploy = json.loads((model_dir / "deploy.json").read_text())
+    assert deploy["format"] == "pfpld-deploy" and deploy["contract"] == manifest["contract"]
+    assert [(o["name"], o["kind"]) for o in deploy["outputs"]] == [("landmarks", "landmarks"), ("pose", "pose")]
+    instruction = next(line.split()[1] for line in (model_dir / "pfpld_inst.cfg").read_text().splitlines()
+                       if line.startswith("[instruction_name]"))
+    assert deploy["runtimes"] == {"nnie": {"backend": "nnie", "wk": f"{Path(instruction).name}.wk", "input": "input",
+                                           "planes": ["R", "G", "B"],
+                                           "outputs": {"landmarks": "landmarks_hp", "pose": "pose_hp"},
+                                           "s32_scale": 4096}}
     listed = (model_dir / "image_list.txt").read_text().split()
     assert len(listed) == 12 and all((model_dir / p).is_file() for p in listed)
     bundle_manifest = json.loads((bundle / "manifest.json").read_text())

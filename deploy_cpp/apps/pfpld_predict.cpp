@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <memory>
 #include <sstream>
 #include <string>
 
@@ -22,7 +23,9 @@
 namespace {
 
 const char* kUsage =
-    "usage: pfpld_predict DEPLOY_JSON_OR_FOLDER IMAGE --box X1,Y1,X2,Y2 [--runtime NAME] [--threads N] [--winograd]\n";
+    "usage: pfpld_predict DEPLOY_JSON_OR_FOLDER IMAGE --box X1,Y1,X2,Y2 [--runtime NAME] [--threads N] [--winograd]\n"
+    "                     [--init-mpp]   (NNIE builds: set up the MPP system as the SDK samples do, for a board\n"
+    "                                     where no other program has)\n";
 
 pfpld::Box parse_box(const std::string& text) {
     pfpld::Box b;
@@ -60,7 +63,7 @@ int main(int argc, char** argv) {
     try {
         std::string deploy, image_path, box_text, runtime;
         int threads = 1;
-        bool winograd = false;
+        bool winograd = false, init_mpp = false;
         for (int i = 1; i < argc; ++i) {
             std::string arg = argv[i];
             auto value = [&](const char* name) {
@@ -71,6 +74,7 @@ int main(int argc, char** argv) {
             else if (arg == "--runtime") runtime = value("--runtime");
             else if (arg == "--threads") threads = std::atoi(value("--threads").c_str());
             else if (arg == "--winograd") winograd = true;
+            else if (arg == "--init-mpp") init_mpp = true;
             else if (arg == "-h" || arg == "--help") { std::cout << kUsage; return 0; }
             else if (!arg.empty() && arg[0] == '-') throw pfpld::Error("unknown option " + arg);
             else if (deploy.empty()) deploy = arg;
@@ -90,6 +94,12 @@ int main(int argc, char** argv) {
         const pfpld::Box box = parse_box(box_text);
         const pfpld::Image image = pfpld::read_image(image_path);
         pfpld::check_box(box, image.width, image.height);
+#ifdef PFPLD_WITH_NNIE
+        std::unique_ptr<pfpld::NnieMppSystem> mpp;
+        if (init_mpp) mpp = std::make_unique<pfpld::NnieMppSystem>();
+#else
+        if (init_mpp) throw pfpld::Error("--init-mpp: this build has no NNIE backend");
+#endif
         pfpld::FacePipeline pipeline(config, make_backend(config, runtime, threads, winograd));
         const pfpld::FaceResult r = pipeline.predict(image, box);
 

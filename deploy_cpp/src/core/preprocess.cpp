@@ -11,7 +11,7 @@ namespace pfpld {
 namespace {
 
 // OpenCV's fixed-point constants for bilinear warps on 8-bit images (imgproc: AB_BITS, INTER_BITS,
-// INTER_REMAP_COEF_BITS); pfpld/resample.py names the same numbers.
+// INTER_REMAP_COEF_BITS).
 constexpr int kAbBits = 10;                       // sub-pixel bits of the running coordinates
 constexpr int kAbScale = 1 << kAbBits;
 constexpr int kInterBits = 5;                     // 32 interpolation positions per pixel
