@@ -8,7 +8,8 @@ with the runtime's default options, that latency as a share of this core's measu
 to a reference measured in the same run: the same module exported by a plain `torch.onnx.export` and run by
 onnxruntime. No absolute time is a target: machines differ (FACTS section 10). `--training` adds the training
 throughput section: the bare training step against the end-to-end `pfpld train` loop, measured in the same run.
-Written to bench/results.md.
+Beside the Python ncnn row, the C++ side (deploy_cpp's pfpld_bench, when built) runs the same ncnn files on the
+same face, in alternation with Python ncnn, and times its preprocessing per face. Written to bench/results.md.
 """
 from __future__ import annotations
 
@@ -136,11 +137,29 @@ class BenchRow:
 
 
 @dataclass
+class CppComparison:
+    """deploy_cpp's ncnn backend against Python ncnn on the same files, face and options; otherwise status is the
+    one line that says why not."""
+    model: str
+    status: str = "ok"
+    python_ms: dict[int, float] = field(default_factory=dict)
+    cpp_ms: dict[int, float] = field(default_factory=dict)
+    cpp_preprocess_us: float | None = None      # crop_face + pack_float_chw, one face
+    python_preprocess_us: float | None = None   # contract.crop_image + to_tensor_layout (cv2, numpy), one face
+
+
+@dataclass
 class ModelBench:
     label: str
     macs: float
     rows: list[BenchRow]
     accuracy_note: str
+    cpp: CppComparison | None = None            # None: no ncnn export to compare
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CPP_BENCH = "pfpld_bench"                       # built by `make cpp-test` into build/deploy_cpp/host
+CPP_FORMAT = "ncnn"                             # the fp32 ncnn files, deploy.json's runtime "ncnn"
 
 
 @dataclass
@@ -151,6 +170,7 @@ class BenchSettings:
     n_parity: int = 4
     heldout: int = 256
     formats: tuple[str, ...] | None = None      # None: every registered target
+    cpp_build: Path = REPO_ROOT / "build" / "deploy_cpp" / "host"
 
 
 def plain_onnx_reference(module, spec, folder: Path) -> Path:
@@ -166,7 +186,7 @@ def plain_onnx_reference(module, spec, folder: Path) -> Path:
 
 
 def bench_model(source, label: str, work: Path, calib: Path, settings: BenchSettings, data: Path | None,
-                trained: bool, log: Callable[[str], None]) -> ModelBench:
+                trained: bool, face: "BenchFace", log: Callable[[str], None]) -> ModelBench:
     from convert.artifacts import ExportFolder
     from convert.export import export
     from convert.formats import FORMATS, RunOptions, target_names
@@ -235,7 +255,8 @@ def bench_model(source, label: str, work: Path, calib: Path, settings: BenchSett
     note = (f"accuracy delta: NME points against the float model on {len(faces.x)} held-out faces ({faces.source}); "
             f"float NME {float_metrics.nme_pct:.2f}%" if faces is not None else
             "accuracy delta not measured: random weights (give a trained --ckpt and --data)")
-    return ModelBench(label, macs, rows, note)
+    cpp = compare_cpp_ncnn(exported, label, face, settings, log) if exported.has(CPP_FORMAT) else None
+    return ModelBench(label, macs, rows, note, cpp)
 
 
 def table_rows(results: list[ModelBench], threads: tuple[int, ...]) -> tuple[list[str], list[list[str]]]:
@@ -253,6 +274,117 @@ def table_rows(results: list[ModelBench], threads: tuple[int, ...]) -> tuple[lis
     return header, rows
 
 
+# --- the C++ side (deploy_cpp) beside Python ncnn ----------------------------------------------------------------
+@dataclass
+class BenchFace:
+    path: Path                                  # a PPM the C++ side reads
+    box: tuple[float, float, float, float]      # its landmark box: what the crop rule is measured on
+
+
+def bench_face(folder: Path, seed: int = 0) -> BenchFace:
+    """One synthetic face on a 640 x 480 picture, written as PPM, and its landmark box."""
+    import cv2
+    from pfpld.contract import landmark_box
+    from pfpld.data.synthetic import render_face
+    face = render_face(np.random.default_rng(seed), image_size=(640, 480))
+    path = folder / "face.ppm"
+    cv2.imwrite(str(path), face.image)
+    return BenchFace(path, landmark_box(face.points_98))
+
+
+def run_cpp_bench(binary: Path, export_folder: Path, face: BenchFace, threads: int, winograd: bool,
+                  seconds: float) -> dict:
+    """pfpld_bench's JSON line; RuntimeError with its one-line message when it fails."""
+    import json
+    command = [str(binary), str(export_folder), str(face.path), "--box", ",".join(f"{v:.3f}" for v in face.box),
+               "--runtime", CPP_FORMAT, "--threads", str(threads), "--seconds", str(seconds)]
+    run = subprocess.run(command + (["--winograd"] if winograd else []), capture_output=True, text=True,
+                         timeout=60 + 10 * seconds)
+    if run.returncode != 0:
+        raise RuntimeError(f"{binary.name} exit {run.returncode}: {(run.stderr.strip() or 'no message')[:200]}")
+    return json.loads(run.stdout)
+
+
+def compare_cpp_ncnn(exported, label: str, face: BenchFace, settings: BenchSettings,
+                     log: Callable[[str], None]) -> CppComparison:
+    """Python ncnn and pfpld_bench on the export's ncnn files and the same face crop, Winograd on as in the table,
+    at each thread count: two rounds in the order Python, C++, C++, Python, each keeping its faster median (another
+    process only ever slows a run down). Then the preprocessing of one face: C++ (from the same pfpld_bench runs)
+    and the Python contract's, at 1 thread."""
+    import cv2
+    from convert.formats import RunOptions
+    from convert.runtimes import process_threads
+    binary = settings.cpp_build / CPP_BENCH
+    if not binary.is_file():
+        return CppComparison(label, f"not measured: {binary} not found (build it with `make cpp-test`)")
+    contract = exported.contract
+    image = cv2.imread(str(face.path), cv2.IMREAD_COLOR)
+    x = contract.to_tensor_layout(contract.crop_image(image, face.box)[0])[None]
+    result = CppComparison(label)
+    cpp_preprocess = []
+    try:
+        for threads in settings.threads:
+            with process_threads(threads):
+                runner = exported.runner(CPP_FORMAT, RunOptions(threads=threads, winograd=True))
+                python, cpp = [], []
+                for side in ("python", "cpp", "cpp", "python"):     # a drift in the machine's load hits both
+                    if side == "python":
+                        python.append(median_latency_ms(runner.run, x, settings.budget_s, settings.min_runs))
+                    else:
+                        line = run_cpp_bench(binary, exported.folder, face, threads, True, settings.budget_s)
+                        cpp.append(line["infer_ms"]["median"])
+                        cpp_preprocess.append(line["preprocess_us"]["median"])
+                result.python_ms[threads], result.cpp_ms[threads] = min(python), min(cpp)
+                log(f"  {label} {'ncnn':<10} {threads}T {min(python):8.3f} ms (Python)  {min(cpp):8.3f} ms (C++)")
+    except (OSError, RuntimeError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
+        from pfpld.errors import one_line
+        return CppComparison(label, f"{label}: error: {one_line(exc, 200)}")
+    result.cpp_preprocess_us = min(cpp_preprocess)
+    with process_threads(1):
+        result.python_preprocess_us = 1e3 * median_latency_ms(
+            lambda img: contract.to_tensor_layout(contract.crop_image(img, face.box)[0]), image,
+            settings.budget_s / 4, min_runs=100)
+    log(f"  {label} preprocess per face {result.cpp_preprocess_us:.1f} us (C++)  "
+        f"{result.python_preprocess_us:.1f} us (Python)")
+    return result
+
+
+def cpp_table_rows(results: list[ModelBench], threads: tuple[int, ...]) -> tuple[list[str], list[list[str]],
+                                                                                  list[str]]:
+    """The C++ table's header and rows, and the lines that say why a model has none (each said once)."""
+    header = (["model"] + [f"Python ncnn {t}T (ms)" for t in threads] + [f"C++ ncnn {t}T (ms)" for t in threads]
+              + [f"C++ / Python {t}T" for t in threads] + ["C++ preprocess (us/face)", "Python preprocess (us/face)"])
+    rows, notes = [], []
+    for cmp in (res.cpp for res in results if res.cpp is not None):
+        if cmp.status != "ok":
+            if cmp.status not in notes:
+                notes.append(cmp.status)
+            continue
+        rows.append([cmp.model] + [f"{cmp.python_ms[t]:.3f}" for t in threads]
+                    + [f"{cmp.cpp_ms[t]:.3f}" for t in threads]
+                    + [f"{cmp.cpp_ms[t] / cmp.python_ms[t]:.2f}" for t in threads]
+                    + [f"{cmp.cpp_preprocess_us:.1f}", f"{cmp.python_preprocess_us:.1f}"])
+    return header, rows, notes
+
+
+def cpp_markdown(results: list[ModelBench], settings: BenchSettings) -> list[str]:
+    from pfpld.tables import markdown_table
+    header, rows, notes = cpp_table_rows(results, settings.threads)
+    notes = [f"- C++ ncnn {note}." for note in notes]
+    if not rows:
+        return notes
+    lines = ["", "### C++ ncnn (deploy_cpp) beside Python ncnn", "",
+             f"The `{CPP_FORMAT}` files of each export (fp32), Winograd on as in the table above, on the crop of one "
+             f"synthetic face (640 x 480 picture, its landmark box). Python: the table's runner (`ncnn` wheel); C++: "
+             f"`{CPP_BENCH}` (deploy_cpp's ncnn backend on ncnn's C++ library as deploy_cpp/tools/build_ncnn.sh builds "
+             f"it: one x86 variant, AVX2 + FMA, where the wheel picks its kernels at run time), its backend's infer "
+             f"on the crop, packing included. Each thread count: two rounds in the order Python, "
+             f"C++, C++, Python, the faster median of each kept. Preprocessing per face: the contract's crop and "
+             f"float packing, C++ (`crop_face` + `pack_float_chw`) against Python (`crop_image` + "
+             f"`to_tensor_layout`: cv2 and numpy) at 1 thread.", ""]
+    return lines + markdown_table(header, rows) + ([""] + notes if notes else [])
+
+
 def run_format_benchmark(sources: list[tuple[object, str, bool]], settings: BenchSettings | None = None,
                          data: Path | None = None, calib: Path | None = None,
                          log: Callable[[str], None] = print) -> tuple[list[ModelBench], float | None, str]:
@@ -264,7 +396,8 @@ def run_format_benchmark(sources: list[tuple[object, str, bool]], settings: Benc
         log(f"FMA peak: {peak} GFLOP/s ({how})")
         if calib is None:
             calib = synthetic_calibration(work / "calib", sources[0][0].contract)
-        results = [bench_model(source, label, work, calib, settings, data, trained, log)
+        face = bench_face(work)
+        results = [bench_model(source, label, work, calib, settings, data, trained, face, log)
                    for source, label, trained in sources]
         # Measured again at the end: a core shared with another process reads low once; the best of the two
         # is the closer bound.
@@ -316,6 +449,7 @@ def format_markdown(results: list[ModelBench], peak: float | None, how: str, set
     lines.append("")
     for res in results:
         lines.append(f"- {res.label}: {res.macs / 1e6:.1f} M multiply-adds; {res.accuracy_note}.")
+    lines += cpp_markdown(results, settings)
     return "\n".join(lines) + "\n"
 
 

@@ -437,13 +437,17 @@ def check_parity_cmd(export_dir, images, n, json_out, threads, seed, int8, calib
               "accuracy delta.")
 @click.option("--training", is_flag=True, help="Also measure training throughput: the bare step against the "
               "end-to-end `pfpld train` loop.")
+@click.option("--cpp-build", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="deploy_cpp build folder holding pfpld_bench, for the C++ ncnn columns (default: the repository's "
+              "build/deploy_cpp/host, which `make cpp-test` builds).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench/results.md"), show_default=True)
 @user_errors
-def bench(model, widths, ckpts, data, calib, formats, threads, budget, heldout, training, out):
+def bench(model, widths, ckpts, data, calib, formats, threads, budget, heldout, training, cpp_build, out):
     """One table of every registered format: status, size, parity, accuracy delta, latency at 1 and 2 threads,
     % of the FMA peak, and the ratio to a plain torch.onnx.export measured in the same run."""
     from convert.export import source_from_checkpoint, source_from_random_init
-    from .bench import BenchSettings, format_markdown, run_format_benchmark, table_rows, training_markdown
+    from .bench import (BenchSettings, cpp_table_rows, format_markdown, run_format_benchmark, table_rows,
+                        training_markdown)
     from pfpld.tables import text_table
     try:
         thread_counts = tuple(int(t) for t in threads.split(","))
@@ -461,9 +465,16 @@ def bench(model, widths, ckpts, data, calib, formats, threads, budget, heldout, 
             sources.append((source_from_random_init(model, width, seed=0), f"{model} w{width} (random)", False))
     settings = BenchSettings(threads=thread_counts, budget_s=budget, heldout=heldout,
                              formats=tuple(formats) or None)
+    if cpp_build is not None:
+        settings.cpp_build = cpp_build
     results, peak, how = run_format_benchmark(sources, settings, data=data, calib=calib, log=click.echo)
     header, rows = table_rows(results, thread_counts)
     click.echo("\n".join(text_table([header] + rows)))
+    cpp_header, cpp_rows, cpp_notes = cpp_table_rows(results, thread_counts)
+    if cpp_rows:
+        click.echo("\n" + "\n".join(text_table([cpp_header] + cpp_rows)))
+    for note in cpp_notes:
+        click.echo(f"C++ ncnn {note}")
     text = "# pfpld benchmark\n\n" + format_markdown(results, peak, how, settings)
     if training:
         text += "\n" + training_markdown(model, tuple(widths), log=click.echo)
