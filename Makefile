@@ -7,6 +7,8 @@ PY     := $(VENV)/bin/python
 PFPLD  := $(VENV)/bin/pfpld
 DEMO_OUT ?= runs/demo
 W1_OUT   ?= runs/w1
+CPP_BUILD := build/deploy_cpp
+CPP_CROSS := arm-linux-gnueabihf aarch64-linux-gnu
 
 .PHONY: venv demo test pytest cpp-test bench model-long model-w1 clean
 
@@ -30,8 +32,6 @@ pytest: $(VENV)/.installed
 # deploy_cpp: ncnn's C++ library built once into ~/.cache/pfpld/ncnn (deploy_cpp/tools/build_ncnn.sh), the host
 # build with the ncnn backend and its ctest (fixtures written by the Python side), then the core library and its
 # tests cross-built for 32- and 64-bit ARM and run under qemu on the host build's fixtures.
-CPP_BUILD := build/deploy_cpp
-CPP_CROSS := arm-linux-gnueabihf aarch64-linux-gnu
 cpp-test: $(VENV)/.installed
 	deploy_cpp/tools/debian_deps.sh
 	ncnn_dir=$$(PYTHON=$(PY) deploy_cpp/tools/build_ncnn.sh) && \
@@ -48,6 +48,7 @@ cpp-test: $(VENV)/.installed
 # random weights of their width and add the accuracy delta: the demo's (width 0.25) and `make model-w1`'s (width 1.0).
 # Held-out faces: W1's test split when present (the demo model never saw it), else the demo's.
 bench: $(VENV)/.installed
+	if [ -f $(CPP_BUILD)/host/CMakeCache.txt ]; then cmake --build $(CPP_BUILD)/host --target pfpld_bench -j2; fi
 	$(PFPLD) bench --training --out bench/results.md \
 	  $(if $(wildcard $(DEMO_OUT)/run/last.pt),--ckpt $(DEMO_OUT)/run/last.pt) \
 	  $(if $(wildcard $(W1_OUT)/run/last.pt),--ckpt $(W1_OUT)/run/last.pt --data $(W1_OUT)/prepared,\

@@ -28,16 +28,6 @@ const char* kUsage =
 
 using Clock = std::chrono::steady_clock;
 
-pfpld::Box parse_box(const std::string& text) {
-    pfpld::Box b;
-    char c1, c2, c3;
-    std::istringstream in(text);
-    if (!(in >> b.x1 >> c1 >> b.y1 >> c2 >> b.x2 >> c3 >> b.y2) || c1 != ',' || c2 != ',' || c3 != ',' || !in.eof() ||
-        !(b.x2 > b.x1 && b.y2 > b.y1))
-        throw pfpld::Error("--box '" + text + "': expected X1,Y1,X2,Y2 in pixels with X1 < X2 and Y1 < Y2");
-    return b;
-}
-
 std::string number(double v) {
     char buf[32];
     std::snprintf(buf, sizeof buf, "%.6g", v);
@@ -111,7 +101,7 @@ int main(int argc, char** argv) {
         if (!(seconds > 0)) throw pfpld::Error("--seconds: expected a positive number of seconds");
         const pfpld::DeployConfig config = pfpld::DeployConfig::load(deploy);
         const pfpld::Contract& contract = config.contract;
-        const pfpld::Box box = parse_box(box_text);
+        const pfpld::Box box = pfpld::parse_box(box_text, "--box");
         const pfpld::Image image = pfpld::read_image(image_path);
         pfpld::check_box(box, image.width, image.height);
         // Loads the model (and says which runtime is missing) before anything is timed.

@@ -27,16 +27,6 @@ const char* kUsage =
     "                     [--init-mpp]   (NNIE builds: set up the MPP system as the SDK samples do, for a board\n"
     "                                     where no other program has)\n";
 
-pfpld::Box parse_box(const std::string& text) {
-    pfpld::Box b;
-    char c1, c2, c3;
-    std::istringstream in(text);
-    if (!(in >> b.x1 >> c1 >> b.y1 >> c2 >> b.x2 >> c3 >> b.y2) || c1 != ',' || c2 != ',' || c3 != ',' || !in.eof() ||
-        !(b.x2 > b.x1 && b.y2 > b.y1))
-        throw pfpld::Error("--box '" + text + "': expected X1,Y1,X2,Y2 in pixels with X1 < X2 and Y1 < Y2");
-    return b;
-}
-
 std::string number(double v) {
     char buf[32];
     std::snprintf(buf, sizeof buf, "%.9g", v);
@@ -91,7 +81,7 @@ int main(int argc, char** argv) {
             if (config.runtimes.empty()) throw pfpld::Error(config.path + ": no runtime this program can run");
             runtime = config.runtimes.count("ncnn") ? "ncnn" : config.runtimes.begin()->first;
         }
-        const pfpld::Box box = parse_box(box_text);
+        const pfpld::Box box = pfpld::parse_box(box_text, "--box");
         const pfpld::Image image = pfpld::read_image(image_path);
         pfpld::check_box(box, image.width, image.height);
 #ifdef PFPLD_WITH_NNIE

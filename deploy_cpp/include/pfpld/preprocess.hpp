@@ -10,6 +10,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "pfpld/config.hpp"
@@ -28,6 +29,8 @@ struct Affine {
     Affine inverse() const;
 };
 
+// "X1,Y1,X2,Y2" in pixels -> Box; `what` names where the text came from in the error ("--box", a file:line).
+Box parse_box(const std::string& text, const std::string& what);
 // Checks the box is not empty and overlaps the image (a box partly outside is fine: the crop is padded with zero).
 void check_box(const Box& box, int image_width, int image_height);
 // Image pixels -> crop pixels. With context > 1 the crop keeps the pixel scale but covers context x the square.

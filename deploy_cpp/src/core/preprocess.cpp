@@ -48,6 +48,16 @@ Affine Affine::inverse() const {
     return Affine{{a, b, -(a * m[2] + b * m[5]), d, e, -(d * m[2] + e * m[5])}};
 }
 
+Box parse_box(const std::string& text, const std::string& what) {
+    Box b;
+    char c1 = 0, c2 = 0, c3 = 0;
+    std::istringstream in(text);
+    if (!(in >> b.x1 >> c1 >> b.y1 >> c2 >> b.x2 >> c3 >> b.y2) || c1 != ',' || c2 != ',' || c3 != ',' || !in.eof() ||
+        !(b.x2 > b.x1 && b.y2 > b.y1))
+        throw Error(what + " '" + text + "': expected X1,Y1,X2,Y2 in pixels with X1 < X2 and Y1 < Y2");
+    return b;
+}
+
 void check_box(const Box& box, int image_width, int image_height) {
     if (!(box.x2 > box.x1 && box.y2 > box.y1))
         throw Error("face box " + box_text(box) + " is empty: expected x1 < x2 and y1 < y2");
@@ -105,6 +115,23 @@ Image warp_affine(const Image& src, const Affine& matrix, int out_width, int out
             // Weights (1 - fy, fy) x (1 - fx, fx) in units of 2^-15: exact integers for 32 positions.
             const int w[4] = {(kInterTab - fy) * (kInterTab - fx) * 32, (kInterTab - fy) * fx * 32,
                               fy * (kInterTab - fx) * 32, fy * fx * 32};
+            uint8_t* o = out + size_t(x) * channels;
+            if (sx >= 0 && sy >= 0 && sx + 1 < width && sy + 1 < height) {   // all four taps inside
+                const uint8_t* p0 = src.row(int(sy)) + sx * channels;
+                const uint8_t* p1 = p0 + src.row_bytes();
+                auto tap = [&](int c) {
+                    const int sum = p0[c] * w[0] + p0[c + channels] * w[1] + p1[c] * w[2] + p1[c + channels] * w[3];
+                    return uint8_t(std::min((sum + (1 << (kCoefBits - 1))) >> kCoefBits, 255));
+                };
+                if (channels == 3) {        // the usual case, unrolled
+                    o[0] = tap(0);
+                    o[1] = tap(1);
+                    o[2] = tap(2);
+                } else {
+                    for (int c = 0; c < channels; ++c) o[c] = tap(c);
+                }
+                continue;
+            }
             const long ys[2] = {sy, sy + 1}, xs[2] = {sx, sx + 1};
             for (int c = 0; c < channels; ++c) {
                 int sum = 0;
@@ -114,7 +141,7 @@ Image warp_affine(const Image& src, const Affine& matrix, int out_width, int out
                         sum += int(src.row(int(yy))[xx * channels + c]) * w[k];
                 }
                 const int v = (sum + (1 << (kCoefBits - 1))) >> kCoefBits;
-                out[x * channels + c] = uint8_t(std::min(std::max(v, 0), 255));
+                o[c] = uint8_t(std::min(std::max(v, 0), 255));
             }
         }
     }
