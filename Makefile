@@ -46,10 +46,12 @@ cpp-test: $(VENV)/.installed
 
 # One table of every registered format (`pfpld bench`) plus training throughput. Trained checkpoints replace the
 # random weights of their width and add the accuracy delta: the demo's (width 0.25) and `make model-w1`'s (width 1.0).
-# Held-out faces: W1's test split when present (the demo model never saw it), else the demo's.
+# Held-out faces: W1's test split when present (the demo model never saw it), else the demo's. The int8 formats are
+# calibrated on the demo's calibration set when present (else on 32 synthetic crops: the report says which).
 bench: $(VENV)/.installed
 	if [ -f $(CPP_BUILD)/host/CMakeCache.txt ]; then cmake --build $(CPP_BUILD)/host --target pfpld_bench -j2; fi
 	$(PFPLD) bench --training --out bench/results.md \
+	  $(if $(wildcard $(DEMO_OUT)/calib/image_list.txt),--calib $(DEMO_OUT)/calib) \
 	  $(if $(wildcard $(DEMO_OUT)/run/last.pt),--ckpt $(DEMO_OUT)/run/last.pt) \
 	  $(if $(wildcard $(W1_OUT)/run/last.pt),--ckpt $(W1_OUT)/run/last.pt --data $(W1_OUT)/prepared,\
 	    $(if $(wildcard $(DEMO_OUT)/run/last.pt),--data $(DEMO_OUT)/prepared))

@@ -171,6 +171,7 @@ class BenchSettings:
     heldout: int = 256
     formats: tuple[str, ...] | None = None      # None: every registered target
     cpp_build: Path = REPO_ROOT / "build" / "deploy_cpp" / "host"
+    calibration: str = ""                       # what the int8 formats were calibrated on (for the report)
 
 
 def plain_onnx_reference(module, spec, folder: Path) -> Path:
@@ -396,6 +397,10 @@ def run_format_benchmark(sources: list[tuple[object, str, bool]], settings: Benc
         log(f"FMA peak: {peak} GFLOP/s ({how})")
         if calib is None:
             calib = synthetic_calibration(work / "calib", sources[0][0].contract)
+            settings.calibration = (f"{SYNTHETIC_CALIBRATION} synthetic crops of the bench's own (no --calib): the "
+                                    f"int8 deltas can differ from those of the checkpoint's own calibration set")
+        else:
+            settings.calibration = f"`{calib}` (--calib)"
         face = bench_face(work)
         results = [bench_model(source, label, work, calib, settings, data, trained, face, log)
                    for source, label, trained in sources]
@@ -412,7 +417,10 @@ def run_format_benchmark(sources: list[tuple[object, str, bool]], settings: Benc
     return results, peak, how
 
 
-def synthetic_calibration(folder: Path, contract, n: int = 32, seed: int = 0) -> Path:
+SYNTHETIC_CALIBRATION = 32
+
+
+def synthetic_calibration(folder: Path, contract, n: int = SYNTHETIC_CALIBRATION, seed: int = 0) -> Path:
     """A calibration set of synthetic faces (prepared, then chosen by `pfpld calib`'s rules) when none is given."""
     from pfpld.data.prepare import prepare_dataset
     from pfpld.data.synthetic import generate_dataset
@@ -445,6 +453,8 @@ def format_markdown(results: list[ModelBench], peak: float | None, how: str, set
              "The reference row is the same module exported by a plain `torch.onnx.export` and run by onnxruntime; "
              "`x reference` is its latency divided by the row's (above 1: faster). The NNIE row is a simulation "
              "(no board latency).", ""]
+    if settings.calibration:
+        lines += [f"int8 formats calibrated on {settings.calibration}.", ""]
     lines += markdown_table(header, rows)
     lines.append("")
     for res in results:
