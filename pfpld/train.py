@@ -40,6 +40,10 @@ from .plots import plot_training_curves
 from .progress import progress as progress_bar
 
 
+# What a checkpoint written before a setting existed was trained with.
+LEGACY_CONFIG = {"val_fraction": 0.0}
+
+
 @dataclass
 class TrainConfig:
     data: str
@@ -61,6 +65,7 @@ class TrainConfig:
     device: str = "auto"                # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
     amp: str = "auto"                   # auto | bf16 | fp16 | off (mixed precision on CUDA only)
     channels_last: bool = False
+    val_fraction: float = 0.05          # of the training split, held out to validate every epoch and pick best.pt
     loss: LossConfig = field(default_factory=LossConfig)
 
     def resolved_milestones(self) -> list[int]:
@@ -147,8 +152,11 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     model, spec, _ = build_model(cfg.model, width=cfg.width, input_size=header["contract"]["input_size"])
     contract = PreprocessContract.from_dict(header["contract"])   # the data was cropped by it: it is the model's
 
-    train_set = PreparedFaces(Path(cfg.data), "train", AugmentConfig() if cfg.augment else None, seed=cfg.seed)
-    val_set = PreparedFaces(Path(cfg.data), "test") if rank == 0 else None
+    # best.pt is chosen on faces held out of the training split, never on the test split that `pfpld eval` reports.
+    train_set = PreparedFaces(Path(cfg.data), "train", AugmentConfig() if cfg.augment else None, seed=cfg.seed,
+                              val_fraction=cfg.val_fraction)
+    val_set = (PreparedFaces(Path(cfg.data), "val", val_fraction=cfg.val_fraction)
+               if rank == 0 and cfg.val_fraction > 0 else None)
     if cfg.batch_size % world:
         raise InputError(f"--batch-size {cfg.batch_size} does not split evenly over {world} processes")
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
@@ -170,8 +178,9 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             raise CheckpointError(f"{resume}: has no optimizer/scheduler state to resume from")
         model.load_state_dict(ckpt.state_dict)
         optimizer.load_state_dict(ckpt.optimizer)
-        for key in ("schedule", "warmup_epochs"):      # the scheduler state is a step count: the curve must match
-            saved = (ckpt.config or {}).get(key, getattr(TrainConfig, key))
+        # The scheduler state is a step count: the curve must match; and so must the faces trained on.
+        for key in ("schedule", "warmup_epochs", "val_fraction"):
+            saved = (ckpt.config or {}).get(key, LEGACY_CONFIG.get(key, getattr(TrainConfig, key)))
             if saved != getattr(cfg, key):
                 raise CheckpointError(f"{resume}: was trained with {key} {saved!r}, this run asks for "
                                       f"{getattr(cfg, key)!r}: resume with the same --{key.replace('_', '-')}")
@@ -230,13 +239,15 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         sums = sums.cpu()
 
         if rank == 0:
-            lmk, pose_pred = predict_dataset(model, val_set, batch_size=64)
-            report = evaluate_predictions(val_set, lmk, pose_pred)
+            val = dict.fromkeys(("val_nme", "val_failure_rate", "val_auc", "val_pose_mae_deg"), float("nan"))
+            if val_set is not None:
+                lmk, pose_pred = predict_dataset(model, val_set, batch_size=64)
+                report = evaluate_predictions(val_set, lmk, pose_pred)
+                val = {"val_nme": report.landmarks["nme"], "val_failure_rate": report.landmarks["failure_rate"],
+                       "val_auc": report.landmarks["auc"], "val_pose_mae_deg": report.pose.get("mean", float("nan"))}
             row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(sums[0] / sums[3]),
                    "train_landmark_loss": float(sums[1] / sums[3]), "train_pose_loss": float(sums[2] / sums[3]),
-                   "val_nme": report.landmarks["nme"], "val_failure_rate": report.landmarks["failure_rate"],
-                   "val_auc": report.landmarks["auc"], "val_pose_mae_deg": report.pose.get("mean", float("nan")),
-                   "train_images": float(sums[3]), "train_images_per_s": float(sums[3]) / seconds,
+                   **val, "train_images": float(sums[3]), "train_images_per_s": float(sums[3]) / seconds,
                    "epoch_seconds": seconds}
             history.append(row)
             common = dict(state_dict=model.state_dict(), spec=spec, contract=contract, epoch=epoch + 1,
@@ -251,8 +262,9 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             if progress:
                 pose_mae = row["val_pose_mae_deg"]
                 pose_txt = "" if math.isnan(pose_mae) else f"  pose MAE {pose_mae:.2f} deg"
-                bar.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.3f}  "
-                          f"val NME {100 * row['val_nme']:.2f}%{pose_txt}  {row['train_images_per_s']:.0f} img/s")
+                val_txt = "" if math.isnan(row["val_nme"]) else f"  val NME {100 * row['val_nme']:.2f}%"
+                bar.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.3f}{val_txt}{pose_txt}  "
+                          f"{row['train_images_per_s']:.0f} img/s")
         if world > 1:
             dist.barrier()
     if world > 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -99,9 +100,12 @@ def prepare_data(out, wflw, lapa, w300lp, aflw2000, force):
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True,
               help="Mixed precision on CUDA (auto: bf16 where supported, else fp16 with a GradScaler; off on the CPU).")
 @click.option("--channels-last", is_flag=True, help="Channels-last memory format (faster convolutions on recent GPUs).")
+@click.option("--val-fraction", type=click.FloatRange(min=0, max=0.5), help="Part of the training split held out "
+              "to validate every epoch and choose best.pt (0: none, no best.pt); the test split stays for `pfpld "
+              "eval`.  [default: TrainConfig's, 0.05]")
 @user_errors
 def train(data, out, model, width, epochs, batch_size, lr, weight_decay, milestones, schedule, warmup_epochs, resume,
-          seed, workers,
+          seed, workers, val_fraction,
           wing_w, wing_epsilon, eye_weight, landmark_weight, pose_weight, no_augment, device, amp, channels_last):
     """Train a model on a prepared dataset (data-parallel when started with torchrun)."""
     from pfpld.losses import LossConfig
@@ -114,13 +118,17 @@ def train(data, out, model, width, epochs, batch_size, lr, weight_decay, milesto
                       lr=lr, weight_decay=weight_decay, milestones=ms, schedule=schedule, warmup_epochs=warmup_epochs,
                       seed=seed, workers=workers,
                       augment=not no_augment, device=device, amp=amp, channels_last=channels_last,
+                      **({} if val_fraction is None else {"val_fraction": val_fraction}),
                       loss=LossConfig(**{k: v for k, v in dict(
                           wing_w_px=wing_w, wing_epsilon_px=wing_epsilon, eye_weight=eye_weight,
                           landmark_weight=landmark_weight, pose_weight=pose_weight).items() if v is not None}))
     row = run_training(cfg, resume=str(resume) if resume else None)
     if row:
-        click.echo(f"done: epoch {row['epoch']}  val NME {100 * row['val_nme']:.2f}%  -> {out}/last.pt, "
-                   f"{out}/best.pt, {out}/metrics.csv")
+        if math.isnan(row["val_nme"]):
+            click.echo(f"done: epoch {row['epoch']} (no validation faces) -> {out}/last.pt, {out}/metrics.csv")
+        else:
+            click.echo(f"done: epoch {row['epoch']}  val NME {100 * row['val_nme']:.2f}%  -> {out}/last.pt, "
+                       f"{out}/best.pt, {out}/metrics.csv")
 
 
 @main.command("import")

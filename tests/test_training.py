@@ -12,7 +12,7 @@ from torch.utils.data import default_collate
 from pfpld.checkpoint import CheckpointError, load_checkpoint, load_model
 from pfpld.data.augment import AugmentConfig
 from pfpld.data.dataset import PreparedFaces
-from pfpld.evaluate import evaluate_model
+from pfpld.evaluate import evaluate_model, evaluate_predictions, predict_dataset
 from pfpld.losses import LossConfig
 from pfpld.models import build_model
 from pfpld.train import TrainConfig, train
@@ -121,7 +121,7 @@ def test_checkpoint_round_trip_and_exact_resume(prepared_dir, tmp_path):
     for k in a.state_dict:
         assert torch.equal(a.state_dict[k], b.state_dict[k]), k
     assert a.history[-1]["val_nme"] == b.history[-1]["val_nme"]
-    n_train = len(PreparedFaces(prepared_dir, "train"))
+    n_train = len(PreparedFaces(prepared_dir, "train", val_fraction=TrainConfig.val_fraction))
     steps = n_train // 32 if n_train >= 64 else math.ceil(n_train / 32)         # the scheduler steps per batch
     assert a.scheduler["last_epoch"] == b.scheduler["last_epoch"] == 2 * steps
     # round trip: spec, contract and record survive weights_only loading
@@ -145,10 +145,37 @@ def test_two_process_ddp_run_on_cpu(prepared_dir, tmp_path):
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt.config["world_size"] == 2
     assert ckpt.history[0]["train_images_per_s"] > 0
-    n_train = len(PreparedFaces(prepared_dir, "train"))
+    n_train = len(PreparedFaces(prepared_dir, "train", val_fraction=TrainConfig.val_fraction))
     # both processes trained: the all-reduced image count covers the whole (drop-last) epoch
     assert ckpt.history[0]["train_images"] >= n_train - 32
     assert not math.isnan(ckpt.history[0]["val_nme"])
+
+
+def test_validation_faces_are_held_out_of_the_training_split_and_choose_best(prepared_dir, tmp_path):
+    """best.pt is chosen on faces held out of the training split (never the test split eval reports): the held-out
+    rows are disjoint from those trained on, together they are the whole split, the same every time, and the
+    val_nme of best.pt is the NME of best.pt's own weights on exactly those faces. --val-fraction 0: no validation,
+    no best.pt."""
+    full = PreparedFaces(prepared_dir, "train")
+    kept = PreparedFaces(prepared_dir, "train", val_fraction=0.1)
+    held = PreparedFaces(prepared_dir, "val", val_fraction=0.1)
+    assert len(held) == max(1, round(0.1 * len(full))) and not set(held.array_rows) & set(kept.array_rows)
+    assert sorted([*held.array_rows, *kept.array_rows]) == sorted(full.array_rows)
+    assert not set(held.array_rows) & set(PreparedFaces(prepared_dir, "test").array_rows)
+    assert np.array_equal(PreparedFaces(prepared_dir, "val", val_fraction=0.1).array_rows, held.array_rows)
+    assert len(set(held.sources)) > 1                          # spread over the sources, not the first rows
+    train(_cfg(prepared_dir, tmp_path / "run", val_fraction=0.1), progress=False)
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert best.metrics["val_nme"] == min(h["val_nme"] for h in best.history)
+    model, _ = load_model(tmp_path / "run" / "best.pt")
+    lmk, pose = predict_dataset(model, held)
+    assert evaluate_predictions(held, lmk, pose).landmarks["nme"] == pytest.approx(best.metrics["val_nme"], rel=1e-5)
+    proc = subprocess.run(PFPLD + ["train", "--data", str(prepared_dir), "--out", str(tmp_path / "none"), "--width",
+                                   "0.25", "--epochs", "1", "--batch-size", "32", "--val-fraction", "0"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "no validation faces" in proc.stdout and not (tmp_path / "none" / "best.pt").exists()
+    assert math.isnan(load_checkpoint(tmp_path / "none" / "last.pt").history[0]["val_nme"])
 
 
 def test_eval_prints_the_mean_shape_baseline_beside_the_model(prepared_dir):

@@ -25,8 +25,24 @@ from .prepare import INDEX_FILE, iter_prepared, open_crop_array, read_prepared_h
 from .record import DatasetError
 
 
+def validation_rows(rows: np.ndarray, fraction: float) -> np.ndarray:
+    """The rows of the training split held out for validation: the max(1, round(fraction x n)) rows whose hash of the
+    row number is smallest. Fixed by the data alone (not the seed, the world size or the order of loading), spread
+    over the sources, disjoint from what is trained on."""
+    if fraction <= 0 or len(rows) == 0:
+        return rows[:0]
+    count = min(len(rows) - 1, max(1, round(fraction * len(rows))))
+    keys = (rows.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(11)   # Fibonacci hashing
+    return np.sort(rows[np.argsort(keys, kind="stable")[:count]])
+
+
 class PreparedFaces(Dataset):
-    def __init__(self, root: Path, split: str, augment: AugmentConfig | None = None, seed: int = 0):
+    """The faces of one split of a prepared folder. Splits: "train" and "test" as prepare-data wrote them, and "val":
+    the part of "train" that `val_fraction` holds out (validation_rows); with val_fraction > 0, "train" leaves it
+    out."""
+
+    def __init__(self, root: Path, split: str, augment: AugmentConfig | None = None, seed: int = 0,
+                 val_fraction: float = 0.0):
         self.root = Path(root)
         header = read_prepared_header(self.root)
         self.contract = PreprocessContract.from_dict(header["contract"])
@@ -34,7 +50,13 @@ class PreparedFaces(Dataset):
         self.augment = augment
         self.seed = seed
         self.epoch = 0
-        numbered = [(row, r) for row, r in enumerate(iter_prepared(self.root)) if r["split"] == split]
+        stored = "train" if split == "val" else split
+        numbered = [(row, r) for row, r in enumerate(iter_prepared(self.root)) if r["split"] == stored]
+        if split in ("train", "val") and val_fraction > 0:
+            held = set(validation_rows(np.array([row for row, _ in numbered], dtype=np.int64), val_fraction).tolist())
+            numbered = [(row, r) for row, r in numbered if (row in held) == (split == "val")]
+        elif split == "val":
+            raise DatasetError(f"{self.root}: split 'val' needs a validation fraction above 0")
         if not numbered:
             raise DatasetError(f"{self.root / INDEX_FILE}: no faces in split {split!r}")
         self.array_rows = np.array([row for row, _ in numbered], dtype=np.int64)     # rows of crops.npy
