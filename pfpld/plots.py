@@ -21,7 +21,12 @@ def plot_training_curves(history: list[dict], path: Path) -> None:
     axes[0].set_title("training loss")
     axes[0].set_yscale("log")
     axes[0].legend(fontsize=8)
-    axes[1].plot(epochs, [100 * h["val_nme"] for h in history], "o-", color="tab:green")
+    nme = [h["val_nme"] for h in history]
+    if any(not math.isnan(v) for v in nme):
+        axes[1].plot(epochs, [100 * v for v in nme], "o-", color="tab:green")
+    else:
+        axes[1].text(0.5, 0.5, "no validation faces\n(--val-fraction 0)", ha="center", va="center",
+                     transform=axes[1].transAxes)
     axes[1].set_title("validation NME (%)")
     pose = [h["val_pose_mae_deg"] for h in history]
     if any(not math.isnan(p) for p in pose):
