@@ -22,8 +22,8 @@ from pfpld.fileio import check_output_folder, commit_output_folder, temporary_si
 from pfpld.models import build_model
 
 from . import stages as _builtin_formats  # noqa: F401  (registers convert's formats)
-from .deploy import export_runtimes, write_deploy
 from .artifacts import TOOL_PACKAGES, Manifest, StageRecord, file_records, sha256_of, write_manifest
+from .deploy import export_runtimes, write_deploy
 from .formats import ExportJob, ExportSource, Format, SourceRecord, missing_options, resolve_targets
 from .onnx_export import DEFAULT_OPSET, load_checked_onnx, read_metadata, spec_from_graph
 from .runtimes import process_threads
