@@ -1,5 +1,4 @@
 #include "pfpld/decode.hpp"
-#include "pfpld/backend.hpp"
 
 #include <cmath>
 
@@ -62,15 +61,6 @@ std::vector<float> s32_blob_to_float(const int32_t* blob, size_t num, size_t chn
     for (size_t row = 0; row < num * chn * height; ++row)
         for (size_t x = 0; x < width; ++x) out.push_back(float(double(blob[row * stride + x]) / scale));
     return out;
-}
-
-FacePipeline::FacePipeline(DeployConfig config, std::unique_ptr<Backend> backend)
-    : config_(std::move(config)), backend_(std::move(backend)) {}
-
-FaceResult FacePipeline::predict(const Image& image, const Box& box) {
-    Affine matrix;
-    Image crop = crop_face(config_.contract, image, box, &matrix);
-    return decode(config_, backend_->infer(crop), matrix);
 }
 
 }  // namespace pfpld
