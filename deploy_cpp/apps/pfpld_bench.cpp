@@ -18,6 +18,7 @@
 #include "pfpld/image.hpp"
 #include "pfpld/ncnn_backend.hpp"
 #include "pfpld/preprocess.hpp"
+#include "face_args.hpp"
 
 namespace {
 
@@ -71,39 +72,26 @@ Timing time_runs(const std::function<void()>& run, double budget_s, size_t min_r
 }  // namespace
 
 int main(int argc, char** argv) {
-    try {
-        std::string deploy, image_path, box_text, runtime = "ncnn";
-        int threads = 1;
-        bool winograd = false;
+    return pfpld_app::run_main([&] {
         double seconds = 1.5;
-        for (int i = 1; i < argc; ++i) {
-            std::string arg = argv[i];
-            auto value = [&](const char* name) {
-                if (i + 1 >= argc) throw pfpld::Error(std::string(name) + " needs a value");
-                return std::string(argv[++i]);
-            };
-            if (arg == "--box") box_text = value("--box");
-            else if (arg == "--runtime") runtime = value("--runtime");
-            else if (arg == "--threads") threads = std::atoi(value("--threads").c_str());
-            else if (arg == "--winograd") winograd = true;
-            else if (arg == "--seconds") seconds = std::atof(value("--seconds").c_str());
-            else if (arg == "-h" || arg == "--help") { std::cout << kUsage; return 0; }
-            else if (!arg.empty() && arg[0] == '-') throw pfpld::Error("unknown option " + arg);
-            else if (deploy.empty()) deploy = arg;
-            else if (image_path.empty()) image_path = arg;
-            else throw pfpld::Error("unexpected argument " + arg);
+        const pfpld_app::FaceArgs args = pfpld_app::parse_face_args(argc, argv, [&](const std::string& arg, auto& value) {
+            if (arg != "--seconds") return false;
+            seconds = std::atof(value().c_str());
+            return true;
+        });
+        if (args.help) {
+            std::cout << kUsage;
+            return 0;
         }
-        if (deploy.empty() || image_path.empty() || box_text.empty()) {
-            std::cerr << kUsage;
-            return 2;
-        }
-        if (threads < 1) throw pfpld::Error("--threads: expected a positive number");
         if (!(seconds > 0)) throw pfpld::Error("--seconds: expected a positive number of seconds");
-        const pfpld::DeployConfig config = pfpld::DeployConfig::load(deploy);
+        const pfpld_app::FaceInputs in = pfpld_app::load_face_inputs(args);
+        const pfpld::DeployConfig& config = in.config;
         const pfpld::Contract& contract = config.contract;
-        const pfpld::Box box = pfpld::parse_box(box_text, "--box");
-        const pfpld::Image image = pfpld::read_image(image_path);
-        pfpld::check_box(box, image.width, image.height);
+        const pfpld::Box& box = in.box;
+        const pfpld::Image& image = in.image;
+        const std::string runtime = args.runtime.empty() ? "ncnn" : args.runtime;
+        const int threads = args.threads;
+        const bool winograd = args.winograd;
         // Loads the model (and says which runtime is missing) before anything is timed.
         std::unique_ptr<pfpld::Backend> backend =
             pfpld::make_ncnn_backend(config, runtime, pfpld::NcnnOptions{threads, winograd});
@@ -135,11 +123,5 @@ int main(int argc, char** argv) {
                   << ", \"preprocess_us\": " << preprocess.json(1e6) << ", \"warmup_runs\": " << warmup
                   << ", \"infer_ms\": " << infer.json(1e3) << "}\n";
         return 0;
-    } catch (const pfpld::Error& e) {
-        std::cerr << "error: " << e.what() << "\n";
-        return 2;
-    } catch (const std::exception& e) {
-        std::cerr << "error: " << e.what() << "\n";
-        return 1;
-    }
+    });
 }

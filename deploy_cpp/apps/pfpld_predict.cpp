@@ -13,6 +13,7 @@
 #include "pfpld/error.hpp"
 #include "pfpld/image.hpp"
 #include "pfpld/preprocess.hpp"
+#include "face_args.hpp"
 #ifdef PFPLD_WITH_NCNN
 #include "pfpld/ncnn_backend.hpp"
 #endif
@@ -50,48 +51,30 @@ std::unique_ptr<pfpld::Backend> make_backend(const pfpld::DeployConfig& config, 
 }  // namespace
 
 int main(int argc, char** argv) {
-    try {
-        std::string deploy, image_path, box_text, runtime;
-        int threads = 1;
-        bool winograd = false, init_mpp = false;
-        for (int i = 1; i < argc; ++i) {
-            std::string arg = argv[i];
-            auto value = [&](const char* name) {
-                if (i + 1 >= argc) throw pfpld::Error(std::string(name) + " needs a value");
-                return std::string(argv[++i]);
-            };
-            if (arg == "--box") box_text = value("--box");
-            else if (arg == "--runtime") runtime = value("--runtime");
-            else if (arg == "--threads") threads = std::atoi(value("--threads").c_str());
-            else if (arg == "--winograd") winograd = true;
-            else if (arg == "--init-mpp") init_mpp = true;
-            else if (arg == "-h" || arg == "--help") { std::cout << kUsage; return 0; }
-            else if (!arg.empty() && arg[0] == '-') throw pfpld::Error("unknown option " + arg);
-            else if (deploy.empty()) deploy = arg;
-            else if (image_path.empty()) image_path = arg;
-            else throw pfpld::Error("unexpected argument " + arg);
+    return pfpld_app::run_main([&] {
+        bool init_mpp = false;
+        const pfpld_app::FaceArgs args = pfpld_app::parse_face_args(argc, argv, [&](const std::string& arg, auto&) {
+            return arg == "--init-mpp" && (init_mpp = true);
+        });
+        if (args.help) {
+            std::cout << kUsage;
+            return 0;
         }
-        if (deploy.empty() || image_path.empty() || box_text.empty()) {
-            std::cerr << kUsage;
-            return 2;
-        }
-        if (threads < 1) throw pfpld::Error("--threads: expected a positive number");
-        pfpld::DeployConfig config = pfpld::DeployConfig::load(deploy);
+        pfpld_app::FaceInputs in = pfpld_app::load_face_inputs(args);
+        std::string runtime = args.runtime;
         if (runtime.empty()) {
-            if (config.runtimes.empty()) throw pfpld::Error(config.path + ": no runtime this program can run");
-            runtime = config.runtimes.count("ncnn") ? "ncnn" : config.runtimes.begin()->first;
+            if (in.config.runtimes.empty()) throw pfpld::Error(in.config.path + ": no runtime this program can run");
+            runtime = in.config.runtimes.count("ncnn") ? "ncnn" : in.config.runtimes.begin()->first;
         }
-        const pfpld::Box box = pfpld::parse_box(box_text, "--box");
-        const pfpld::Image image = pfpld::read_image(image_path);
-        pfpld::check_box(box, image.width, image.height);
 #ifdef PFPLD_WITH_NNIE
         std::unique_ptr<pfpld::NnieMppSystem> mpp;
         if (init_mpp) mpp = std::make_unique<pfpld::NnieMppSystem>();
 #else
         if (init_mpp) throw pfpld::Error("--init-mpp: this build has no NNIE backend");
 #endif
-        pfpld::FacePipeline pipeline(config, make_backend(config, runtime, threads, winograd));
-        const pfpld::FaceResult r = pipeline.predict(image, box);
+        pfpld::FacePipeline pipeline(in.config, make_backend(in.config, runtime, args.threads, args.winograd));
+        const pfpld::FaceResult r = pipeline.predict(in.image, in.box);
+        const pfpld::Box& box = in.box;
 
         std::ostringstream out;
         out << "{\"box\": [" << number(box.x1) << ", " << number(box.y1) << ", " << number(box.x2) << ", " << number(box.y2)
@@ -110,11 +93,5 @@ int main(int argc, char** argv) {
         out << "}\n";
         std::cout << out.str();
         return 0;
-    } catch (const pfpld::Error& e) {
-        std::cerr << "error: " << e.what() << "\n";
-        return 2;
-    } catch (const std::exception& e) {
-        std::cerr << "error: " << e.what() << "\n";
-        return 1;
-    }
+    });
 }
