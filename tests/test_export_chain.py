@@ -49,7 +49,7 @@ def test_export_all_writes_every_stage_with_matching_hashes(random_export, width
     assert [s["name"] for s in manifest["stages"]] == ["torch", "onnx", "onnxsim", "caffe", "ncnn"]
     assert set(manifest["files"]) == {"pfpld.pt", "pfpld.onnx", "pfpld.sim.onnx", "pfpld.prototxt",
                                       "pfpld.caffemodel", "pfpld.caffe.names.json", "pfpld.ncnn.param",
-                                      "pfpld.ncnn.bin", "pfpld.ncnn.names.json"}
+                                      "pfpld.ncnn.bin", "pfpld.ncnn.names.json", "deploy.json"}
     assert {p.name for p in out.iterdir()} == set(manifest["files"]) | {"manifest.json", OUTPUT_MARKER}
     for name, record in manifest["files"].items():
         data = (out / name).read_bytes()
@@ -167,7 +167,8 @@ def test_out_folder_rules_refuse_foreign_folders_and_need_force(tmp_path):
         export(source, ["onnx"], out)
     second = export(source, ["onnx"], out, force=True)
     assert second.manifest.created >= first.manifest.created
-    assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER, "manifest.json", "pfpld.onnx", "pfpld.pt"]
+    assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER, "deploy.json", "manifest.json", "pfpld.onnx",
+                                                     "pfpld.pt"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
