@@ -103,7 +103,8 @@ def s32_fixtures(out: Path, rng: np.random.Generator) -> list[dict]:
 def run_cli(*args: str) -> str:
     proc = subprocess.run([sys.executable, "-m", "pfpld_app.cli", *args], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"make_fixtures: pfpld {' '.join(args)} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise SystemExit(f"make_fixtures: pfpld {' '.join(args)} failed: {last}")
     return proc.stdout
 
 
