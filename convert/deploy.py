@@ -8,7 +8,8 @@ spec's input and outputs. deploy_cpp/ decodes outputs by name and kind from this
 colour order, scale, mean, crop rule or output position.
 
 A format that a deploy_cpp backend runs says so with `Format.device` (convert/formats.py); DEVICE_ENTRIES turns
-its files into the entry. Adding a backend: one function here, one field on its formats.
+its files into the entry. Adding a backend: one function here, one field on its formats. The NNIE bundle's entry is
+written by the bundle itself (quant/nnie.py, nnie_entry), which knows its cfgs and S32 format.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from pfpld.models.spec import ModelSpec
 DEPLOY_FILE = "deploy.json"
 DEPLOY_FORMAT = "pfpld-deploy"
 DEPLOY_VERSION = 1
-NNIE_S32_SCALE = 4096            # NNIE report blobs: S32 with 12 fractional bits (quant/nnie_sim.py)
 
 
 def ncnn_entry(format_name: str, files: dict[str, str], folder: Path, spec: ModelSpec) -> dict:
@@ -42,13 +42,6 @@ def ncnn_entry(format_name: str, files: dict[str, str], folder: Path, spec: Mode
 
 
 DEVICE_ENTRIES: dict[str, Callable[[str, dict[str, str], Path, ModelSpec], dict]] = {"ncnn": ncnn_entry}
-
-
-def nnie_entry(task: str, input_blob: str, planes: list[str], outputs: dict[str, str]) -> dict:
-    """The NNIE bundle's entry: the .wk the mapper writes from `<task>_inst.cfg`, the planar U8 input in the cfg's
-    RGB_order, and the report blob of every spec output (S32, value = s32 / 4096)."""
-    return {"backend": "nnie", "wk": f"{task}_inst.wk", "input": input_blob, "planes": list(planes),
-            "outputs": dict(outputs), "s32_scale": NNIE_S32_SCALE}
 
 
 def deploy_dict(spec: ModelSpec, contract: PreprocessContract, runtimes: dict[str, dict]) -> dict:

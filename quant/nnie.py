@@ -38,7 +38,7 @@ import numpy as np
 from google.protobuf import text_format
 from google.protobuf.unknown_fields import UnknownFieldSet
 
-from convert.deploy import nnie_entry, write_deploy
+from convert.deploy import write_deploy
 from convert.export import sha256_of
 from convert.onnx2caffe import caffe_pb2
 from convert.onnx2caffe.context import from_blob
@@ -48,7 +48,7 @@ from pfpld.fileio import check_output_folder, commit_output_folder, temporary_si
 from pfpld.metrics import nme_per_face
 from pfpld.models.spec import ModelSpec
 
-from .nnie_sim import HP_SUFFIX, PRECISIONS
+from .nnie_sim import HP_SUFFIX, OUTPUT_FRACTION_BITS, PRECISIONS
 
 BUNDLE_FORMAT = "pfpld-nnie-bundle"
 BUNDLE_MANIFEST = "manifest.json"
@@ -540,9 +540,19 @@ apart the two are.
 """
 
 
-def write_bundle(root: Path, *, task: str, spec: ModelSpec, net_files: dict[str, Path], nnie: NnieNet, contract: PreprocessContract,
-                 precision: str, calib_files: list[Path], test_crops: list[np.ndarray], float_outputs: list[dict],
-                 swapped_outputs: list[dict], sim_outputs: list[dict], internal_stride: int, source: dict) -> dict:
+def nnie_entry(inst_cfg: str, input_blob: str, planes: str, outputs: dict[str, str]) -> dict:
+    """deploy.json's entry for the board (deploy_cpp's NNIE backend): the .wk the mapper writes from the inst cfg
+    (its instruction_name), the planar U8 input in the cfg's RGB_order, and the report blob of every spec output
+    (S32 with OUTPUT_FRACTION_BITS fractional bits)."""
+    wk = Path(parse_cfg(inst_cfg)["instruction_name"]).name + ".wk"
+    return {"backend": "nnie", "wk": wk, "input": input_blob, "planes": list(planes), "outputs": dict(outputs),
+            "s32_scale": 1 << OUTPUT_FRACTION_BITS}
+
+
+def write_bundle(root: Path, *, task: str, spec: ModelSpec, net_files: dict[str, Path], nnie: NnieNet,
+                 contract: PreprocessContract, precision: str, calib_files: list[Path], test_crops: list[np.ndarray],
+                 float_outputs: list[dict], swapped_outputs: list[dict], sim_outputs: list[dict], internal_stride: int,
+                 source: dict) -> dict:
     """Write the bundle into the (new, empty) folder root; returns its manifest."""
     model_dir = root / "data" / "nnie_model" / task
     calib_dir = root / "data" / "nnie_image" / "calib" / task
@@ -577,7 +587,8 @@ def write_bundle(root: Path, *, task: str, spec: ModelSpec, net_files: dict[str,
                                                                   np.reshape(ref["landmarks"], (1, -1)))[0]), 6)
         (planar_dir / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
         tests.append(f"{stem}.bgr")
-    write_deploy(model_dir, spec, contract, {"nnie": nnie_entry(task, nnie.input_blob, planes, nnie.outputs)})
+    write_deploy(model_dir, spec, contract,
+                 {"nnie": nnie_entry(cfgs[f"{task}_inst.cfg"], nnie.input_blob, planes, nnie.outputs)})
     (root / "README.md").write_text(readme_text(task, precision, contract, cfgs, nnie.hp_layers, nnie.outputs,
                                                 len(calib_files), tests, nnie.input_blob, planes))
     files = {str(p.relative_to(root)): {"sha256": sha256_of(p), "size": p.stat().st_size}

@@ -4,8 +4,9 @@
 
 Everything the C++ tests compare with comes from the same Python code users run: images written by OpenCV
 (PPM, PGM, BMP), cv2.warpAffine on random and contract matrices, PreprocessContract's crop matrices, crops and
-network inputs, the NNIE bundle's planar packing, S32 blobs with padded strides, and a model checkpoint exported by `pfpld export --target ncnn`, Python ncnn's outputs on the recorded inputs, their decoding
-by the contract, and `pfpld predict --json` on the same images and boxes. index.json lists it all.
+network inputs, the NNIE bundle's planar packing, S32 blobs with padded strides, and a model checkpoint exported by
+`pfpld export --target ncnn`, Python ncnn's outputs on the recorded inputs, their decoding by the contract, and
+`pfpld predict --json` on the same images and boxes. index.json lists it all.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from convert.runtimes import NcnnRunner
 from pfpld.checkpoint import save_checkpoint
 from pfpld.contract import landmark_box
 from pfpld.data.synthetic import render_face
-from quant.nnie import board_plane_order
+from quant.nnie import board_plane_order, planar_bytes
 from quant.nnie_sim import OUTPUT_FRACTION_BITS
 
 ALIGNS = (1, 16, 32)                 # planar U8 row alignments: none, NNIE's 16 bytes, 32 bytes
@@ -137,9 +138,9 @@ def face_fixtures(out: Path, rng: np.random.Generator, model: str) -> tuple[list
         planar = []
         for align in ALIGNS:
             stride = -(-contract.input_size // align) * align
-            rows = np.zeros((3, contract.input_size, stride), np.uint8)
-            for p, name in enumerate(planes):
-                rows[p, :, :contract.input_size] = crop[:, :, "BGR".index(name)]
+            rows = np.zeros((3, contract.input_size, stride), np.uint8)       # the bundle's packing, rows padded
+            rows[:, :, :contract.input_size] = np.frombuffer(planar_bytes(crop, planes), np.uint8).reshape(
+                3, contract.input_size, contract.input_size)
             planar.append({"align": align, "stride": stride, "file": write_raw(Path(f"{stem}.planar{align}.u8"), rows)})
         record = {"image": str(image_path), "box": box, "matrix": matrix.reshape(-1).tolist(),
                   "crop": write_raw(Path(f"{stem}.crop.bgr"), crop), "chw": write_raw(Path(f"{stem}.chw.f32"), chw),
