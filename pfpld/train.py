@@ -80,7 +80,8 @@ class TrainConfig:
 
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_landmark_loss", "train_pose_loss", "val_nme",
-                  "val_failure_rate", "val_auc", "val_pose_mae_deg", "train_images_per_s", "epoch_seconds"]
+                  "val_failure_rate", "val_auc", "val_pose_mae_deg", "train_images_per_s", "epoch_seconds",
+                  "data_seconds"]
 
 
 def loader_workers(cfg: TrainConfig, device: torch.device) -> int:
@@ -211,11 +212,15 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         lr = optimizer.param_groups[0]["lr"]                        # at the epoch's first step
         t0 = time.perf_counter()
         sums = torch.zeros(4, dtype=torch.float64, device=device)   # loss, landmark loss, pose loss, images
+        # The host's time from asking for a batch to having its augmented input: what the step waits for data
+        # (on CUDA the augmentation itself is queued on the GPU, so this is the loader's share).
+        data_seconds, ready = 0.0, time.perf_counter()
         bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                            enabled=progress and rank == 0, leave=False)
         for batch in bar:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             batch = train_set.network_batch(batch)          # the augmentation, batched on the training device
+            data_seconds += time.perf_counter() - ready
             image = batch["image"].contiguous(memory_format=memory_format)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 landmarks, pose = ddp_model(image)
@@ -231,6 +236,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             sums[:3] += torch.stack([loss.detach(), lmk_loss.detach(), pose_loss.detach()]).double() * n
             sums[3] += n
             bar.set_postfix(loss=f"{loss.item():.3f}")
+            ready = time.perf_counter()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
@@ -248,7 +254,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(sums[0] / sums[3]),
                    "train_landmark_loss": float(sums[1] / sums[3]), "train_pose_loss": float(sums[2] / sums[3]),
                    **val, "train_images": float(sums[3]), "train_images_per_s": float(sums[3]) / seconds,
-                   "epoch_seconds": seconds}
+                   "epoch_seconds": seconds, "data_seconds": data_seconds}
             history.append(row)
             common = dict(state_dict=model.state_dict(), spec=spec, contract=contract, epoch=epoch + 1,
                           metrics=row, config={**cfg.to_dict(), "world_size": world}, history=history,
@@ -264,7 +270,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                 pose_txt = "" if math.isnan(pose_mae) else f"  pose MAE {pose_mae:.2f} deg"
                 val_txt = "" if math.isnan(row["val_nme"]) else f"  val NME {100 * row['val_nme']:.2f}%"
                 bar.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.3f}{val_txt}{pose_txt}  "
-                          f"{row['train_images_per_s']:.0f} img/s")
+                          f"{row['train_images_per_s']:.0f} img/s ({100 * data_seconds / seconds:.0f} % waiting "
+                          f"for data)")
         if world > 1:
             dist.barrier()
     if world > 1:

@@ -15,7 +15,7 @@ from pfpld.checkpoint import load_checkpoint, save_checkpoint
 from pfpld.models import build_model
 
 PFPLD = [sys.executable, "-m", "pfpld_app.cli"]
-TIMING_COLUMNS = {"train_images_per_s", "epoch_seconds"}
+TIMING_COLUMNS = {"train_images_per_s", "epoch_seconds", "data_seconds"}
 
 
 def train_args(data, out, *extra):

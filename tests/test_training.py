@@ -107,6 +107,8 @@ def test_short_training_halves_the_untrained_nme_and_beats_the_mean_shape(prepar
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == list(range(1, 21))
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    # the time waiting for data is part of each epoch's time, never all of it
+    assert all(0 < float(r["data_seconds"]) < float(r["epoch_seconds"]) for r in rows)
     assert (tmp_path / "run" / "curves.png").stat().st_size > 0
 
 
