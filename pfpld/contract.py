@@ -4,9 +4,9 @@ Created with the model, saved in every checkpoint, later written into ONNX metad
 config. Nothing else in the project re-types the input size, colour order, scale, mean or crop rule.
 
 The crop rule: take the face box (for training, the extent of the annotated landmarks; at deployment, a box
-that a detector was tuned to match), make it square around its centre with side = expand x max(w, h) (centre
-moved by shift_y x side vertically), and resample that square to input_size x input_size. Landmarks come out
-in [0,1] of that square.
+that a detector was tuned to match), optionally loosen it as HopeNet does on 300W-LP (loose_k), make it square
+around its centre with side = expand x max(w, h) (or min(w, h): side "min"; centre moved by shift_y x side
+vertically), and resample that square to input_size x input_size. Landmarks come out in [0,1] of that square.
 """
 from __future__ import annotations
 
@@ -21,18 +21,39 @@ from .arrays import asarray_like, namespace
 from .errors import ContractError  # noqa: F401 (re-exported)
 
 
+CROP_SIDES = ("max", "min")
+
+
 @dataclass(frozen=True)
 class CropRule:
     box_source: str = "landmark_extent"   # what the box is measured on during training
-    expand: float = 1.2                   # side of the square = expand * max(box w, box h)
+    expand: float = 1.2                   # side of the square = expand * max (or min, see side) of the box's w, h
     shift_y: float = 0.0                  # centre shift, as a fraction of the square side (down is +)
+    # HopeNet's loose 300W-LP box before the square (0: none): x1 -= 0.6 k w, y1 -= 2 k h, then on the widened
+    # box x2 += 0.6 k w', y2 += 0.6 k h' (the reference code updates the corners in that order).
+    loose_k: float = 0.0
+    side: str = "max"                     # "min": the square fits inside the box (HopeNet's Resize + CenterCrop)
+
+    def __post_init__(self):
+        if self.side not in CROP_SIDES:
+            raise ContractError(f"crop side {self.side!r}: expected one of {', '.join(CROP_SIDES)}")
+        if not (self.expand > 0 and self.loose_k >= 0):
+            raise ContractError(f"crop expand {self.expand} and loose_k {self.loose_k}: expected expand > 0 and "
+                                f"loose_k >= 0")
 
     def square(self, box) -> tuple[float, float, float]:
         """(centre x, centre y, side) of the square crop for box (x1, y1, x2, y2) in pixels."""
         x1, y1, x2, y2 = (float(v) for v in box)
         if not (x2 > x1 and y2 > y1):
             raise ContractError(f"face box {box} is empty: expected x1 < x2 and y1 < y2")
-        side = self.expand * max(x2 - x1, y2 - y1)
+        if self.loose_k:
+            k = self.loose_k
+            x1 -= 0.6 * k * (x2 - x1)
+            y1 -= 2.0 * k * (y2 - y1)
+            x2 += 0.6 * k * (x2 - x1)
+            y2 += 0.6 * k * (y2 - y1)
+        reduce = max if self.side == "max" else min
+        side = self.expand * reduce(x2 - x1, y2 - y1)
         return (x1 + x2) / 2.0, (y1 + y2) / 2.0 + self.shift_y * side, side
 
 

@@ -1,4 +1,5 @@
-"""Training losses: Wing loss on landmarks (in pixels of the crop, masked, eyes weighted) and smooth-L1 on pose.
+"""Training losses: Wing loss on landmarks (in pixels of the crop, masked, per-point weights) and smooth-L1 on pose.
+Each model's file puts its own loss together from these (PFPLD: both, eyes weighted; see pfpld/models/task.py).
 
 The Wing paper's w and epsilon are pixel quantities; PFPLD's reference applied them to [0,1] coordinates,
 where the loss never leaves its log branch. We scale the coordinates to crop pixels first.
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .landmarks import EYE_POINTS, NUM_POINTS
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class LossConfig:
     landmark_weight: float = 1.0
     pose_weight: float = 10.0            # on smooth-L1 of radians (the reference: 1000, see above)
     pose_beta_rad: float = 1.0
+    bins_alpha: float = 1.0              # HopeNet: weight of the expectation's MSE (degrees^2) beside the bins' CE
 
 
 def wing(x: torch.Tensor, w: float, epsilon: float) -> torch.Tensor:
@@ -37,19 +38,17 @@ def wing(x: torch.Tensor, w: float, epsilon: float) -> torch.Tensor:
     return torch.where(ax < w, w * torch.log1p(ax / epsilon), ax - c)
 
 
-def point_weights(device=None) -> torch.Tensor:
-    return torch.ones(NUM_POINTS, device=device)
-
-
 def landmark_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, crop_px: int,
-                  cfg: LossConfig = LossConfig()) -> torch.Tensor:
-    """pred, target: (N,196) in [0,1]; mask (N,98) bool. Mean over the weighted valid points of the per-point
-    Wing loss summed over x and y. Faces with no valid point contribute nothing."""
-    err_px = (pred - target).view(-1, NUM_POINTS, 2) * crop_px
-    per_point = wing(err_px, cfg.wing_w_px, cfg.wing_epsilon_px).sum(-1)          # (N,98)
-    weights = torch.ones(NUM_POINTS, device=pred.device, dtype=pred.dtype)
-    weights[torch.as_tensor(EYE_POINTS, device=pred.device)] = cfg.eye_weight
-    w = mask.to(pred.dtype) * weights
+                  cfg: LossConfig = LossConfig(), weights: torch.Tensor | None = None) -> torch.Tensor:
+    """pred, target: (N, 2K) in [0,1]; mask (N, K) bool; weights (K,) per point (default 1). Mean over the
+    weighted valid points of the per-point Wing loss summed over x and y. Faces with no valid point contribute
+    nothing."""
+    points = mask.shape[-1]
+    err_px = (pred - target).view(-1, points, 2) * crop_px
+    per_point = wing(err_px, cfg.wing_w_px, cfg.wing_epsilon_px).sum(-1)          # (N, K)
+    w = mask.to(pred.dtype)
+    if weights is not None:
+        w = w * weights.to(device=pred.device, dtype=pred.dtype)
     denom = w.sum()
     if denom.item() == 0:
         return pred.sum() * 0.0
@@ -63,9 +62,3 @@ def pose_loss(pred: torch.Tensor, target: torch.Tensor, has_pose: torch.Tensor,
     if not sel.any():
         return pred.sum() * 0.0
     return F.smooth_l1_loss(pred[sel], target[sel], beta=cfg.pose_beta_rad)
-
-
-def total_loss(landmarks, pose, batch, crop_px: int, cfg: LossConfig = LossConfig()):
-    lmk = landmark_loss(landmarks, batch["points"], batch["mask"], crop_px, cfg)
-    pos = pose_loss(pose, batch["pose"], batch["has_pose"], cfg)
-    return cfg.landmark_weight * lmk + cfg.pose_weight * pos, lmk.detach(), pos.detach()

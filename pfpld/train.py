@@ -32,10 +32,11 @@ from .data.augment import AugmentConfig
 from .data.dataset import PreparedFaces
 from .data.prepare import read_prepared_header
 from .errors import InputError
-from .evaluate import evaluate_predictions, predict_dataset
+from .evaluate import check_data_contract, evaluate_predictions, predict_dataset
 from .fileio import write_text_atomic
-from .losses import LossConfig, total_loss
-from .models import build_model
+from .losses import LossConfig
+from .models import build_model, model_task
+from .models.task import Task
 from .plots import plot_training_curves
 from .progress import progress as progress_bar
 
@@ -50,6 +51,7 @@ class TrainConfig:
     out: str
     model: str = "pfpld"
     width: float = 1.0
+    model_options: dict = field(default_factory=dict)   # the model's other options (hopenet: backbone)
     epochs: int = 80
     batch_size: int = 128               # global, split over data-parallel processes
     lr: float = 1e-3
@@ -73,15 +75,24 @@ class TrainConfig:
             return sorted(int(m) for m in self.milestones)
         return sorted({max(1, round(self.epochs * 0.375)), max(1, round(self.epochs * 0.75))})
 
+    def model_options_for(self, input_size: int) -> dict:
+        """What build_model gets: the width, the prepared data's input size and the model's other options."""
+        return {"width": self.width, "input_size": input_size, **self.model_options}
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["milestones"] = list(self.resolved_milestones())
         return d
 
 
-METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_landmark_loss", "train_pose_loss", "val_nme",
-                  "val_failure_rate", "val_auc", "val_pose_mae_deg", "train_images_per_s", "epoch_seconds",
-                  "data_seconds"]
+VAL_COLUMNS = ["val_nme", "val_failure_rate", "val_auc", "val_pose_mae_deg"]     # NaN where the model has no such
+TIMING_COLUMNS = ["train_images_per_s", "epoch_seconds", "data_seconds"]          # output or nothing is held out
+
+
+def metric_columns(task: Task) -> list[str]:
+    """metrics.csv's columns: the task's loss parts between the total and the validation numbers."""
+    return ["epoch", "lr", "train_loss"] + [f"train_{p}_loss" for p in task.loss_parts] + VAL_COLUMNS + \
+        TIMING_COLUMNS
 
 
 def loader_workers(cfg: TrainConfig, device: torch.device) -> int:
@@ -133,9 +144,9 @@ def _training_device(cfg: TrainConfig) -> torch.device:
     return device
 
 
-def _write_metrics_csv(path: Path, history: list[dict]) -> None:
+def _write_metrics_csv(path: Path, history: list[dict], columns: list[str]) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     w.writeheader()
     for row in history:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
@@ -150,12 +161,13 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     out = Path(cfg.out)
     header = read_prepared_header(Path(cfg.data))
     torch.manual_seed(cfg.seed)
-    model, spec, _ = build_model(cfg.model, width=cfg.width, input_size=header["contract"]["input_size"])
-    contract = PreprocessContract.from_dict(header["contract"])   # the data was cropped by it: it is the model's
+    model, spec, contract = build_model(cfg.model, **cfg.model_options_for(header["contract"]["input_size"]))
+    task = model_task(spec)
+    check_data_contract(PreprocessContract.from_dict(header["contract"]), contract, Path(cfg.data), spec)
 
     # best.pt is chosen on faces held out of the training split, never on the test split that `pfpld eval` reports.
     train_set = PreparedFaces(Path(cfg.data), "train", AugmentConfig() if cfg.augment else None, seed=cfg.seed,
-                              val_fraction=cfg.val_fraction)
+                              val_fraction=cfg.val_fraction, require_pose=task.pose_only)
     val_set = (PreparedFaces(Path(cfg.data), "val", val_fraction=cfg.val_fraction)
                if rank == 0 and cfg.val_fraction > 0 else None)
     if cfg.batch_size % world:
@@ -169,7 +181,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(DataLoader(train_set, **loader_args))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
-    start_epoch, history, best_nme = 0, [], math.inf
+    select = f"val_{task.select_metric}"           # what best.pt is chosen on (lower is better)
+    start_epoch, history, best_val = 0, [], math.inf
     if resume:
         ckpt = load_checkpoint(Path(resume))
         if ckpt.spec != spec:
@@ -190,7 +203,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                                   f"the per-step schedule: resume it with the pfpld version that wrote it")
         scheduler.load_state_dict(ckpt.scheduler)
         start_epoch, history = ckpt.epoch, list(ckpt.history)
-        best_nme = min((h["val_nme"] for h in history if not math.isnan(h["val_nme"])), default=math.inf)
+        best_val = min((h[select] for h in history if not math.isnan(h.get(select, math.nan))), default=math.inf)
     if not resume and hasattr(model, "init_landmark_head"):
         model.init_landmark_head(torch.from_numpy(train_set.mean_landmarks()))
     # bn8 and fc_aux exist only so released state_dicts load strictly: forward never uses them.
@@ -211,7 +224,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         model.train()
         lr = optimizer.param_groups[0]["lr"]                        # at the epoch's first step
         t0 = time.perf_counter()
-        sums = torch.zeros(4, dtype=torch.float64, device=device)   # loss, landmark loss, pose loss, images
+        parts = len(task.loss_parts)
+        sums = torch.zeros(2 + parts, dtype=torch.float64, device=device)   # loss, its parts, images
         # The host's time from asking for a batch to having its augmented input: what the step waits for data
         # (on CUDA the augmentation itself is queued on the GPU, so this is the loader's share).
         data_seconds, ready = 0.0, time.perf_counter()
@@ -223,18 +237,18 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             data_seconds += time.perf_counter() - ready
             image = batch["image"].contiguous(memory_format=memory_format)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                landmarks, pose = ddp_model(image)
+                outputs = ddp_model(image)
             # the loss in fp32, whatever precision the forward ran in
-            loss, lmk_loss, pose_loss = total_loss(landmarks.float(), pose.float(), batch, contract.input_size,
-                                                   cfg.loss)
+            targets = task.targets(batch["points"], batch["mask"], batch["pose"], batch["has_pose"])
+            loss, loss_parts = task.loss(tuple(o.float() for o in outputs), targets, contract.input_size, cfg.loss)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
             n = batch["image"].shape[0]
-            sums[:3] += torch.stack([loss.detach(), lmk_loss.detach(), pose_loss.detach()]).double() * n
-            sums[3] += n
+            sums[:-1] += torch.stack([loss.detach()] + [loss_parts[p] for p in task.loss_parts]).double() * n
+            sums[-1] += n
             bar.set_postfix(loss=f"{loss.item():.3f}")
             ready = time.perf_counter()
         if device.type == "cuda":
@@ -245,26 +259,29 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         sums = sums.cpu()
 
         if rank == 0:
-            val = dict.fromkeys(("val_nme", "val_failure_rate", "val_auc", "val_pose_mae_deg"), float("nan"))
+            val = dict.fromkeys(VAL_COLUMNS, float("nan"))
             if val_set is not None:
-                lmk, pose_pred = predict_dataset(model, val_set, batch_size=64)
-                report = evaluate_predictions(val_set, lmk, pose_pred)
-                val = {"val_nme": report.landmarks["nme"], "val_failure_rate": report.landmarks["failure_rate"],
-                       "val_auc": report.landmarks["auc"], "val_pose_mae_deg": report.pose.get("mean", float("nan"))}
-            row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(sums[0] / sums[3]),
-                   "train_landmark_loss": float(sums[1] / sums[3]), "train_pose_loss": float(sums[2] / sums[3]),
-                   **val, "train_images": float(sums[3]), "train_images_per_s": float(sums[3]) / seconds,
+                lmk, pose_pred = predict_dataset(model, spec, val_set, batch_size=64)
+                report = evaluate_predictions(val_set, spec, lmk, pose_pred)
+                nan = float("nan")
+                val = {"val_nme": report.landmarks.get("nme", nan),
+                       "val_failure_rate": report.landmarks.get("failure_rate", nan),
+                       "val_auc": report.landmarks.get("auc", nan), "val_pose_mae_deg": report.pose.get("mean", nan)}
+            images = float(sums[-1])
+            row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(sums[0]) / images,
+                   **{f"train_{p}_loss": float(sums[1 + i]) / images for i, p in enumerate(task.loss_parts)},
+                   **val, "train_images": images, "train_images_per_s": images / seconds,
                    "epoch_seconds": seconds, "data_seconds": data_seconds}
             history.append(row)
             common = dict(state_dict=model.state_dict(), spec=spec, contract=contract, epoch=epoch + 1,
                           metrics=row, config={**cfg.to_dict(), "world_size": world}, history=history,
                           optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
             save_checkpoint(out / "last.pt", **common)
-            if not math.isnan(row["val_nme"]) and row["val_nme"] < best_nme:
-                best_nme = row["val_nme"]
+            if not math.isnan(row[select]) and row[select] < best_val:
+                best_val = row[select]
                 save_checkpoint(out / "best.pt", **common)
-            _write_metrics_csv(out / "metrics.csv", history)
-            plot_training_curves(history, out / "curves.png")
+            _write_metrics_csv(out / "metrics.csv", history, metric_columns(task))
+            plot_training_curves(history, out / "curves.png", task.loss_parts)
             if progress:
                 pose_mae = row["val_pose_mae_deg"]
                 pose_txt = "" if math.isnan(pose_mae) else f"  pose MAE {pose_mae:.2f} deg"

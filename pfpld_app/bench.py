@@ -475,25 +475,28 @@ def train_images_per_s(model: str, width: float, batch_size: int = 64, steps: in
     """Forward + backward + Adam step images/s of a registry model on random batches shaped by its spec: the
     training step with no data pipeline at all."""
     import torch
-    from pfpld.losses import total_loss
-    from pfpld.models import build_model
+    from pfpld.landmarks import NUM_POINTS
+    from pfpld.losses import LossConfig
+    from pfpld.models import build_model, model_task
     from pfpld.train import TrainConfig
     torch.manual_seed(0)
     module, spec, contract = build_model(model, width=width)
+    task = model_task(spec)
     module.to(device).train()
     opt = torch.optim.Adam(module.parameters(), lr=1e-3, weight_decay=TrainConfig.weight_decay)
-    points = spec.output_of_kind("landmarks").num_points
-    batch = {"image": torch.rand(batch_size, 3, spec.input_size, spec.input_size),
-             "points": torch.rand(batch_size, 2 * points), "mask": torch.ones(batch_size, points, dtype=torch.bool),
-             "pose": torch.zeros(batch_size, 3), "has_pose": torch.ones(batch_size, dtype=torch.bool)}
-    batch = {k: v.to(device) for k, v in batch.items()}
+    size = contract.input_size
+    # labels as the prepared data holds them (98 points, a pose inside every model's range), mapped by the task
+    targets = task.targets(torch.rand(batch_size, 2 * NUM_POINTS, device=device),
+                           torch.ones(batch_size, NUM_POINTS, dtype=torch.bool, device=device),
+                           (torch.rand(batch_size, 3, device=device) - 0.5), torch.ones(batch_size, dtype=torch.bool,
+                                                                                          device=device))
+    image = torch.rand(batch_size, 3, size, size, device=device)
     for i in range(warmup + steps):
         if i == warmup:
             if device != "cpu":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-        lmk, pose = module(batch["image"])
-        loss, _, _ = total_loss(lmk, pose, batch, contract.input_size)
+        loss, _ = task.loss(module(image), targets, size, LossConfig())
         opt.zero_grad()
         loss.backward()
         opt.step()

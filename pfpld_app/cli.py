@@ -54,14 +54,20 @@ def synth(out, n, seed, force):
 @click.option("--300wlp", "w300lp", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="300W-LP root (holds AFW/ HELEN/ ... landmarks/).")
 @click.option("--aflw2000", type=click.Path(exists=True, file_okay=False, path_type=Path), help="AFLW2000-3D folder.")
+@click.option("--model", default="pfpld", show_default=True, help="Crop with this model's contract (`pfpld models`).")
+@click.option("--input-size", type=click.IntRange(min=16), help="The model's input size.  [default: the model's]")
 @click.option("--force", is_flag=True, help=force_help("prepared"))
 @user_errors
-def prepare_data(out, wflw, lapa, w300lp, aflw2000, force):
-    """Crop every face with the contract's rule and write the merged training/test set."""
+def prepare_data(out, wflw, lapa, w300lp, aflw2000, model, input_size, force):
+    """Crop every face with the model's contract (its crop rule, size and normalisation) and write the merged
+    training/test set."""
     from pfpld.data.prepare import prepare_dataset
+    from pfpld.models import build_model
     if not any([wflw, lapa, w300lp, aflw2000]):
         raise click.UsageError("give at least one of --wflw, --lapa, --300wlp, --aflw2000")
-    summary = prepare_dataset(out, wflw=wflw, lapa=lapa, w300lp=w300lp, aflw2000=aflw2000, force=force)
+    _, _, contract = build_model(model, **({} if input_size is None else {"input_size": input_size}))
+    summary = prepare_dataset(out, wflw=wflw, lapa=lapa, w300lp=w300lp, aflw2000=aflw2000, contract=contract,
+                              force=force)
     click.echo(summary.table())
     click.echo(f"wrote {out}")
 
@@ -71,8 +77,11 @@ def prepare_data(out, wflw, lapa, w300lp, aflw2000, force):
               help="A folder written by `pfpld prepare-data`.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder (last.pt, best.pt, "
               "metrics.csv).")
-@click.option("--model", default="pfpld", show_default=True)
+@click.option("--model", default="pfpld", show_default=True, help="A registry model (`pfpld models`); the data must "
+              "be prepared with its contract (`pfpld prepare-data --model`).")
 @click.option("--width", type=float, default=1.0, show_default=True, help="Channel width multiplier.")
+@click.option("--backbone", help="hopenet: resnet18, resnet50 (the paper's) or mobilenetv2 (for boards).  "
+              "[default: the model's]")
 @click.option("--epochs", type=click.IntRange(min=1), default=80, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
@@ -95,6 +104,8 @@ def prepare_data(out, wflw, lapa, w300lp, aflw2000, force):
 @click.option("--landmark-weight", type=float, help="Weight of the landmark term.  [default: LossConfig's]")
 @click.option("--pose-weight", type=float, help="Weight of smooth-L1 on pose radians (the PFPLD reference used 1000 "
               "with Wing on [0,1] coordinates; see pfpld/losses.py).  [default: LossConfig's]")
+@click.option("--bins-alpha", type=float, help="hopenet: weight of the expectation's MSE (degrees^2) beside the bins' "
+              "cross-entropy.  [default: LossConfig's, 1]")
 @click.option("--no-augment", is_flag=True, help="Train on the plain contract crops.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True,
@@ -104,9 +115,9 @@ def prepare_data(out, wflw, lapa, w300lp, aflw2000, force):
               "to validate every epoch and choose best.pt (0: none, no best.pt); the test split stays for `pfpld "
               "eval`.  [default: TrainConfig's, 0.05]")
 @user_errors
-def train(data, out, model, width, epochs, batch_size, lr, weight_decay, milestones, schedule, warmup_epochs, resume,
-          seed, workers, val_fraction,
-          wing_w, wing_epsilon, eye_weight, landmark_weight, pose_weight, no_augment, device, amp, channels_last):
+def train(data, out, model, width, backbone, epochs, batch_size, lr, weight_decay, milestones, schedule, warmup_epochs,
+          resume, seed, workers, val_fraction, wing_w, wing_epsilon, eye_weight, landmark_weight, pose_weight,
+          bins_alpha, no_augment, device, amp, channels_last):
     """Train a model on a prepared dataset (data-parallel when started with torchrun)."""
     from pfpld.losses import LossConfig
     from pfpld.train import TrainConfig, train as run_training
@@ -114,21 +125,26 @@ def train(data, out, model, width, epochs, batch_size, lr, weight_decay, milesto
         ms = tuple(int(m) for m in milestones.split(",") if m.strip())
     except ValueError:
         raise click.BadParameter(f"{milestones!r}: expected comma-separated epochs", param_hint="--milestones")
-    cfg = TrainConfig(data=str(data), out=str(out), model=model, width=width, epochs=epochs, batch_size=batch_size,
+    cfg = TrainConfig(data=str(data), out=str(out), model=model, width=width,
+                      model_options={} if backbone is None else {"backbone": backbone}, epochs=epochs,
+                      batch_size=batch_size,
                       lr=lr, weight_decay=weight_decay, milestones=ms, schedule=schedule, warmup_epochs=warmup_epochs,
                       seed=seed, workers=workers,
                       augment=not no_augment, device=device, amp=amp, channels_last=channels_last,
                       **({} if val_fraction is None else {"val_fraction": val_fraction}),
                       loss=LossConfig(**{k: v for k, v in dict(
                           wing_w_px=wing_w, wing_epsilon_px=wing_epsilon, eye_weight=eye_weight,
-                          landmark_weight=landmark_weight, pose_weight=pose_weight).items() if v is not None}))
+                          landmark_weight=landmark_weight, pose_weight=pose_weight,
+                          bins_alpha=bins_alpha).items() if v is not None}))
     row = run_training(cfg, resume=str(resume) if resume else None)
     if row:
-        if math.isnan(row["val_nme"]):
+        shown = [f"val NME {100 * row['val_nme']:.2f}%" if not math.isnan(row["val_nme"]) else "",
+                 f"val pose MAE {row['val_pose_mae_deg']:.2f} deg" if not math.isnan(row["val_pose_mae_deg"]) else ""]
+        shown = "  ".join(v for v in shown if v)
+        if not shown:
             click.echo(f"done: epoch {row['epoch']} (no validation faces) -> {out}/last.pt, {out}/metrics.csv")
         else:
-            click.echo(f"done: epoch {row['epoch']}  val NME {100 * row['val_nme']:.2f}%  -> {out}/last.pt, "
-                       f"{out}/best.pt, {out}/metrics.csv")
+            click.echo(f"done: epoch {row['epoch']}  {shown}  -> {out}/last.pt, {out}/best.pt, {out}/metrics.csv")
 
 
 @main.command("import")
@@ -168,7 +184,7 @@ def eval_cmd(ckpt, data, split, json_out, device):
     where = resolve_device(device)
     model, record = load_model(ckpt)
     model.to(where)
-    report = evaluate_model(model, data, split=split, contract=record.contract, progress=True)
+    report = evaluate_model(model, record.spec, data, split=split, contract=record.contract, progress=True)
     click.echo(report.table())
     if json_out:
         write_text_atomic(json_out, report.to_json())
@@ -184,7 +200,7 @@ def eval_cmd(ckpt, data, split, json_out, device):
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @user_errors
 def predict(ckpt, image, box, out, as_json, device):
-    """Landmarks and head pose for one face in one image."""
+    """What the checkpoint's model predicts for one face in one image (landmarks, head pose), printed and drawn."""
     from pfpld.checkpoint import load_model
     from pfpld.devices import resolve_device
     from pfpld.predict import draw_prediction, parse_box, predict_face, read_image, write_image_atomic
@@ -193,12 +209,17 @@ def predict(ckpt, image, box, out, as_json, device):
     model, record = load_model(ckpt)
     model.to(where)
     picture = read_image(image)
-    pred = predict_face(model, record.contract, picture, face_box)
+    pred = predict_face(model, record.spec, record.contract, picture, face_box)
     if as_json:
         click.echo(json.dumps(pred.to_dict()))
     else:
-        yaw, pitch, roll = pred.to_dict()["pose_deg"].values()
-        click.echo(f"pose (deg): yaw {yaw:+.1f}  pitch {pitch:+.1f}  roll {roll:+.1f}")
+        if pred.points_px is not None:
+            click.echo(f"{len(pred.points_px)} landmarks (px): " + " ".join(f"{x:.1f},{y:.1f}"
+                                                                              for x, y in pred.points_px[:5])
+                       + (" ..." if len(pred.points_px) > 5 else ""))
+        if pred.pose_rad is not None:
+            yaw, pitch, roll = pred.to_dict()["pose_deg"].values()
+            click.echo(f"pose (deg): yaw {yaw:+.1f}  pitch {pitch:+.1f}  roll {roll:+.1f}")
     if out:
         write_image_atomic(out, draw_prediction(picture, pred))
         if not as_json:
@@ -207,17 +228,18 @@ def predict(ckpt, image, box, out, as_json, device):
 
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option("--model", default="pfpld", show_default=True, help="A registry model (`pfpld models`).")
 @click.option("--n", type=click.IntRange(min=20), help="Synthetic faces.  [default: DemoRecipe's]")
 @click.option("--epochs", type=click.IntRange(min=1), help="[default: DemoRecipe's]")
 @click.option("--width", type=float, help="[default: DemoRecipe's]")
 @click.option("--seed", type=int, help="[default: DemoRecipe's]")
 @user_errors
-def demo(out, n, epochs, width, seed):
+def demo(out, model, n, epochs, width, seed):
     """The main job on built-in data: synth -> prepare-data -> train -> eval -> export -> parity -> int8 (the
     recipe and why: pfpld_app/demo.py, DemoRecipe)."""
     from dataclasses import replace
     from .demo import DemoRecipe, run_demo
-    given = dict(n=n, epochs=epochs, width=width, seed=seed)
+    given = dict(model=model, n=n, epochs=epochs, width=width, seed=seed)
     result = run_demo(out, replace(DemoRecipe(), **{k: v for k, v in given.items() if v is not None}))
     if result["parity"]["verdict"] != "pass":
         click.secho("parity check failed: see the export's parity.md", fg="red", err=True)
@@ -282,6 +304,22 @@ def registered_targets() -> list[str]:
     import quant  # noqa: F401  (registers quant's formats)
     from convert.formats import target_names
     return target_names()
+
+
+@main.command()
+@click.option("--markdown", is_flag=True, help="Print the README's table (markdown, without the parity column).")
+@user_errors
+def models(markdown):
+    """Every model this pfpld can train and export: input, contract, outputs, loss, metric, export targets, and
+    the parity verdict of the newest export of it under the current folder."""
+    from pfpld.tables import markdown_table, text_table
+    from .catalog import ModelRow, model_rows
+    rows = model_rows(registered_targets(), root=None if markdown else Path.cwd())
+    if markdown:
+        click.echo("\n".join(markdown_table(list(ModelRow.COLUMNS[:-1]), [r.cells(False) for r in rows])))
+        return
+    for row in rows:
+        click.echo("\n".join(f"{k:<22} {v}" for k, v in zip(ModelRow.COLUMNS, row.cells())) + "\n")
 
 
 @main.command("export")

@@ -24,6 +24,7 @@ from pfpld.metrics import nme_per_face
 from pfpld.fileio import write_text_atomic
 from pfpld.tables import markdown_table
 from pfpld.losses import LossConfig
+from pfpld.models import MODELS, build_model, model_task
 from pfpld.predict import draw_prediction, predict_face, write_image_atomic
 from pfpld.train import TrainConfig, train
 
@@ -41,9 +42,10 @@ class DemoRecipe:
     lr 1e-2 diverged. The run is evaluated and exported from last.pt, the end of the recipe, so it holds no faces
     out for validation (`pfpld train`'s default 5 %, which only chooses best.pt): with them held out, the same
     recipe measured 0.59 x instead of 0.52 x, a different draw of batches on 5 % less data."""
+    model: str = "pfpld"            # any registry model; its ModelEntry.demo_options give its size
     n: int = 2000                   # synthetic faces (about 1,380 train, 560 test after prepare-data)
     epochs: int = 20
-    width: float = 0.25
+    width: float | None = None      # None: the model's demo width (PFPLD: 0.25)
     batch_size: int = 32
     lr: float = 3e-3
     schedule: str = "cosine"
@@ -56,32 +58,60 @@ class DemoRecipe:
     val_fraction: float = 0.0       # last.pt is what the demo reports: no best.pt, no faces held out for it
 
 
+def model_options(recipe: DemoRecipe) -> dict:
+    """The model's demo options (ModelEntry.demo_options), the recipe's width over its own when given."""
+    if recipe.model not in MODELS:
+        raise InputError(f"--model {recipe.model!r}: expected one of {', '.join(sorted(MODELS))}")
+    options = dict(MODELS[recipe.model].demo_options)
+    if recipe.width is not None:
+        options["width"] = recipe.width
+    return options
+
+
+def describe_options(recipe: DemoRecipe) -> str:
+    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in model_options(recipe).items())
+
+
 def _step(title: str) -> float:
     click.secho(f"\n== {title}", bold=True)
     return time.perf_counter()
 
 
-def predict_heldout(model, contract, out: Path, seed: int, n: int = 6) -> dict:
+def predict_heldout(model, spec, contract, out: Path, seed: int, n: int = 6) -> dict:
     """Render faces the dataset never saw (clean, deployment-like poses), predict each from its box exactly as
-    `pfpld predict` does, and tile the drawings into one picture: prediction green, truth red."""
+    `pfpld predict` does, and tile the drawings into one picture: prediction green, truth red (the model's own
+    points)."""
     rng = np.random.default_rng(seed + HELD_OUT_SEED_OFFSET)
+    task = model_task(spec)
+    landmarks = spec.output_of_kind("landmarks")
     tiles, nmes, pose_errs = [], [], []
     first = {}
     for i in range(n):
         params = sample_params(rng, clean=True, pose_deg=(rng.uniform(-45, 45), rng.uniform(-20, 20),
                                                           rng.uniform(-20, 20)))
         face = render_face(rng, image_size=320, params=params)
-        pred = predict_face(model, contract, face.image, face.box)
-        nmes.append(float(nme_per_face(pred.points_px[None], face.points_98[None])[0]))
-        pose_errs.append(np.degrees(np.abs(pred.pose_rad - face.pose_rad)).tolist())
-        tiles.append(draw_prediction(face.image, pred, gt_points=face.points_98))
+        pred = predict_face(model, spec, contract, face.image, face.box)
+        truth = None
+        if pred.points_px is not None:
+            truth, _ = task.map_points(np.asarray(face.points_98, np.float64), np.ones(len(face.points_98), bool))
+            nmes.append(float(nme_per_face(pred.points_px[None], truth[None], norm_points=landmarks.norm_points)[0]))
+        if pred.pose_rad is not None:
+            pose_errs.append(np.degrees(np.abs(pred.pose_rad - face.pose_rad)).tolist())
+        tiles.append(draw_prediction(face.image, pred, gt_points=truth))
         if i == 0:
             write_image_atomic(out / "heldout_1.png", face.image)
             first = {"image": str(out / "heldout_1.png"), "box": ",".join(str(int(v)) for v in face.box)}
     grid = np.vstack([np.hstack(tiles[r:r + 3]) for r in range(0, n, 3)])
     write_image_atomic(out / "predict.png", grid)
-    return {**first, "nme": nmes, "nme_mean": float(np.mean(nmes)), "pose_abs_err_deg": pose_errs,
-            "pose_abs_err_deg_mean": float(np.mean(pose_errs))}
+    return {**first, "nme": nmes, "nme_mean": float(np.mean(nmes)) if nmes else None, "pose_abs_err_deg": pose_errs,
+            "pose_abs_err_deg_mean": float(np.mean(pose_errs)) if pose_errs else None}
+
+
+def heldout_line(heldout: dict) -> str:
+    parts = ([f"mean NME {100 * heldout['nme_mean']:.2f}%"] if heldout["nme_mean"] is not None else []) + \
+        ([f"mean |pose error| {heldout['pose_abs_err_deg_mean']:.1f} deg"]
+         if heldout["pose_abs_err_deg_mean"] is not None else [])
+    return ", ".join(parts)
 
 
 def demo_report(out: Path, recipe: DemoRecipe, report, heldout: dict, exported, parity, int8, timings: dict) -> str:
@@ -90,15 +120,15 @@ def demo_report(out: Path, recipe: DemoRecipe, report, heldout: dict, exported, 
     parity_lines = markdown_table(parity.HEADER, parity.table_rows())
     return "\n".join([
         "# pfpld demo", "",
-        f"Synthetic faces -> prepared crops -> PFPLD training -> evaluation -> export -> parity, in "
+        f"Synthetic faces -> prepared crops -> {recipe.model} training -> evaluation -> export -> parity, in "
         f"{sum(timings.values()):.0f} s.", "",
-        f"Recipe: {recipe.n} synthetic faces, PFPLD width {recipe.width}, {recipe.epochs} epochs, batch "
+        f"Recipe: {recipe.n} synthetic faces, {recipe.model} {describe_options(recipe)}, {recipe.epochs} epochs, batch "
         f"{recipe.batch_size}, lr {recipe.lr:g} with a {recipe.warmup_epochs:g}-epoch warm-up and {recipe.schedule} "
         f"decay, seed {recipe.seed} (pfpld_app/demo.py, DemoRecipe).", "",
         "## Evaluation on the held-out test split", "", "```", report.table(), "```", "",
         f"Training curves: ![curves]({rel(out / 'run' / 'curves.png')})", "",
         "## Predictions on held-out faces (green: model, red: truth)", "",
-        f"Mean NME {100 * heldout['nme_mean']:.2f}%, mean |pose error| {heldout['pose_abs_err_deg_mean']:.1f} deg.", "",
+        f"{heldout_line(heldout)}.", "",
         f"![predictions]({rel(out / 'predict.png')})", "",
         "## Export", "", "```", exported.table(), "```", "",
         f"## Parity: **{parity.verdict.upper()}**", "", *parity_lines, "",
@@ -121,21 +151,27 @@ def run_demo(out: Path, recipe: DemoRecipe = DemoRecipe()) -> dict:
     click.echo(generate_dataset(synth_dir, n=r.n, seed=seed, force=True).table())
     timings["synth_s"] = time.perf_counter() - t
 
-    t = _step("2/9 prepare-data: contract crops + index")
+    t = _step(f"2/9 prepare-data: {r.model}'s contract crops + index")
     data_dir = out / "prepared"
+    options = model_options(r)
+    _, _, contract = build_model(r.model, **options)
     summary = prepare_dataset(data_dir, wflw=synth_dir / "WFLW", lapa=synth_dir / "LaPa",
-                              w300lp=synth_dir / "300W_LP", aflw2000=synth_dir / "AFLW2000", force=True)
+                              w300lp=synth_dir / "300W_LP", aflw2000=synth_dir / "AFLW2000", contract=contract,
+                              force=True)
     click.echo(summary.table())
     timings["prepare_s"] = time.perf_counter() - t
 
-    t = _step(f"3/9 train: PFPLD width {r.width}, {r.epochs} epochs, batch {r.batch_size}, {r.schedule} schedule")
+    t = _step(f"3/9 train: {r.model} {describe_options(r)}, {r.epochs} epochs, batch {r.batch_size}, {r.schedule} "
+              f"schedule")
     run_dir = out / "run"
     if run_dir.exists():
         if not (run_dir / "metrics.csv").is_file():      # only a previous demo's training run is replaced
             raise InputError(f"{run_dir}: exists and is not a training run (no metrics.csv); pfpld never replaces "
                              f"it: choose another --out")
         shutil.rmtree(run_dir)
-    cfg = TrainConfig(data=str(data_dir), out=str(run_dir), width=r.width, epochs=r.epochs, batch_size=r.batch_size,
+    cfg = TrainConfig(data=str(data_dir), out=str(run_dir), model=r.model, width=options.get("width", 1.0),
+                      model_options={k: v for k, v in options.items() if k not in ("width", "input_size")},
+                      epochs=r.epochs, batch_size=r.batch_size,
                       lr=r.lr, schedule=r.schedule, warmup_epochs=r.warmup_epochs, seed=seed, workers=r.workers,
                       val_fraction=r.val_fraction, loss=LossConfig())
     train(cfg)
@@ -144,15 +180,14 @@ def run_demo(out: Path, recipe: DemoRecipe = DemoRecipe()) -> dict:
     ckpt = run_dir / "last.pt"
     t = _step(f"4/9 eval on the held-out test split ({ckpt.name})")
     model, record = load_model(ckpt)
-    report = evaluate_model(model, data_dir, "test", contract=record.contract, progress=True)
+    report = evaluate_model(model, record.spec, data_dir, "test", contract=record.contract, progress=True)
     click.echo(report.table())
     write_text_atomic(out / "eval.json", report.to_json())
     timings["eval_s"] = time.perf_counter() - t
 
     t = _step("5/9 predict on held-out synthetic images")
-    heldout = predict_heldout(model, record.contract, out, seed)
-    click.echo(f"held-out faces: mean NME {100 * heldout['nme_mean']:.2f}%, mean |pose error| "
-               f"{heldout['pose_abs_err_deg_mean']:.1f} deg; `pfpld predict` command for the first one:")
+    heldout = predict_heldout(model, record.spec, record.contract, out, seed)
+    click.echo(f"held-out faces: {heldout_line(heldout)}; `pfpld predict` command for the first one:")
     click.echo(f"  pfpld predict {ckpt} {heldout['image']} --box {heldout['box']} --out predict_1.png")
     timings["predict_s"] = time.perf_counter() - t
 
@@ -163,7 +198,7 @@ def run_demo(out: Path, recipe: DemoRecipe = DemoRecipe()) -> dict:
     from quant.int8 import check_int8
     from quant.nnie import NnieOptions
     calib_dir = out / "calib"
-    make_calibration_set(data_dir, calib_dir, n=r.calib_faces, seed=seed, force=True)
+    make_calibration_set(data_dir, calib_dir, n=r.calib_faces, seed=seed, contract=record.contract, force=True)
     click.echo(f"{calib_dir / 'image_list.txt'} ({calib_dir / 'report.md'})")
     timings["calib_s"] = time.perf_counter() - t
 

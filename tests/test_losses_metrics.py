@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from pfpld.losses import LossConfig, landmark_loss, pose_loss, wing
+from pfpld.models.pfpld import pfpld_loss
+from pfpld.models.task import Targets
 from pfpld.metrics import auc, failure_rate, landmark_summary, nme_per_face, pose_mae_deg
 
 
@@ -24,7 +26,11 @@ def test_landmark_loss_is_in_crop_pixels():
     target[0, 0] = 1.0 / 112          # point 0, x off by exactly one crop pixel
     mask = torch.ones(1, 98, dtype=torch.bool)
     loss = landmark_loss(pred, target, mask, crop_px=112)
-    assert loss.item() == pytest.approx(10 * math.log(1.5) / (98 + 16 * 4), rel=1e-5)
+    assert loss.item() == pytest.approx(10 * math.log(1.5) / 98, rel=1e-5)
+    # PFPLD's loss weighs the 16 eye points 5 x: the same error over a heavier denominator
+    targets = Targets(points=target, mask=mask, pose=torch.zeros(1, 3), has_pose=torch.zeros(1, dtype=torch.bool))
+    total, parts = pfpld_loss((pred, torch.zeros(1, 3)), targets, 112, LossConfig())
+    assert parts["landmark"].item() == pytest.approx(10 * math.log(1.5) / (98 + 16 * 4), rel=1e-5)
 
 
 def test_masked_points_are_ignored_by_the_loss():
@@ -44,8 +50,10 @@ def test_eye_points_weigh_five_times():
     t_eye, t_jaw = torch.zeros(1, 196), torch.zeros(1, 196)
     t_eye[0, 2 * 60] = 0.05
     t_jaw[0, 2 * 10] = 0.05
-    ratio = landmark_loss(pred, t_eye, mask, 112) / landmark_loss(pred, t_jaw, mask, 112)
-    assert ratio.item() == pytest.approx(5.0, rel=1e-5)
+    def loss(target):
+        targets = Targets(points=target, mask=mask, pose=torch.zeros(1, 3), has_pose=torch.zeros(1, dtype=torch.bool))
+        return pfpld_loss((pred, torch.zeros(1, 3)), targets, 112, LossConfig())[0]
+    assert (loss(t_eye) / loss(t_jaw)).item() == pytest.approx(5.0, rel=1e-5)
 
 
 def test_pose_loss_uses_only_faces_with_pose():

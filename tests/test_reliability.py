@@ -29,7 +29,7 @@ def picture(tmp_path_factory):
 
 
 def test_unknown_model_name_is_a_model_error_listing_the_known_ones(ckpt):
-    with pytest.raises(ModelError, match=r"unknown model 'typo' \(this pfpld knows: pfpld\)"):
+    with pytest.raises(ModelError, match=r"unknown model 'typo' \(this pfpld knows: hopenet, landmark5, pfpld\)"):
         build_model("typo")
     spec = load_checkpoint(ckpt).spec
     with pytest.raises(ModelError, match="pfpld_v9"):

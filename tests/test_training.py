@@ -93,14 +93,14 @@ def test_short_training_halves_the_untrained_nme_and_beats_the_mean_shape(prepar
     another); at 10 the ten seeds 0-9 land at 0.76-0.88 x (best.pt, chosen on the 5 % of the training split held
     out for validation; 0.68-0.83 x when it was chosen on the test split itself)."""
     torch.manual_seed(SHORT_RUN_SEED)
-    untrained, _, _ = build_model("pfpld", width=0.25)
-    before = evaluate_model(untrained.eval(), prepared_dir).landmarks["nme"]
+    untrained, spec, _ = build_model("pfpld", width=0.25)
+    before = evaluate_model(untrained.eval(), spec, prepared_dir).landmarks["nme"]
     untrained.init_landmark_head(torch.from_numpy(PreparedFaces(prepared_dir, "train").mean_landmarks()))
-    mean_shape = evaluate_model(untrained.eval(), prepared_dir).landmarks["nme"]
+    mean_shape = evaluate_model(untrained.eval(), spec, prepared_dir).landmarks["nme"]
     row = train(_cfg(prepared_dir, tmp_path / "run", epochs=20, batch_size=16, milestones=(15,), augment=False,
                      seed=SHORT_RUN_SEED, loss=LossConfig(pose_weight=10.0)), progress=False)
     model, ckpt = load_model(tmp_path / "run" / "best.pt")
-    after = evaluate_model(model, prepared_dir).landmarks["nme"]
+    after = evaluate_model(model, ckpt.spec, prepared_dir).landmarks["nme"]
     assert after < 0.5 * before, (before, after)
     assert after < 0.95 * mean_shape, (mean_shape, after)
     assert ckpt.epoch >= 1 and row["epoch"] == 20
@@ -171,8 +171,8 @@ def test_validation_faces_are_held_out_of_the_training_split_and_choose_best(pre
     best = load_checkpoint(tmp_path / "run" / "best.pt")
     assert best.metrics["val_nme"] == min(h["val_nme"] for h in best.history)
     model, _ = load_model(tmp_path / "run" / "best.pt")
-    lmk, pose = predict_dataset(model, held)
-    assert evaluate_predictions(held, lmk, pose).landmarks["nme"] == pytest.approx(best.metrics["val_nme"], rel=1e-5)
+    lmk, pose = predict_dataset(model, best.spec, held)
+    assert evaluate_predictions(held, best.spec, lmk, pose).landmarks["nme"] == pytest.approx(best.metrics["val_nme"], rel=1e-5)
     proc = subprocess.run(PFPLD + ["train", "--data", str(prepared_dir), "--out", str(tmp_path / "none"), "--width",
                                    "0.25", "--epochs", "1", "--batch-size", "32", "--val-fraction", "0"],
                           capture_output=True, text=True, timeout=600)
@@ -184,12 +184,12 @@ def test_validation_faces_are_held_out_of_the_training_split_and_choose_best(pre
 def test_eval_prints_the_mean_shape_baseline_beside_the_model(prepared_dir):
     """The baseline is the training split's mean landmarks and mean pose predicted for every test face; the
     model whose landmark head starts at that mean shape (with its weights zeroed) scores exactly the same."""
-    model, _, _ = build_model("pfpld", width=0.25)
+    model, spec, _ = build_model("pfpld", width=0.25)
     train_faces = PreparedFaces(prepared_dir, "train")
     model.init_landmark_head(torch.from_numpy(train_faces.mean_landmarks()))
     with torch.no_grad():
         model.fc.weight.zero_()
-    report = evaluate_model(model.eval(), prepared_dir)
+    report = evaluate_model(model.eval(), spec, prepared_dir)
     base = report.baseline["landmarks"]
     assert base["n"] == report.landmarks["n"] and 0 < base["nme"] < 1
     assert report.landmarks["nme"] == pytest.approx(base["nme"], rel=1e-5)

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from ..contract import PreprocessContract
 from ..landmarks import NUM_POINTS
+from ..pose_bins import keep_for_training
 from .augment import AugmentConfig, AugmentDraw, FaceLabels, augment_batch, augment_sample, draw_augment
 from .prepare import INDEX_FILE, iter_prepared, open_crop_array, read_prepared_header
 from .record import DatasetError
@@ -42,7 +43,7 @@ class PreparedFaces(Dataset):
     out."""
 
     def __init__(self, root: Path, split: str, augment: AugmentConfig | None = None, seed: int = 0,
-                 val_fraction: float = 0.0):
+                 val_fraction: float = 0.0, require_pose: bool = False):
         self.root = Path(root)
         header = read_prepared_header(self.root)
         self.contract = PreprocessContract.from_dict(header["contract"])
@@ -57,8 +58,12 @@ class PreparedFaces(Dataset):
             numbered = [(row, r) for row, r in numbered if (row in held) == (split == "val")]
         elif split == "val":
             raise DatasetError(f"{self.root}: split 'val' needs a validation fraction above 0")
+        if require_pose:        # a pose model learns only from faces with a pose inside the +-99 degree range
+            numbered = [(row, r) for row, r in numbered
+                        if r["pose"] is not None and bool(keep_for_training(np.degrees(np.asarray(r["pose"]))))]
         if not numbered:
-            raise DatasetError(f"{self.root / INDEX_FILE}: no faces in split {split!r}")
+            raise DatasetError(f"{self.root / INDEX_FILE}: no faces in split {split!r}"
+                               f"{' with a pose label within +-99 degrees' if require_pose else ''}")
         self.array_rows = np.array([row for row, _ in numbered], dtype=np.int64)     # rows of crops.npy
         rows = [r for _, r in numbered]
         self.images = [r["image"] for r in rows]

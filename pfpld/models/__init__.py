@@ -1,15 +1,21 @@
-"""Model registry: name -> (constructor, spec builder). Every model returns its outputs in spec order."""
+"""Model registry: name -> ModelEntry (module, spec, contract, task), each defined in the model's own file.
+Adding a model is one file and one line here. Every model returns its outputs in spec order."""
 from __future__ import annotations
 
 from torch import nn
 
 from ..contract import PreprocessContract
 from ..errors import ModelError
-from .pfpld import PFPLD, pfpld_spec
+from .hopenet import HOPENET
+from .landmark5 import LANDMARK5
+from .pfpld import PFPLD, PFPLD_ENTRY, pfpld_spec
 from .spec import ModelSpec, OutputSpec
+from .task import ModelEntry, Task
 
-MODELS = {
-    "pfpld": (PFPLD, pfpld_spec),
+MODELS: dict[str, ModelEntry] = {
+    "pfpld": PFPLD_ENTRY,
+    "hopenet": HOPENET,
+    "landmark5": LANDMARK5,
 }
 
 
@@ -21,20 +27,32 @@ def check_model_name(name: str, where: str = "") -> None:
 
 
 def build_model(name: str = "pfpld", **options) -> tuple[nn.Module, ModelSpec, PreprocessContract]:
-    """Create a model with its spec and the preprocessing contract it is trained and deployed with."""
+    """Create a model with its spec and the preprocessing contract it is trained and deployed with. Options the
+    model does not take are refused in one line."""
     check_model_name(name)
-    ctor, spec_fn = MODELS[name]
-    spec = spec_fn(**options)
-    module = ctor(**spec.options)
-    contract = PreprocessContract(input_size=spec.input_size)
-    return module, spec, contract
+    entry = MODELS[name]
+    try:
+        spec = entry.spec(**options)
+        module = entry.module(**spec.options)
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"model {name}: {e}") from None
+    return module, spec, entry.contract(spec)
 
 
 def build_from_spec(spec: ModelSpec) -> nn.Module:
     check_model_name(spec.name)
-    ctor, _ = MODELS[spec.name]
-    return ctor(**spec.options)
+    return MODELS[spec.name].module(**spec.options)
 
 
-__all__ = ["MODELS", "ModelSpec", "OutputSpec", "PFPLD", "build_model", "build_from_spec", "check_model_name",
-           "pfpld_spec"]
+def model_task(spec: ModelSpec) -> Task:
+    check_model_name(spec.name)
+    return MODELS[spec.name].task(spec)
+
+
+def model_contract(spec: ModelSpec) -> PreprocessContract:
+    check_model_name(spec.name)
+    return MODELS[spec.name].contract(spec)
+
+
+__all__ = ["MODELS", "ModelEntry", "ModelSpec", "OutputSpec", "PFPLD", "Task", "build_model", "build_from_spec",
+           "check_model_name", "model_contract", "model_task", "pfpld_spec"]

@@ -3,7 +3,10 @@ head of 66 bin logits per angle (yaw, pitch, roll), and the decoded angles in de
 (softmax expectation over the bin centres, pfpld/pose_bins.py), so every export carries them.
 
 Head names follow the HopeNet code (fc_yaw, fc_pitch, fc_roll); its trunk keys sit under `backbone.` here.
-Groundwork for issue 11: not yet in the model registry, the CLI, the exporter or the data pipeline.
+Its contract (hopenet_contract) carries the paper's input: the loose 300W-LP crop (k = 0.3, the middle of the
+training code's 0.2-0.4; Resize(240) + CenterCrop(224) as a square of 224/240 of the loose box's shorter side) and
+ImageNet-style normalisation with one scale, so that NNIE's single data_scale can carry it: RGB, mean
+(123.675, 116.28, 103.53), scale 1 / (255 x 0.226), 0.226 being the mean of ImageNet's three standard deviations.
 """
 from __future__ import annotations
 
@@ -11,8 +14,12 @@ import torch
 from torch import nn
 
 from ..pose_bins import BIN_CENTRES_DEG, NUM_BINS, expectation_deg
+from ..contract import CropRule, PreprocessContract
+from ..losses import LossConfig
+from ..pose_bins import hopenet_loss, keep_for_training
 from .backbones import build_backbone, check_backbone
 from .spec import ModelSpec, OutputSpec
+from .task import ModelEntry, Targets, Task
 
 MIN_INPUT_SIZE = 64      # five stride-2 stages leave 2x2 before the global pooling
 
@@ -49,19 +56,54 @@ def hopenet_spec(backbone: str = "resnet50", input_size: int = 224, width: float
     """The paper's model is the default (ResNet-50 at 224); boards: backbone="mobilenetv2", input_size=112."""
     check_backbone(backbone, width)
     _check_input_size(input_size)
-    # Kind "" for now: OUTPUT_KINDS has no bin logits and its "pose" means radians. The registry session adds
-    # proper kinds so that parity, int8 and bench judge these outputs in pose-MAE terms.
     bins = f"{NUM_BINS} bin logits of 3 degrees over [-99, 99)"
     return ModelSpec(
         name="hopenet",
         input_name="input",
         input_size=input_size,
         outputs=(
-            OutputSpec("yaw_logits", (NUM_BINS,), f"yaw: {bins}", kind=""),
-            OutputSpec("pitch_logits", (NUM_BINS,), f"pitch: {bins}", kind=""),
-            OutputSpec("roll_logits", (NUM_BINS,), f"roll: {bins}", kind=""),
+            OutputSpec("yaw_logits", (NUM_BINS,), f"yaw: {bins}", kind="pose_bins"),
+            OutputSpec("pitch_logits", (NUM_BINS,), f"pitch: {bins}", kind="pose_bins"),
+            OutputSpec("roll_logits", (NUM_BINS,), f"roll: {bins}", kind="pose_bins"),
             OutputSpec("angles_deg", (3,), "yaw, pitch, roll in DEGREES (softmax expectation of the 66 bins)",
-                       kind=""),
+                       kind="pose_deg"),
         ),
         options={"backbone": backbone, "input_size": input_size, "width": width},
     )
+
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)           # RGB, 0-255
+IMAGENET_STD_MEAN = 0.226                           # mean of (0.229, 0.224, 0.225)
+LOOSE_K = 0.3
+CROP_KEEP = 224.0 / 240.0                           # CenterCrop(224) of Resize(240)
+
+
+def hopenet_contract(spec: ModelSpec) -> PreprocessContract:
+    return PreprocessContract(input_size=spec.input_size, color_order="RGB", mean=IMAGENET_MEAN,
+                              scale=1.0 / (255.0 * IMAGENET_STD_MEAN),
+                              crop=CropRule(expand=CROP_KEEP, loose_k=LOOSE_K, side="min"))
+
+
+def hopenet_training_loss(outputs, targets: Targets, crop_px: int, cfg: LossConfig):
+    """hopenet_loss (per angle CE on the bins + cfg.bins_alpha x MSE of the expectation, degrees) on the faces of
+    the batch with a pose inside the bins' range (augmentation can carry a face out of it)."""
+    yaw, pitch, roll, _ = outputs
+    angles = torch.rad2deg(targets.pose.float())
+    keep = targets.has_pose.bool() & keep_for_training(angles)
+    if not keep.any():
+        zero = yaw.sum() * 0.0
+        return zero, {"bins_ce": zero.detach(), "expectation_mse": zero.detach()}
+    loss = hopenet_loss(yaw[keep], pitch[keep], roll[keep], angles[keep], alpha=cfg.bins_alpha)
+    return loss.total, {"bins_ce": loss.cross_entropy.sum(), "expectation_mse": loss.mse_deg2.sum()}
+
+
+HOPENET = ModelEntry(
+    module=HopeNet,
+    spec=hopenet_spec,
+    contract=hopenet_contract,
+    task=lambda spec: Task(loss=hopenet_training_loss, loss_parts=("bins_ce", "expectation_mse"),
+                           select_metric="pose_mae_deg", pose_only=True),
+    summary="HopeNet head pose: a ResNet-18/50 or MobileNetV2-style trunk, 66 bins of 3 degrees per angle, the "
+            "softmax expectation in degrees in the graph",
+    demo_options={"backbone": "mobilenetv2", "input_size": 112, "width": 0.5},
+)

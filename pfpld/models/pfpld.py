@@ -9,8 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..landmarks import INTER_OCULAR, NUM_POINTS
+from ..contract import PreprocessContract
+from ..landmarks import EYE_POINTS, INTER_OCULAR, NUM_POINTS
+from ..losses import LossConfig, landmark_loss, pose_loss
 from .spec import ModelSpec, OutputSpec
+from .task import ModelEntry, Targets, Task, identity_98
 
 
 def conv_bn(inp: int, oup: int, kernel: int, stride: int, padding: int = 1) -> nn.Sequential:
@@ -154,3 +157,26 @@ def pfpld_spec(width: float = 1.0, input_size: int = 112) -> ModelSpec:
         ),
         options={"width": width, "input_size": input_size},
     )
+
+
+# --- registry entry -------------------------------------------------------------------------------------------
+
+def pfpld_loss(outputs, targets: Targets, crop_px: int, cfg: LossConfig):
+    """Wing on the 98 points (the eyes weighted cfg.eye_weight) plus cfg.pose_weight x smooth-L1 on the pose."""
+    landmarks, pose = outputs
+    weights = torch.ones(NUM_POINTS)
+    weights[torch.as_tensor(EYE_POINTS)] = cfg.eye_weight
+    lmk = landmark_loss(landmarks, targets.points, targets.mask, crop_px, cfg, weights)
+    pos = pose_loss(pose, targets.pose, targets.has_pose, cfg)
+    return cfg.landmark_weight * lmk + cfg.pose_weight * pos, {"landmark": lmk.detach(), "pose": pos.detach()}
+
+
+PFPLD_ENTRY = ModelEntry(
+    module=PFPLD,
+    spec=pfpld_spec,
+    contract=lambda spec: PreprocessContract(input_size=spec.input_size),
+    task=lambda spec: Task(loss=pfpld_loss, loss_parts=("landmark", "pose"), select_metric="nme",
+                           points_from_98=identity_98()),
+    summary="PFLD's MobileNetV2-style landmark network with a pose branch: 98 WFLW points and yaw/pitch/roll",
+    demo_options={"width": 0.25},
+)

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 # What an output holds, so that parity, the int8 check and the benchmark can judge it in the task's own terms
 # without knowing the model: "landmarks" = K points x0,y0,x1,y1,... in [0,1] of the crop (NME normalised by the
 # distance between points norm_points of the ground truth); "pose" = yaw, pitch, roll in radians; "" = anything else
-# (judged by its values only).
-OUTPUT_KINDS = ("landmarks", "pose", "")
+# (judged by its values only); "pose_deg" = yaw, pitch, roll in degrees; "pose_bins" = one angle's bin logits (HopeNet's
+# 66 bins of 3 degrees; judged through the model's pose_deg output, which decodes them in the graph).
+OUTPUT_KINDS = ("landmarks", "pose", "pose_deg", "pose_bins", "")
+POSE_KINDS = ("pose", "pose_deg")       # outputs a pose can be read from, in radians after pose_radians()
 LEGACY_KINDS = {"landmarks": "landmarks", "pose": "pose"}     # specs saved before kinds existed
 
 
@@ -56,6 +58,21 @@ class ModelSpec:
         """The first output of that kind ("landmarks", "pose"), or None."""
         return next((o for o in self.outputs if o.kind == kind), None)
 
+    def pose_output(self) -> OutputSpec | None:
+        """The output the head pose is read from (radians or degrees, see pose_radians), or None."""
+        return next((o for o in self.outputs if o.kind in POSE_KINDS), None)
+
+    def decode(self, outputs) -> tuple:
+        """A model's outputs in spec order (arrays or tensors, batch first) -> (landmarks (N, K, 2) in [0,1] of the
+        crop or None, pose (N, 3) yaw, pitch, roll in radians or None), read by output kind."""
+        if len(outputs) != len(self.outputs):
+            raise ValueError(f"model {self.name}: {len(outputs)} outputs, its spec names {len(self.outputs)}")
+        by_name = dict(zip(self.output_names, outputs))
+        landmarks, pose = self.output_of_kind("landmarks"), self.pose_output()
+        points = by_name[landmarks.name] if landmarks else None
+        return (points.reshape(points.shape[0], -1, 2) if points is not None else None,
+                pose_radians(pose, by_name[pose.name]) if pose else None)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -68,3 +85,12 @@ class ModelSpec:
                                                 None))
                         for o in d.pop("outputs"))
         return cls(outputs=outputs, **d)
+
+
+def pose_radians(output: OutputSpec, values):
+    """A pose output's values (..., 3) -> radians (numpy or torch), whatever unit its kind states."""
+    if output.kind == "pose_deg":
+        return values * (3.141592653589793 / 180.0)
+    if output.kind == "pose":
+        return values
+    raise ValueError(f"output {output.name!r} of kind {output.kind!r} holds no pose")

@@ -1,0 +1,91 @@
+"""What a model learns and how its epochs are judged: the part of a registry entry that training reads.
+
+Prepared folders store every face with the 98-point WFLW labels (and a mask) and, where known, a pose. A model
+states how its own targets come from those (`points_from_98`: each of its K points as a fixed weighted sum of the
+98, so augmentation, mirroring and the Mirror98 remap happen once, on the 98, before the map), which faces it
+can learn from, its loss on the outputs in spec order, and the validation number that picks best.pt. What a
+model *outputs* is read from its spec's output kinds (pfpld/models/spec.py), never from here: evaluation,
+prediction, parity, the int8 check and the C++ decoder work from those.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..arrays import asarray_like, namespace
+from ..landmarks import NUM_POINTS
+
+# Validation numbers a task may choose best.pt on (lower is better): the overall landmark NME, or the mean pose
+# MAE in degrees under the AFLW2000 protocol.
+SELECT_METRICS = ("nme", "pose_mae_deg")
+
+
+@dataclass(frozen=True)
+class Targets:
+    """A batch's training targets in the model's own terms: points (B, 2K) in [0,1] of the crop, mask (B, K),
+    pose (B, 3) radians, has_pose (B,)."""
+    points: Any
+    mask: Any
+    pose: Any
+    has_pose: Any
+
+
+# loss(outputs in spec order, targets, crop size in pixels, LossConfig) -> (total, {part name: detached value})
+LossFn = Callable[[tuple, Targets, int, Any], tuple[Any, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Task:
+    loss: LossFn
+    loss_parts: tuple[str, ...]             # the names of the parts `loss` returns, logged per epoch
+    select_metric: str                      # one of SELECT_METRICS
+    points_from_98: np.ndarray | None = None    # (K, 98) weights, rows summing to 1; None: no landmarks
+    pose_only: bool = False                 # train only on faces with a pose label inside the +-99 degree range
+
+    def __post_init__(self):
+        if self.select_metric not in SELECT_METRICS:
+            raise ValueError(f"select_metric {self.select_metric!r}: expected one of {SELECT_METRICS}")
+        if self.points_from_98 is not None:
+            w = np.asarray(self.points_from_98)
+            if w.ndim != 2 or w.shape[1] != NUM_POINTS or not np.allclose(w.sum(1), 1.0):
+                raise ValueError(f"points_from_98 {w.shape}: expected (K, {NUM_POINTS}) rows that sum to 1")
+
+    @property
+    def num_points(self) -> int:
+        return 0 if self.points_from_98 is None else len(self.points_from_98)
+
+    def map_points(self, points98, mask98):
+        """(..., 98, 2) points and (..., 98) mask, numpy or torch -> the model's (..., K, 2) points and (..., K)
+        mask: a point is valid when every 98-point it is made of is."""
+        weights = np.asarray(self.points_from_98, dtype=np.float64)
+        w = asarray_like(weights, points98).to(points98.dtype) if namespace(points98) is not np else \
+            weights.astype(points98.dtype)
+        points = w @ points98                                               # (K, 98) @ (..., 98, 2)
+        used = asarray_like(weights != 0, mask98)                           # (K, 98)
+        invalid = ~asarray_like(mask98, mask98)
+        return points, ~(invalid[..., None, :] & used).any(-1)
+
+    def targets(self, points98, mask98, pose, has_pose) -> Targets:
+        """A batch's targets from its (augmented) 98-point labels: points (B, 196) or (B, 98, 2)."""
+        if self.points_from_98 is None:
+            return Targets(points=None, mask=None, pose=pose, has_pose=has_pose)
+        points, mask = self.map_points(points98.reshape(points98.shape[0], NUM_POINTS, 2), mask98)
+        return Targets(points=points.reshape(points.shape[0], -1), mask=mask, pose=pose, has_pose=has_pose)
+
+
+def identity_98() -> np.ndarray:
+    return np.eye(NUM_POINTS)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of the registry (pfpld/models/__init__.py): each model file defines its own."""
+    module: Callable[..., Any]              # the nn.Module class, built with spec.options
+    spec: Callable[..., Any]                # options -> ModelSpec
+    contract: Callable[[Any], Any]          # ModelSpec -> PreprocessContract: how a face becomes its input
+    task: Callable[[Any], Task]             # ModelSpec -> Task
+    summary: str                            # one line for `pfpld models` and the README
+    demo_options: dict                      # what `pfpld demo --model NAME` trains (small enough for 2 cores)
