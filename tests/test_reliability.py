@@ -42,7 +42,7 @@ def test_checkpoint_of_an_unknown_model(future_ckpt, picture, tmp_path):
         load_checkpoint(future_ckpt)
     out = tmp_path / "pred.png"
     assert_user_error(run("predict", future_ckpt, picture, "--box", "10,10,60,60", "--out", out),
-                      str(future_ckpt), "'pfpld_v9'", "knows: pfpld")
+                      str(future_ckpt), "'pfpld_v9'", "knows: hopenet, landmark5, pfpld")
     assert not out.exists()
 
 
@@ -56,7 +56,7 @@ def test_eval_of_a_checkpoint_of_an_unknown_model(future_ckpt, prepared_dir, tmp
 def test_train_with_an_unknown_model_writes_nothing(prepared_dir, tmp_path):
     out = tmp_path / "run"
     assert_user_error(run("train", "--data", prepared_dir, "--out", out, "--model", "typo", "--epochs", "1",
-                          "--workers", "0"), "'typo'", "knows: pfpld")
+                          "--workers", "0"), "'typo'", "knows: hopenet, landmark5, pfpld")
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
