@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from . import DEFAULT_MODEL
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .contract import PreprocessContract
 from .devices import resolve_amp, resolve_device
@@ -49,7 +50,7 @@ LEGACY_CONFIG = {"val_fraction": 0.0}
 class TrainConfig:
     data: str
     out: str
-    model: str = "pfpld"
+    model: str = DEFAULT_MODEL
     width: float = 1.0
     model_options: dict = field(default_factory=dict)   # the model's other options (hopenet: backbone)
     epochs: int = 80

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from pfpld import DEFAULT_MODEL
 from pfpld.errors import PfpldError
 from pfpld.fileio import force_help, write_text_atomic
 
@@ -54,7 +55,8 @@ def synth(out, n, seed, force):
 @click.option("--300wlp", "w300lp", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="300W-LP root (holds AFW/ HELEN/ ... landmarks/).")
 @click.option("--aflw2000", type=click.Path(exists=True, file_okay=False, path_type=Path), help="AFLW2000-3D folder.")
-@click.option("--model", default="pfpld", show_default=True, help="Crop with this model's contract (`pfpld models`).")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
+              help="Crop with this model's contract (`pfpld models`).")
 @click.option("--input-size", type=click.IntRange(min=16), help="The model's input size.  [default: the model's]")
 @click.option("--force", is_flag=True, help=force_help("prepared"))
 @user_errors
@@ -77,8 +79,8 @@ def prepare_data(out, wflw, lapa, w300lp, aflw2000, model, input_size, force):
               help="A folder written by `pfpld prepare-data`.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder (last.pt, best.pt, "
               "metrics.csv).")
-@click.option("--model", default="pfpld", show_default=True, help="A registry model (`pfpld models`); the data must "
-              "be prepared with its contract (`pfpld prepare-data --model`).")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="A registry model (`pfpld models`); the data "
+              "must be prepared with its contract (`pfpld prepare-data --model`).")
 @click.option("--width", type=float, default=1.0, show_default=True, help="Channel width multiplier.")
 @click.option("--backbone", help="hopenet: resnet18, resnet50 (the paper's) or mobilenetv2 (for boards).  "
               "[default: the model's]")
@@ -227,8 +229,9 @@ def predict(ckpt, image, box, out, as_json, device):
 
 
 @main.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
-@click.option("--model", default="pfpld", show_default=True, help="A registry model (`pfpld models`).")
+@click.option("--out", type=click.Path(path_type=Path), help="Folder to write.  [default: runs/demo for the default "
+              "model, runs/demo-MODEL for the others]")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="A registry model (`pfpld models`).")
 @click.option("--n", type=click.IntRange(min=20), help="Synthetic faces.  [default: DemoRecipe's]")
 @click.option("--epochs", type=click.IntRange(min=1), help="[default: DemoRecipe's]")
 @click.option("--width", type=float, help="[default: DemoRecipe's]")
@@ -236,11 +239,11 @@ def predict(ckpt, image, box, out, as_json, device):
 @user_errors
 def demo(out, model, n, epochs, width, seed):
     """The main job on built-in data: synth -> prepare-data -> train -> eval -> export -> parity -> int8 (the
-    recipe and why: pfpld_app/demo.py, DemoRecipe)."""
-    from dataclasses import replace
+    recipe and why: pfpld_app/demo.py, DemoRecipe, and the model's demo_recipe in its own file)."""
     from .demo import DemoRecipe, run_demo
-    given = dict(model=model, n=n, epochs=epochs, width=width, seed=seed)
-    result = run_demo(out, replace(DemoRecipe(), **{k: v for k, v in given.items() if v is not None}))
+    out = out or Path("runs/demo" if model == DEFAULT_MODEL else f"runs/demo-{model}")
+    given = dict(n=n, epochs=epochs, width=width, seed=seed)
+    result = run_demo(out, DemoRecipe.for_model(model, **{k: v for k, v in given.items() if v is not None}))
     if result["parity"]["verdict"] != "pass":
         click.secho("parity check failed: see the export's parity.md", fg="red", err=True)
         sys.exit(1)
@@ -466,7 +469,8 @@ def check_parity_cmd(export_dir, images, n, json_out, threads, seed, int8, calib
 
 
 @main.command()
-@click.option("--model", default="pfpld", show_default=True, help="Registry model benchmarked with random weights.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
+              help="Registry model benchmarked with random weights.")
 @click.option("--width", "widths", type=float, multiple=True, default=(1.0, 0.25), show_default=True,
               help="Widths of --model with random weights (repeatable).")
 @click.option("--ckpt", "ckpts", type=click.Path(path_type=Path), multiple=True, help="A trained checkpoint: replaces "

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from pfpld import DEFAULT_MODEL
 from pfpld.checkpoint import load_model
 from pfpld.errors import InputError
 from pfpld.data.prepare import prepare_dataset
@@ -42,7 +43,7 @@ class DemoRecipe:
     lr 1e-2 diverged. The run is evaluated and exported from last.pt, the end of the recipe, so it holds no faces
     out for validation (`pfpld train`'s default 5 %, which only chooses best.pt): with them held out, the same
     recipe measured 0.59 x instead of 0.52 x, a different draw of batches on 5 % less data."""
-    model: str = "pfpld"            # any registry model; its ModelEntry.demo_options give its size
+    model: str = DEFAULT_MODEL      # any registry model; its ModelEntry.demo_options give its size
     n: int = 2000                   # synthetic faces (about 1,380 train, 560 test after prepare-data)
     epochs: int = 20
     width: float | None = None      # None: the model's demo width (PFPLD: 0.25)
@@ -56,6 +57,16 @@ class DemoRecipe:
     parity_faces: int = 8
     int8_faces: int = 256           # held-out test faces for the int8 estimate
     val_fraction: float = 0.0       # last.pt is what the demo reports: no best.pt, no faces held out for it
+    loss: tuple[tuple[str, float], ...] = ()    # LossConfig fields the model's recipe changes
+
+    @classmethod
+    def for_model(cls, model: str, **given) -> "DemoRecipe":
+        """The recipe of `model`: these defaults, then its ModelEntry.demo_recipe, then what the user gave."""
+        if model not in MODELS:
+            raise InputError(f"--model {model!r}: expected one of {', '.join(sorted(MODELS))}")
+        changes = dict(MODELS[model].demo_recipe)
+        changes["loss"] = tuple(sorted(changes.get("loss", {}).items()))
+        return cls(model=model, **{**changes, **given})
 
 
 def model_options(recipe: DemoRecipe) -> dict:
@@ -66,6 +77,10 @@ def model_options(recipe: DemoRecipe) -> dict:
     if recipe.width is not None:
         options["width"] = recipe.width
     return options
+
+
+def loss_text(recipe: DemoRecipe) -> str:
+    return "".join(f", {k.replace('_', ' ')} {v:g}" for k, v in recipe.loss)
 
 
 def describe_options(recipe: DemoRecipe) -> str:
@@ -124,7 +139,7 @@ def demo_report(out: Path, recipe: DemoRecipe, report, heldout: dict, exported, 
         f"{sum(timings.values()):.0f} s.", "",
         f"Recipe: {recipe.n} synthetic faces, {recipe.model} {describe_options(recipe)}, {recipe.epochs} epochs, batch "
         f"{recipe.batch_size}, lr {recipe.lr:g} with a {recipe.warmup_epochs:g}-epoch warm-up and {recipe.schedule} "
-        f"decay, seed {recipe.seed} (pfpld_app/demo.py, DemoRecipe).", "",
+        f"decay, seed {recipe.seed}{loss_text(recipe)} (pfpld_app/demo.py, DemoRecipe; the model's demo_recipe).", "",
         "## Evaluation on the held-out test split", "", "```", report.table(), "```", "",
         f"Training curves: ![curves]({rel(out / 'run' / 'curves.png')})", "",
         "## Predictions on held-out faces (green: model, red: truth)", "",
@@ -173,7 +188,7 @@ def run_demo(out: Path, recipe: DemoRecipe = DemoRecipe()) -> dict:
                       model_options={k: v for k, v in options.items() if k not in ("width", "input_size")},
                       epochs=r.epochs, batch_size=r.batch_size,
                       lr=r.lr, schedule=r.schedule, warmup_epochs=r.warmup_epochs, seed=seed, workers=r.workers,
-                      val_fraction=r.val_fraction, loss=LossConfig())
+                      val_fraction=r.val_fraction, loss=LossConfig(**dict(r.loss)))
     train(cfg)
     timings["train_s"] = time.perf_counter() - t
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .. import DEFAULT_MODEL
 from ..contract import PreprocessContract
 from ..errors import ModelError
 from .hopenet import HOPENET
@@ -26,7 +27,7 @@ def check_model_name(name: str, where: str = "") -> None:
         raise ModelError(f"{prefix}unknown model {name!r} (this pfpld knows: {', '.join(sorted(MODELS))})")
 
 
-def build_model(name: str = "pfpld", **options) -> tuple[nn.Module, ModelSpec, PreprocessContract]:
+def build_model(name: str = DEFAULT_MODEL, **options) -> tuple[nn.Module, ModelSpec, PreprocessContract]:
     """Create a model with its spec and the preprocessing contract it is trained and deployed with. Options the
     model does not take are refused in one line."""
     check_model_name(name)
@@ -54,5 +55,5 @@ def model_contract(spec: ModelSpec) -> PreprocessContract:
     return MODELS[spec.name].contract(spec)
 
 
-__all__ = ["MODELS", "ModelEntry", "ModelSpec", "OutputSpec", "PFPLD", "Task", "build_model", "build_from_spec",
-           "check_model_name", "model_contract", "model_task", "pfpld_spec"]
+__all__ = ["DEFAULT_MODEL", "MODELS", "ModelEntry", "ModelSpec", "OutputSpec", "PFPLD", "Task", "build_model",
+           "build_from_spec", "check_model_name", "model_contract", "model_task", "pfpld_spec"]

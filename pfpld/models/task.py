@@ -10,7 +10,7 @@ prediction, parity, the int8 check and the C++ decoder work from those.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -89,3 +89,6 @@ class ModelEntry:
     task: Callable[[Any], Task]             # ModelSpec -> Task
     summary: str                            # one line for `pfpld models` and the README
     demo_options: dict                      # what `pfpld demo --model NAME` trains (small enough for 2 cores)
+    # the demo recipe's fields this model changes (pfpld_app/demo.py DemoRecipe: n, epochs, batch_size, lr, ...;
+    # "loss": LossConfig fields), with the measurement that chose them in the model's file
+    demo_recipe: dict = field(default_factory=dict)
