@@ -39,11 +39,19 @@ def source_from_checkpoint(path: Path) -> ExportSource:
                                             epoch=ckpt.epoch))
 
 
-def randomize_batchnorm(module: torch.nn.Module, input_size: int, seed: int) -> None:
+def randomize_batchnorm(module: torch.nn.Module, input_size: int, seed: int,
+                        contract: PreprocessContract | None = None) -> None:
     """Non-trivial BatchNorm parameters and statistics for a freshly built model, so that exporting it exercises
     BN folding: random affine (gamma in [0.5, 1.5], beta in [-0.25, 0.25]), then running mean / var measured on
-    random inputs in train mode (cumulative average), which keeps activations at a sane scale through the net."""
+    random inputs in train mode (cumulative average), which keeps activations at a sane scale through the net.
+    The inputs are uniform over what `contract` makes of 8-bit pixels ((0..255 - mean) x scale per channel;
+    [0, 1] without one): statistics measured on another range (an ImageNet-normalised HopeNet fed [0, 1]) let
+    activations grow layer by layer, to logits of +-90 that no trained net has."""
     generator = torch.Generator().manual_seed(seed)
+    low, span = 0.0, 1.0
+    if contract is not None:
+        mean = torch.tensor(contract.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        low, span = (0.0 - mean) * contract.scale, torch.full_like(mean, 255.0 * contract.scale)
     norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     with torch.no_grad():
         for bn in norms:
@@ -54,7 +62,7 @@ def randomize_batchnorm(module: torch.nn.Module, input_size: int, seed: int) -> 
         module.train()
         with process_threads(1):   # tiny batches: extra threads only spin (badly, when another process is busy)
             for _ in range(4):
-                module(torch.rand(8, 3, input_size, input_size, generator=generator))
+                module(low + span * torch.rand(8, 3, input_size, input_size, generator=generator))
         for bn in norms:
             if int(bn.num_batches_tracked) == 0:   # a BN forward never reaches (the reference's unused bn8)
                 bn.running_mean.copy_(torch.rand(bn.num_features, generator=generator) - 0.5)
@@ -63,15 +71,47 @@ def randomize_batchnorm(module: torch.nn.Module, input_size: int, seed: int) -> 
     module.eval()
 
 
-def source_from_random_init(model: str, width: float, seed: int = 0) -> ExportSource:
+def parse_model_options(pairs) -> dict:
+    """['backbone=mobilenetv2', 'input_size=112'] -> {'backbone': 'mobilenetv2', 'input_size': 112}: a value that
+    reads as an int or a float becomes one, anything else stays text (the model's spec checks the values)."""
+    options = {}
+    for pair in pairs:
+        key, sep, text = str(pair).partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or not key.isidentifier() or not text:
+            raise ConversionError(f"model option {pair!r}: expected KEY=VALUE, e.g. backbone=mobilenetv2")
+        if key in options:
+            raise ConversionError(f"model option {key!r} is given twice")
+        value: object = text
+        for kind in (int, float):
+            try:
+                value = kind(text)
+                break
+            except ValueError:
+                continue
+        options[key] = value
+    return options
+
+
+def source_from_random_init(model: str, width: float | None = 1.0, seed: int = 0,
+                            options: dict | None = None) -> ExportSource:
+    """A registry model with random weights; `options` are its constructor options beside the width (hopenet:
+    backbone, input_size). The input size is the spec's, so the export runs at the model's own size."""
+    options = dict(options or {})
+    if width is not None:
+        if "width" in options and options["width"] != width:
+            raise ConversionError(f"--model {model}: width {width} and model option width={options['width']} "
+                                  f"disagree; give it once")
+        options["width"] = width
     torch.manual_seed(seed)
     try:
-        module, spec, contract = build_model(model, width=width)
+        module, spec, contract = build_model(model, **options)
     except PfpldError:
         raise
     except (KeyError, ValueError, TypeError) as exc:
-        raise ConversionError(f"--model {model} --width {width}: {one_line(exc)}") from None
-    randomize_batchnorm(module, spec.input_size, seed)
+        described = " ".join(f"{k}={v}" for k, v in options.items())
+        raise ConversionError(f"--model {model} {described}: {one_line(exc)}") from None
+    randomize_batchnorm(module, spec.input_size, seed, contract)
     return ExportSource(spec, contract, module=module,
                         record=SourceRecord("random", model=model, options=dict(spec.options), seed=seed,
                                             batchnorm="random affine, statistics measured on random inputs"))

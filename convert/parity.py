@@ -25,7 +25,8 @@ from pfpld.data.check_faces import synthetic_check_faces
 from pfpld.errors import ConversionError, InputError, one_line
 from pfpld.fileio import atomic_path, write_json_atomic, write_text_atomic
 from pfpld.metrics import nme_per_face
-from pfpld.models.spec import ModelSpec
+from pfpld.models.spec import ModelSpec, pose_radians
+from pfpld.pose import project_axes
 from pfpld.tables import markdown_table, text_table
 
 from . import stages as _builtin_formats  # noqa: F401  (registers convert's formats)
@@ -128,8 +129,9 @@ class StageParity:
     mean_abs: float | None = None
     cosine: float | None = None             # smallest per-input cosine of all outputs concatenated
     nme: float | None = None                # landmark NME vs the reference (inter-ocular of the reference)
-    pose_deg: float | None = None           # largest |pose difference| in degrees
-    per_output_max_abs: dict = field(default_factory=dict)
+    pose_deg: float | None = None           # largest |pose difference| in degrees (pose or pose_deg output)
+    per_output_max_abs: dict = field(default_factory=dict)     # name -> max |diff| (pose_deg: in radians)
+    per_output_limit: dict = field(default_factory=dict)       # name -> what that max may be (output_limit)
     verdict: str = "reference"              # reference | pass | FAIL | ERROR
     first_divergence: str | None = None
     error: str | None = None
@@ -145,19 +147,43 @@ class StageParity:
         return d
 
 
+# Output kinds judged against the tolerance as an absolute difference: landmarks in [0,1] of the crop, and poses in
+# radians (a pose_deg output is converted to radians first, so one tolerance reads the same for every pose model).
+# Any other kind (pose_bins logits, an unknown output) is judged relative to its magnitude when that exceeds 1.
+ABSOLUTE_KINDS = ("landmarks", "pose", "pose_deg")
+
+
+def judged_values(spec: ModelSpec, name: str, values: np.ndarray) -> np.ndarray:
+    """An output's values in the unit its tolerance is stated in: poses in radians (pose_radians), else as they
+    are."""
+    output = next((o for o in spec.outputs if o.name == name), None)
+    if output is not None and output.kind == "pose_deg":
+        return pose_radians(output, values)
+    return values
+
+
+def output_limit(spec: ModelSpec, name: str, tolerance: float, reference_judged: np.ndarray) -> float:
+    """The largest |difference| output `name` may show at this tolerance (its values as judged_values gives them):
+    the tolerance itself for the ABSOLUTE_KINDS, else tolerance x max(1, max |reference|)."""
+    if kind_of(spec, name) in ABSOLUTE_KINDS:
+        return tolerance
+    return tolerance * max(1.0, float(np.abs(reference_judged).max()))
+
+
 def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], face_slice: slice,
                     tolerance: float, spec: ModelSpec) -> dict:
-    """Metrics of a stage's outputs against the reference's, by output name; landmark NME and pose degrees for the
+    """Metrics of a stage's outputs against the reference's, by output name, each in the unit its tolerance is
+    stated in (judged_values: a pose in degrees is compared in radians); landmark NME and pose degrees for the
     outputs the spec says hold them."""
     missing = set(reference) - set(candidate)
     if missing:
         raise ConversionError(f"outputs {sorted(missing)} are missing (has {sorted(candidate)})")
     n = next(iter(reference.values())).shape[0]
-    per_output, diffs, passed = {}, [], True
+    per_output, limits, diffs = {}, {}, []
     ref_flat, cand_flat = [], []
     for name, ref in reference.items():
-        ref2 = ref.reshape(n, -1).astype(np.float64)
-        got = candidate[name].reshape(n, -1).astype(np.float64)
+        ref2 = judged_values(spec, name, ref.reshape(n, -1).astype(np.float64))
+        got = judged_values(spec, name, candidate[name].reshape(n, -1).astype(np.float64))
         if got.shape != ref2.shape:
             raise ConversionError(f"output {name!r} has {got.shape[1]} values per input, reference {ref2.shape[1]}")
         diff = np.abs(got - ref2)
@@ -165,16 +191,13 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
         diffs.append(diff.reshape(-1))
         ref_flat.append(ref2)
         cand_flat.append(got)
-        # Landmarks ([0,1]) and pose (radians) have an absolute tolerance; an output of unknown meaning is
-        # judged relative to its magnitude when that exceeds 1.
-        known = kind_of(spec, name) in ("landmarks", "pose")
-        limit = tolerance if known else tolerance * max(1.0, float(np.abs(ref2).max()))
-        passed &= per_output[name] <= limit
+        limits[name] = output_limit(spec, name, tolerance, ref2)
     a, b = np.concatenate(ref_flat, axis=1), np.concatenate(cand_flat, axis=1)
     cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
     metrics = {"max_abs": float(max(d.max() for d in diffs)), "mean_abs": float(np.concatenate(diffs).mean()),
-               "cosine": float(cos.min()), "per_output_max_abs": per_output, "passed": bool(passed)}
-    landmarks, pose = spec.output_of_kind("landmarks"), spec.output_of_kind("pose")
+               "cosine": float(cos.min()), "per_output_max_abs": per_output, "per_output_limit": limits,
+               "passed": all(per_output[k] <= limits[k] for k in per_output)}
+    landmarks, pose = spec.output_of_kind("landmarks"), spec.pose_output()
     if landmarks is not None and landmarks.norm_points is not None and landmarks.name in reference:
         rows = face_slice if face_slice.stop > face_slice.start else slice(None)
         k = landmarks.num_points
@@ -182,8 +205,9 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
         got_points = candidate[landmarks.name][rows].reshape(-1, k, 2)
         metrics["nme"] = float(np.nanmean(nme_per_face(got_points, ref_points, norm_points=landmarks.norm_points)))
     if pose is not None and pose.name in reference:
-        metrics["pose_deg"] = float(np.degrees(np.abs(candidate[pose.name].reshape(n, 3).astype(np.float64)
-                                                      - reference[pose.name].reshape(n, 3))).max())
+        got_rad = pose_radians(pose, candidate[pose.name].reshape(n, 3).astype(np.float64))
+        ref_rad = pose_radians(pose, reference[pose.name].reshape(n, 3).astype(np.float64))
+        metrics["pose_deg"] = float(np.degrees(np.abs(got_rad - ref_rad)).max())
     return metrics
 
 
@@ -302,6 +326,7 @@ class ParityReport:
     modified_files: list[str]
     checked: str
     picture: Path | None = None
+    picture_shows: str = "landmarks"                      # what draw_stages drew (see picture_content)
     markdown: Path | None = None
     skipped: list[str] = field(default_factory=list)     # formats parity does not compare (int8, unknown)
 
@@ -352,8 +377,8 @@ class ParityReport:
         return {"verdict": self.verdict, "checked": self.checked, "inputs": {"random": self.n_random,
                 "faces": self.n_faces, "faces_from": self.inputs},
                 "tolerance": {r.stage: r.tolerance for r in self.rows if r.tolerance is not None},
-                "tolerance_applies_to": "landmarks ([0,1]) and pose (radians), absolute; other outputs "
-                                        "x max(1, max |reference|)",
+                "tolerance_applies_to": "landmarks ([0,1]) and pose (radians; a pose in degrees converted), "
+                                        "absolute; other outputs x max(1, max |reference|)",
                 "stages": [r.to_dict() for r in self.rows], "modified_files": self.modified_files,
                 "not_compared": self.skipped,
                 "report": self.markdown.name if self.markdown else None,
@@ -366,21 +391,35 @@ class ParityReport:
         lines += markdown_table(self.HEADER, self.table_rows())
         lines += ["", f"**Verdict: {self.verdict.upper()}.** Tolerance: each stage's max abs diff (the tolerance "
                   f"column: its format's entry in the registry), absolute on landmarks ([0,1] of the crop) and pose "
-                  f"(radians); NME is normalised by the reference prediction's own normalising points."]
+                  f"(radians; an output in degrees is converted first), relative to max(1, max |reference|) on "
+                  f"other outputs (logits); NME is normalised by the reference prediction's own normalising "
+                  f"points."]
         notes = self.notes()
         if notes:
             lines += [""] + [f"- {n}" for n in notes]
         if self.picture:
-            lines += ["", f"![landmarks of every stage]({self.picture.name})", "",
-                      "Each row is one face, each column one stage's landmarks on it."]
+            lines += ["", f"![{self.picture_shows} of every stage]({self.picture.name})", "",
+                      f"Each row is one face, each column one stage's {self.picture_shows} on it."]
         return "\n".join(lines) + "\n"
+
+
+def picture_content(spec: ModelSpec) -> str | None:
+    """What the parity picture shows of a model: its landmarks when it has them, else its head pose as axes (a pose
+    model), else nothing (None)."""
+    if spec.output_of_kind("landmarks") is not None:
+        return "landmarks"
+    if spec.pose_output() is not None:
+        return "pose axes"
+    return None
 
 
 def draw_stages(contract: PreprocessContract, spec: ModelSpec, faces: np.ndarray, rows: list[StageParity],
                 path: Path, max_faces: int = 4, zoom: int = 2) -> Path | None:
-    """A grid: one face per row, one stage per column, each with that stage's landmarks."""
-    landmarks = spec.output_of_kind("landmarks")
-    stages = [r for r in rows if landmarks is not None and landmarks.name in r.outputs]
+    """A grid: one face per row, one stage per column, each with that stage's landmarks (or, for a model without
+    landmarks, its pose as the head's x, y, z axes from the crop centre)."""
+    shows = picture_content(spec)
+    output = (spec.output_of_kind("landmarks") if shows == "landmarks" else spec.pose_output()) if shows else None
+    stages = [r for r in rows if output is not None and output.name in r.outputs]
     if not len(faces) or not stages:
         return None
     size = contract.input_size * zoom
@@ -390,16 +429,37 @@ def draw_stages(contract: PreprocessContract, spec: ModelSpec, faces: np.ndarray
         cv2.putText(grid, row.stage, (col * size + 6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
         for i, x in enumerate(faces[:max_faces]):
             tile = cv2.resize(crop_from_input(contract, x), (size, size), interpolation=cv2.INTER_LINEAR)
-            points = row.outputs[landmarks.name][i].reshape(-1, 2) * size
             colour = (0, 200, 0) if not row.failed else (0, 0, 255)
-            for px, py in points:
-                if np.isfinite(px) and np.isfinite(py) and -size < px < 2 * size and -size < py < 2 * size:
-                    cv2.circle(tile, (int(round(px)), int(round(py))), 2, colour, -1, cv2.LINE_AA)
+            if shows == "landmarks":
+                _draw_points(tile, row.outputs[output.name][i].reshape(-1, 2) * size, colour)
+            else:
+                _draw_pose_axes(tile, pose_radians(output, row.outputs[output.name][i].reshape(3).astype(np.float64)),
+                                failed=row.failed)
             grid[header + i * size:header + (i + 1) * size, col * size:(col + 1) * size] = tile
     with atomic_path(path) as tmp:
         if not cv2.imwrite(str(tmp), grid):
             raise ConversionError(f"{path}: could not write the picture")
     return path
+
+
+def _draw_points(tile: np.ndarray, points: np.ndarray, colour) -> None:
+    size = tile.shape[0]
+    for px, py in points:
+        if np.isfinite(px) and np.isfinite(py) and -size < px < 2 * size and -size < py < 2 * size:
+            cv2.circle(tile, (int(round(px)), int(round(py))), 2, colour, -1, cv2.LINE_AA)
+
+
+def _draw_pose_axes(tile: np.ndarray, pose_rad: np.ndarray, failed: bool) -> None:
+    """x red, y green, z blue from the centre (as `pfpld predict` draws them); all red on a failed stage."""
+    if not np.all(np.isfinite(pose_rad)):
+        return
+    size = tile.shape[0]
+    centre = np.array([size / 2.0, size / 2.0])
+    colours = [(0, 0, 255)] * 3 if failed else [(0, 0, 255), (0, 200, 0), (255, 0, 0)]
+    for (dx, dy), colour in zip(project_axes(pose_rad, length=0.4 * size), colours):
+        tip = centre + (dx, dy)
+        cv2.arrowedLine(tile, (int(centre[0]), int(centre[1])), (int(round(tip[0])), int(round(tip[1]))), colour,
+                        2, cv2.LINE_AA, tipLength=0.15)
 
 
 def parity_formats(export: ExportFolder) -> tuple[list[Format], list[str]]:
@@ -450,6 +510,7 @@ def check_parity(export_dir: Path, images: Path | None = None, n: int = 8, seed:
             continue
         row.max_abs, row.mean_abs, row.cosine = m["max_abs"], m["mean_abs"], m["cosine"]
         row.nme, row.pose_deg, row.per_output_max_abs = m.get("nme"), m.get("pose_deg"), m["per_output_max_abs"]
+        row.per_output_limit = m["per_output_limit"]
         row.verdict = "pass" if m["passed"] else "FAIL"
         if not m["passed"]:
             worst = int(np.argmax(sum(np.abs(outputs[k].reshape(len(inputs.x), -1) -
@@ -467,6 +528,7 @@ def check_parity(export_dir: Path, images: Path | None = None, n: int = 8, seed:
     if write:
         report.picture = draw_stages(export.contract, export.spec, inputs.x[inputs.face_slice], rows,
                                      export.folder / "parity.png")
+        report.picture_shows = picture_content(export.spec) or report.picture_shows
         report.markdown = export.folder / "parity.md"
         write_text_atomic(report.markdown, report.to_markdown())
         export.record_check("parity", report.to_dict())

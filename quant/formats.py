@@ -55,9 +55,12 @@ def export_nnie(job: ExportJob) -> dict[str, Path]:
     names = {"format": "pfpld-nnie-names", "precision": opts.precision,
              "compile_mode": nnie_mod.PRECISIONS[opts.precision], "input": net.input_blob,
              "input_shape": caffe_names["input_shape"], "outputs": net.outputs, "hp_layers": net.hp_layers,
-             "layers": net.layer_names, "blobs": net.blob_names, "blob_map": blob_map}
+             "report_layers": net.report_layers, "layers": net.layer_names, "blobs": net.blob_names,
+             "blob_map": blob_map}
     names_path.write_text(json.dumps(names, indent=1) + "\n")
-    nnie_mod.check_preflight(prototxt, caffemodel, opts.allow_layers)
+    # The documented-but-unproven layers (PReLU, Sigmoid, Softmax) pass; which of them the net uses is recorded.
+    nnie_mod.check_preflight(prototxt, caffemodel, list(opts.allow_layers) + list(nnie_mod.NNIE_DOCUMENTED_LAYERS))
+    documented = sorted({t for t in nnie_mod.layer_types(prototxt) if t in nnie_mod.NNIE_DOCUMENTED_LAYERS})
 
     # OpenCV reads the renamed files and gets the Caffe stage's numbers: renaming lost nothing.
     x = random_inputs(contract, 2, seed=0)
@@ -96,12 +99,13 @@ def export_nnie(job: ExportJob) -> dict[str, Path]:
         net_files={"prototxt": prototxt, "caffemodel": caffemodel, "names": names_path}, nnie=net, contract=contract,
         precision=opts.precision, calib_files=calib_set.files, test_crops=crops,
         float_outputs=per_test(float_out), swapped_outputs=per_test(swapped_out), sim_outputs=per_test(sim_out),
-        internal_stride=opts.internal_stride,
+        internal_stride=opts.internal_stride, documented_layers=documented,
         source={"export_source": source.record.to_dict(), "calibration": str(Path(opts.calib).resolve())})
     job.info["nnie"] = {"precision": opts.precision, "compile_mode": nnie_mod.PRECISIONS[opts.precision],
                         "hp_layers": net.hp_layers, "task": task, "bundle": where,
                         "bundle_files": len(manifest["files"]), "calibration": str(Path(opts.calib).resolve()),
                         "calibration_images": len(xc), "allowed_extra_layers": list(opts.allow_layers),
+                        "documented_layers_used": documented, "report_layers": net.report_layers,
                         "preflight": "pass", "renamed_vs_caffe_max_abs": worst}
     return {"nnie.prototxt": prototxt, "nnie.caffemodel": caffemodel, "nnie.names": names_path,
             "nnie.ranges": ranges_path}

@@ -40,6 +40,14 @@ NO_WEIGHT_TYPES = {"Input", "Split", "BinaryOp", "Pooling", "Concat", "Flatten",
                    "Squeeze", "ExpandDims", "Slice", "UnaryOp", "HardSigmoid", "HardSwish", "Swish"}
 
 
+def raw_float_count(layer_type: str, params: dict[int, str]) -> int | None:
+    """How many raw fp32 values (no tag) a layer that stays in float keeps in the bin: PReLU's slopes (0=num_slope);
+    None for a type this writer does not know to carry such weights."""
+    if layer_type == "PReLU":
+        return int(params.get(0, "0"))
+    return None
+
+
 def parse_params(text: str) -> dict[int, str]:
     out = {}
     for token in text.split():
@@ -103,9 +111,11 @@ def read_weights(param: Path, bin_path: Path) -> tuple[list[NcnnLayer], dict[str
             groups = int(params.get(7, "1")) if layer.type == "ConvolutionDepthWise" else 1
             weighted[layer.name] = WeightedLayer(layer, params, weight, bias, num_output, groups,
                                                  groups if layer.type == "ConvolutionDepthWise" else num_output)
+        elif raw_float_count(layer.type, params) is not None:
+            offset += 4 * raw_float_count(layer.type, params)          # stays fp32: copied as it is
         elif layer.type not in NO_WEIGHT_TYPES:
             raise ConversionError(f"{param}: layer '{layer.name}' ({layer.type}) may carry weights; the int8 writer "
-                                  f"handles {', '.join(QUANTISED_TYPES)} and weightless layers only")
+                                  f"handles {', '.join(QUANTISED_TYPES)}, PReLU and weightless layers only")
     if offset != len(data):
         raise ConversionError(f"{bin_path}: {len(data) - offset} bytes left after the last layer's weights: the "
                               f"param and bin do not match")
@@ -249,6 +259,10 @@ def write_int8_model(param: Path, bin_path: Path, table: Path, out_param: Path, 
     offset = 0
     for layer, line in zip(layers, lines[2:]):
         if layer.name not in weighted:
+            raw = raw_float_count(layer.type, parse_params(layer.params))
+            if raw:
+                out += data[offset:offset + 4 * raw]
+                offset += 4 * raw
             out_lines.append(line)
             continue
         w = weighted[layer.name]

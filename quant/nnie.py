@@ -46,7 +46,7 @@ from pfpld.contract import PreprocessContract
 from pfpld.errors import ConversionError, one_line
 from pfpld.fileio import check_output_folder, commit_output_folder, temporary_sibling
 from pfpld.metrics import nme_per_face
-from pfpld.models.spec import ModelSpec
+from pfpld.models.spec import ModelSpec, pose_radians
 
 from .nnie_sim import HP_SUFFIX, OUTPUT_FRACTION_BITS, PRECISIONS
 
@@ -54,7 +54,15 @@ BUNDLE_FORMAT = "pfpld-nnie-bundle"
 BUNDLE_MANIFEST = "manifest.json"
 BUNDLE_KIND = "nnie-bundle"                # its kind of output folder (pfpld.fileio.OUTPUT_KINDS)
 NNIE_PROVEN_LAYERS = ("Input", "Convolution", "ReLU", "Eltwise", "Pooling", "Flatten", "Concat", "InnerProduct")
-RESERVED_SUFFIXES = ("_hp", "_cpu", "_report")
+# Caffe 1.0 standard layers that HiSilicon's NNIE documentation lists as supported but that this project has not run
+# on a board yet (the 5-point model's PReLU and Sigmoid, HopeNet's in-graph Softmax). `pfpld export --target nnie`
+# accepts them and names them in its info and the bundle's README; preflight() alone keeps to the proven set.
+NNIE_DOCUMENTED_LAYERS = ("PReLU", "Sigmoid", "Softmax")
+REPORT_SUFFIX = "_report"          # on a layer and its top: the mapper also outputs this blob, which later layers read
+RESERVED_SUFFIXES = ("_hp", "_cpu", REPORT_SUFFIX)
+# Layers that compute nothing a 16-bit marker helps (data movement) or that follow the one that does (activations):
+# the default _hp choice walks back through them from an output to the layer that computes it.
+PASS_THROUGH_TYPES = {"Flatten", "Reshape", "Concat", "ReLU", "PReLU", "Sigmoid", "Softmax", "Dropout"}
 NODE_NAME_MAX = 31                 # SVP_NNIE_NODE_NAME_LEN 32, with the terminating NUL
 TEST_INPUTS = 4
 # Layer types BVLC Caffe gained after 1.0 (April 2017) and parameter fields it gained with them.
@@ -103,6 +111,11 @@ def nnie_name(original: str, taken: set[str]) -> str:
     return name
 
 
+def with_suffix(name: str, suffix: str) -> str:
+    """name + suffix, the name shortened so that the result stays within NODE_NAME_MAX."""
+    return name[:NODE_NAME_MAX - len(suffix)].rstrip("_") + suffix
+
+
 @dataclass
 class NnieNet:
     prototxt_text: str
@@ -112,11 +125,39 @@ class NnieNet:
     hp_layers: list[str]                 # NNIE names carrying _hp
     input_blob: str
     outputs: dict[str, str]              # spec output -> NNIE blob
+    report_layers: list[str] = field(default_factory=list)    # NNIE names carrying _report
+
+
+def consumed_blobs(net: caffe_pb2.NetParameter) -> set[str]:
+    return {b for layer in net.layer for b in layer.bottom}
+
+
+def report_layers(net: caffe_pb2.NetParameter, output_blobs: list[str]) -> list[str]:
+    """The layers whose top is a network output that later layers also read (HopeNet's bin logits feed its
+    Softmax): the mapper outputs such a blob only when it is marked _report."""
+    consumed = consumed_blobs(net)
+    return [layer.name for layer in net.layer if any(t in output_blobs and t in consumed for t in layer.top)]
 
 
 def default_hp_layers(net: caffe_pb2.NetParameter, output_blobs: list[str]) -> list[str]:
-    """The layers whose top is a network output (for PFPLD the landmark and pose InnerProducts)."""
-    return [layer.name for layer in net.layer if any(t in output_blobs for t in layer.top)]
+    """The layers producing the network outputs, and, when such a layer only moves or activates data (Concat,
+    Flatten, Sigmoid, ...), the layers it comes from back to the ones that compute it: PFPLD's landmark and pose
+    InnerProducts; the 5-point model's Flatten, Sigmoid and last Convolution; HopeNet's angle Concat and the three
+    InnerProducts of the softmax expectation. A layer marked _report (report_layers) carries that marker instead:
+    one marker suffix per name."""
+    producer = {t: layer for layer in net.layer for t in layer.top}
+    reported = set(report_layers(net, output_blobs))
+    chosen: list[str] = []
+    todo = [producer[b] for b in output_blobs if b in producer]
+    while todo:
+        layer = todo.pop(0)
+        if layer.name in chosen or layer.name in reported or layer.type == "Input":
+            continue
+        chosen.append(layer.name)
+        if layer.type in PASS_THROUGH_TYPES:
+            todo += [producer[b] for b in layer.bottom if b in producer]
+    order = {layer.name: i for i, layer in enumerate(net.layer)}
+    return sorted(chosen, key=order.__getitem__)
 
 
 def make_nnie_net(prototxt: Path, caffemodel: Path, names: dict, precision: str,
@@ -136,6 +177,11 @@ def make_nnie_net(prototxt: Path, caffemodel: Path, names: dict, precision: str,
     if unknown:
         raise ConversionError(f"--hp-layer {', '.join(unknown)}: no such layer in {prototxt} (layers are named "
                               f"after their top, e.g. {layer_originals[-1]!r})")
+    report = report_layers(net, list(outputs.values()))
+    both = [h for h in hp if h in report]
+    if both and precision == "mixed":
+        raise ConversionError(f"--hp-layer {', '.join(both)}: these layers produce outputs that later layers read, "
+                              f"so they carry the {REPORT_SUFFIX} marker; a layer name carries one marker")
     if precision != "mixed":
         hp = []
     taken: set[str] = set()
@@ -154,14 +200,15 @@ def make_nnie_net(prototxt: Path, caffemodel: Path, names: dict, precision: str,
             layer_names[layer.name] = blob_names[layer.top[0]]
         else:
             layer_names[layer.name] = nnie_name(layer.name, taken)
-    hp_new = []
-    for original in hp:
-        layer = next(la for la in net.layer if la.name == original)
-        old_name = layer_names[original]
-        layer_names[original] = old_name + HP_SUFFIX
-        for top in layer.top:
-            blob_names[top] = blob_names[top] + HP_SUFFIX
-        hp_new.append(layer_names[original])
+    marked: dict[str, list[str]] = {HP_SUFFIX: [], REPORT_SUFFIX: []}
+    for suffix, originals in ((HP_SUFFIX, hp), (REPORT_SUFFIX, report)):
+        for original in originals:
+            layer = next(la for la in net.layer if la.name == original)
+            layer_names[original] = with_suffix(layer_names[original], suffix)
+            for top in layer.top:
+                blob_names[top] = with_suffix(blob_names[top], suffix)
+            marked[suffix].append(layer_names[original])
+    hp_new = marked[HP_SUFFIX]
     for layer in net.layer:
         layer.bottom[:] = [blob_names[b] for b in layer.bottom]
         layer.top[:] = [blob_names[t] for t in layer.top]
@@ -173,11 +220,14 @@ def make_nnie_net(prototxt: Path, caffemodel: Path, names: dict, precision: str,
         layer.top[:] = [blob_names.get(t, t) for t in layer.top]
     header = (f"# Caffe 1.0 network for nnie_mapper (compile_mode {PRECISIONS[precision]}, {precision}), written "
               f"by pfpld quant.nnie from {Path(prototxt).name}; names made mapper-safe (map in the names file)"
-              + (f"; 16-bit (_hp) layers: {', '.join(hp_new)}" if hp_new else "") + "\n")
+              + (f"; 16-bit (_hp) layers: {', '.join(hp_new)}" if hp_new else "")
+              + (f"; intermediate outputs ({REPORT_SUFFIX}): {', '.join(marked[REPORT_SUFFIX])}"
+                 if marked[REPORT_SUFFIX] else "") + "\n")
     return NnieNet(prototxt_text=header + text_format.MessageToString(net), caffemodel=weights.SerializeToString(),
                    layer_names=layer_names, blob_names=blob_names, hp_layers=hp_new,
                    input_blob=blob_names[names["input"]],
-                   outputs={spec: blob_names[blob] for spec, blob in outputs.items()})
+                   outputs={spec: blob_names[blob] for spec, blob in outputs.items()},
+                   report_layers=marked[REPORT_SUFFIX])
 
 
 # --- 3. preflight ----------------------------------------------------------------------------------------------------
@@ -308,8 +358,9 @@ def preflight(prototxt: Path, caffemodel: Path | None = None, allow_layers=()) -
         names[layer.name] = layer.type
         if not re.fullmatch(r"[A-Za-z0-9_]+", layer.name or "?"):
             violations.append(f"{where}: name has characters outside [A-Za-z0-9_]")
-        for suffix in ("_cpu", "_report"):
-            if layer.name.endswith(suffix):
+        for suffix in ("_cpu", REPORT_SUFFIX):
+            if layer.name.endswith(suffix) and not (suffix == REPORT_SUFFIX and _reports_an_intermediate(layer,
+                                                                                                        layers)):
                 violations.append(f"{where}: name ends in {suffix}, which the mapper reads as a marker")
         if layer.type in NEWER_THAN_CAFFE_1_0:
             violations.append(f"{where}: layer type {layer.type} is newer than Caffe 1.0")
@@ -336,13 +387,19 @@ def preflight(prototxt: Path, caffemodel: Path | None = None, allow_layers=()) -
     consumed = {b for layer in layers for b in layer.bottom}
     for layer in layers:
         for top in layer.top:
-            is_io = layer.type == "Input" or top not in consumed
+            is_io = layer.type == "Input" or top not in consumed or top.endswith(REPORT_SUFFIX)
             if is_io and len(top) > NODE_NAME_MAX:
                 violations.append(f"layer '{layer.name}' ({layer.type}): blob '{top}' is a network input/output "
                                   f"and longer than {NODE_NAME_MAX} characters (the board reads it by name)")
     if caffemodel is not None:
         violations += _caffemodel_violations(Path(caffemodel), layers)
     return violations
+
+
+def _reports_an_intermediate(layer: caffe_pb2.LayerParameter, layers: list[caffe_pb2.LayerParameter]) -> bool:
+    """A deliberate _report: the layer's tops carry the marker too and a later layer reads one of them."""
+    return (all(t.endswith(REPORT_SUFFIX) for t in layer.top)
+            and any(t in other.bottom for other in layers for t in layer.top))
 
 
 def _caffemodel_violations(caffemodel: Path, layers: list[caffe_pb2.LayerParameter]) -> list[str]:
@@ -369,6 +426,13 @@ def _caffemodel_violations(caffemodel: Path, layers: list[caffe_pb2.LayerParamet
                 out.append(f"layer '{layer.name}' (Convolution): weight shape {shape} does not match num_output "
                            f"{layer.convolution_param.num_output}")
     return out
+
+
+def layer_types(prototxt: Path) -> list[str]:
+    """The type of every layer of a prototxt, in order."""
+    net = caffe_pb2.NetParameter()
+    text_format.Parse(Path(prototxt).read_text(), net)
+    return [layer.type for layer in net.layer]
 
 
 def check_preflight(prototxt: Path, caffemodel: Path | None = None, allow_layers=()) -> None:
@@ -479,10 +543,20 @@ def check_bundle_target(path: Path, force: bool) -> None:
 
 
 def readme_text(task: str, precision: str, contract: PreprocessContract, cfg: dict[str, str], hp_layers: list[str],
-                outputs: dict[str, str], n_calib: int, tests: list[str], input_blob: str, planes: str) -> str:
+                outputs: dict[str, str], n_calib: int, tests: list[str], input_blob: str, planes: str,
+                spec: ModelSpec | None = None, report: list[str] = (), documented: list[str] = ()) -> str:
     inst = parse_cfg(cfg[f"{task}_inst.cfg"])
     chips = "\n".join(f"| {chip} | {nnie} | `{tool}` |" for chip, nnie, tool in CHIP_TABLE)
-    outs = "\n".join(f"| `{spec}` | `{blob}` |" for spec, blob in outputs.items())
+    kinds = {o.name: o.kind for o in spec.outputs} if spec is not None else {}
+    outs = "\n".join(f"| `{name}` | {kinds.get(name) or '-'} | `{blob}` |" for name, blob in outputs.items())
+    swapped_key = swapped_planes_key(spec) if spec is not None else None
+    extra = []
+    if report:
+        extra.append(f"- Intermediate outputs ({REPORT_SUFFIX}): {', '.join(report)}: later layers read these blobs, "
+                     f"so the mapper outputs them only with this marker.")
+    if documented:
+        extra.append(f"- Layers outside the set proven on a board by pfpld (but listed as supported in HiSilicon's "
+                     f"NNIE documentation): {', '.join(documented)}. Check the mapper log for them first.")
     return f"""# NNIE bundle: {task}
 
 Written by `pfpld export --target nnie` ({precision}, compile_mode {inst['compile_mode']}). Lay it over an SDK
@@ -516,6 +590,7 @@ For another chip use the mapper its SDK ships.
   the contract's crop rule at {contract.input_size}x{contract.input_size}, PNG in normal colour order (the mapper
   reads BGR and applies RGB_order).
 - Precision: {precision}; 16-bit (`_hp`) layers: {', '.join(hp_layers) or 'none'}.
+{chr(10).join(extra)}
 
 ## On the board
 
@@ -524,8 +599,8 @@ reorder what it is fed), each plane {contract.input_size} rows of {contract.inpu
 the blob's 16-byte stride. Read the outputs by node name, never by index; they are S32 fixed point,
 value = s32 / 4096:
 
-| output | node name |
-|---|---|
+| output | kind | node name |
+|---|---|---|
 {outs}
 
 `data/nnie_image/rgb_planar/` holds {len(tests)} test inputs ({', '.join(tests)}),
@@ -533,8 +608,7 @@ value = s32 / 4096:
 the float outputs (Caffe files through OpenCV), the NNIE simulation's outputs (what the board should print, to
 its precision), and `float_outputs_if_planes_swapped`: what the net gives when the first and third planes trade
 places. If the board prints something close to those instead, the build feeds the colour planes in the wrong
-order (the classic silent mismatch of RGB-trained nets on NNIE); `swapped_planes_nme` in the JSON says how far
-apart the two are.
+order (the classic silent mismatch of RGB-trained nets on NNIE){f"; `{swapped_key}` in the JSON says how far apart the two are" if swapped_key else ""}.
 
 `manifest.json` lists every file with its sha256.
 """
@@ -549,10 +623,35 @@ def nnie_entry(inst_cfg: str, input_blob: str, planes: str, outputs: dict[str, s
             "s32_scale": 1 << OUTPUT_FRACTION_BITS}
 
 
+def swapped_planes_key(spec: ModelSpec) -> str | None:
+    """The test JSON's measure of how far the swapped-planes outputs are from the right ones: landmark NME for a model
+    with landmarks, the largest pose difference in degrees for a pose model."""
+    landmarks = spec.output_of_kind("landmarks")
+    if landmarks is not None and landmarks.norm_points is not None:
+        return "swapped_planes_nme"
+    return "swapped_planes_pose_deg" if spec.pose_output() is not None else None
+
+
+def swapped_planes_distance(spec: ModelSpec, ref: dict, swapped: dict) -> dict:
+    key = swapped_planes_key(spec)
+    if key == "swapped_planes_nme":
+        landmarks = spec.output_of_kind("landmarks")
+        value = nme_per_face(np.reshape(swapped[landmarks.name], (1, -1, 2)), np.reshape(ref[landmarks.name],
+                                                                                        (1, -1, 2)),
+                             norm_points=landmarks.norm_points)[0]
+    elif key == "swapped_planes_pose_deg":
+        pose = spec.pose_output()
+        value = np.degrees(np.abs(pose_radians(pose, np.asarray(swapped[pose.name], dtype=np.float64))
+                                  - pose_radians(pose, np.asarray(ref[pose.name], dtype=np.float64))).max())
+    else:
+        return {}
+    return {key: round(float(value), 6)}
+
+
 def write_bundle(root: Path, *, task: str, spec: ModelSpec, net_files: dict[str, Path], nnie: NnieNet,
                  contract: PreprocessContract, precision: str, calib_files: list[Path], test_crops: list[np.ndarray],
                  float_outputs: list[dict], swapped_outputs: list[dict], sim_outputs: list[dict], internal_stride: int,
-                 source: dict) -> dict:
+                 source: dict, documented_layers: list[str] = ()) -> dict:
     """Write the bundle into the (new, empty) folder root; returns its manifest."""
     model_dir = root / "data" / "nnie_model" / task
     calib_dir = root / "data" / "nnie_image" / "calib" / task
@@ -582,20 +681,20 @@ def write_bundle(root: Path, *, task: str, spec: ModelSpec, net_files: dict[str,
                   "bytes": 3 * contract.input_size ** 2, "float_outputs": flat(ref),
                   f"nnie_sim_{precision}_outputs": flat(sim), "float_outputs_if_planes_swapped": flat(swapped),
                   "output_nodes": nnie.outputs}
-        if "landmarks" in ref:
-            record["swapped_planes_nme"] = round(float(nme_per_face(np.reshape(swapped["landmarks"], (1, -1)),
-                                                                  np.reshape(ref["landmarks"], (1, -1)))[0]), 6)
+        record.update(swapped_planes_distance(spec, ref, swapped))
         (planar_dir / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
         tests.append(f"{stem}.bgr")
     write_deploy(model_dir, spec, contract,
                  {"nnie": nnie_entry(cfgs[f"{task}_inst.cfg"], nnie.input_blob, planes, nnie.outputs)})
     (root / "README.md").write_text(readme_text(task, precision, contract, cfgs, nnie.hp_layers, nnie.outputs,
-                                                len(calib_files), tests, nnie.input_blob, planes))
+                                                len(calib_files), tests, nnie.input_blob, planes, spec=spec,
+                                                report=nnie.report_layers, documented=list(documented_layers)))
     files = {str(p.relative_to(root)): {"sha256": sha256_of(p), "size": p.stat().st_size}
              for p in sorted(root.rglob("*")) if p.is_file() and p.name != BUNDLE_MANIFEST}
     manifest = {"format": BUNDLE_FORMAT, "version": 1,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "task": task,
                 "precision": precision, "compile_mode": PRECISIONS[precision], "hp_layers": nnie.hp_layers,
+                "report_layers": nnie.report_layers, "documented_layers": list(documented_layers),
                 "contract": contract.to_dict(), "board_input": {"blob": nnie.input_blob, "planes": planes},
                 "outputs": nnie.outputs, "mapper": {"run_in": f"data/nnie_model/{task}",
                                                     "commands": [f"nnie_mapper_12 {task}_inst.cfg",

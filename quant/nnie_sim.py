@@ -373,9 +373,17 @@ class NnieSimRunner(Runner):
         self.output_names = list(self.outputs)
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        parts = [self.graph.forward(x[i:i + self.batch], self.plan) for i in range(0, len(x), self.batch)]
-        return {name: np.concatenate([p[blob] for p in parts]).astype(np.float32)
-                for name, blob in self.outputs.items()}
+        """Outputs by spec name. An output that later layers also read (a _report blob) is kept from the forward
+        pass and, as the board reports it, rounded to S32 / 4096 (the layers after it read the unrounded value)."""
+        keep = set(self.outputs.values())
+        parts = [self.graph.forward(x[i:i + self.batch], self.plan, keep=keep) for i in range(0, len(x), self.batch)]
+        out = {}
+        for name, blob in self.outputs.items():
+            value = np.concatenate([p[blob] for p in parts])
+            if self.plan is not None and blob not in self.graph.graph_outputs:
+                value = s32_output(value)
+            out[name] = value.astype(np.float32)
+        return out
 
     def _run_one(self, x1, names):
         out = self.run(x1)
