@@ -1,4 +1,4 @@
-// pfpld_predict: one image (PPM/PGM/BMP) and a face box -> landmarks in image pixels and the head pose, as JSON
+// pfpld_predict: one image (PPM/PGM/BMP) and a face box -> landmarks in image pixels and/or the head pose, as JSON
 // with the keys of `pfpld predict --json`. The model comes from the deploy.json of an export folder (or NNIE
 // bundle). A user's mistake is one line on stderr and exit code 2.
 #include <cstdio>
@@ -78,10 +78,13 @@ int main(int argc, char** argv) {
 
         std::ostringstream out;
         out << "{\"box\": [" << number(box.x1) << ", " << number(box.y1) << ", " << number(box.x2) << ", " << number(box.y2)
-            << "], \"runtime\": \"" << runtime << "\", \"landmarks_px\": [";
-        for (size_t i = 0; i < r.landmarks_px.size(); ++i)
-            out << (i ? ", " : "") << "[" << number(r.landmarks_px[i].x) << ", " << number(r.landmarks_px[i].y) << "]";
-        out << "]";
+            << "], \"runtime\": \"" << runtime << "\"";
+        if (r.has_landmarks) {   // the keys of `pfpld predict --json`: only what the model has
+            out << ", \"landmarks_px\": [";
+            for (size_t i = 0; i < r.landmarks_px.size(); ++i)
+                out << (i ? ", " : "") << "[" << number(r.landmarks_px[i].x) << ", " << number(r.landmarks_px[i].y) << "]";
+            out << "]";
+        }
         if (r.has_pose) {
             const char* names[3] = {"yaw", "pitch", "roll"};
             out << ", \"pose_rad\": {";

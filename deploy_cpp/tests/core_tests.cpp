@@ -28,10 +28,14 @@ size_t differing(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
     return n;
 }
 
-// The contract the fixtures were cut with: the deploy.json of their model's export.
-pfpld::Contract fixture_contract(const json& index) {
-    return pfpld::DeployConfig::load(index.at("deploy").get<std::string>()).contract;
+// One model's fixtures (make_fixtures.py's FIXTURE_MODELS): its export's deploy.json and its faces.
+const json& model_fixtures(const json& index, const std::string& model) {
+    for (const auto& rec : index.at("models"))
+        if (rec.at("model") == model) return rec;
+    throw std::runtime_error("the fixtures have no model '" + model + "' (make_fixtures.py --models)");
 }
+
+pfpld::DeployConfig model_config(const json& model) { return pfpld::DeployConfig::load(model.at("deploy").get<std::string>()); }
 
 void images(const json& index, const std::string&) {
     for (const auto& rec : index.at("images")) {
@@ -57,64 +61,109 @@ void warp(const json& index, const std::string&) {
     std::cout << "  " << index.at("warps").size() << " warps, " << total << " bytes, " << bad << " differ from cv2.warpAffine\n";
 }
 
+// The contract's matrix bit for bit and the crop byte for byte, for every model's contract on the face pictures;
+// then the matrix alone for every branch of the crop rule (loose or not, side max or min, shifted).
 void crop(const json& index, const std::string&) {
-    const pfpld::Contract contract = fixture_contract(index);
-    for (const auto& rec : index.at("faces")) {
-        const pfpld::Image image = pfpld::read_image(rec.at("image").get<std::string>());
-        pfpld::Affine matrix;
-        const pfpld::Image out = pfpld::crop_face(contract, image, box_of(rec.at("box")), &matrix);
-        const pfpld::Affine expected = affine_of(rec.at("matrix"));
-        for (size_t k = 0; k < 6; ++k)
-            CHECK_MSG(matrix.m[k] == expected.m[k], rec.at("image") << ": matrix[" << k << "] " << matrix.m[k] << " != " << expected.m[k]);
-        const size_t n = differing(out.pixels, check::read_bytes(rec.at("crop").get<std::string>()));
-        CHECK_MSG(n == 0, rec.at("image") << ": " << n << " crop bytes differ from PreprocessContract.crop_image");
-        std::cout << "  " << rec.at("image").get<std::string>() << ": matrix and crop equal\n";
+    for (const auto& model : index.at("models")) {
+        const pfpld::Contract contract = model_config(model).contract;
+        for (const auto& rec : model.at("faces")) {
+            const pfpld::Image image = pfpld::read_image(rec.at("image").get<std::string>());
+            pfpld::Affine matrix;
+            const pfpld::Image out = pfpld::crop_face(contract, image, box_of(rec.at("box")), &matrix);
+            const pfpld::Affine expected = affine_of(rec.at("matrix"));
+            for (size_t k = 0; k < 6; ++k)
+                CHECK_MSG(matrix.m[k] == expected.m[k], model.at("model") << " " << rec.at("image") << ": matrix[" << k << "] "
+                                                                         << matrix.m[k] << " != " << expected.m[k]);
+            const size_t n = differing(out.pixels, check::read_bytes(rec.at("crop").get<std::string>()));
+            CHECK_MSG(n == 0, model.at("model") << " " << rec.at("image") << ": " << n
+                                                << " crop bytes differ from PreprocessContract.crop_image");
+            std::cout << "  " << model.at("model").get<std::string>() << " " << rec.at("image").get<std::string>()
+                      << ": matrix bit-equal, " << out.pixels.size() << " crop bytes, " << n << " differ\n";
+        }
     }
+    size_t differ = 0;
+    for (const auto& rec : index.at("crop_rules")) {
+        pfpld::Contract contract;
+        contract.input_size = rec.at("input_size");
+        const json& rule = rec.at("crop");
+        contract.crop.expand = rule.at("expand");
+        contract.crop.shift_y = rule.at("shift_y");
+        contract.crop.loose_k = rule.at("loose_k");
+        contract.crop.side = rule.at("side");
+        const pfpld::Affine matrix = pfpld::crop_matrix(contract, box_of(rec.at("box")));
+        const pfpld::Affine expected = affine_of(rec.at("matrix"));
+        for (size_t k = 0; k < 6; ++k) {
+            differ += matrix.m[k] != expected.m[k];
+            CHECK_MSG(matrix.m[k] == expected.m[k], "rule " << rule.dump() << " box " << rec.at("box").dump() << ": matrix["
+                                                            << k << "] " << matrix.m[k] << " != " << expected.m[k]);
+        }
+    }
+    std::cout << "  " << index.at("crop_rules").size() << " matrices of CropRule variants, " << differ
+              << " values differ from PreprocessContract.crop_matrix\n";
 }
 
 void pack(const json& index, const std::string&) {
-    const pfpld::Contract contract = fixture_contract(index);
-    for (const auto& rec : index.at("faces")) {
-        pfpld::Image crop(contract.input_size, contract.input_size, 3);
-        crop.pixels = check::read_bytes(rec.at("crop").get<std::string>());
-        const auto planes = rec.at("planes").get<std::vector<std::string>>();
-        for (const auto& p : rec.at("planar")) {
-            const size_t stride = pfpld::aligned_stride(size_t(contract.input_size), p.at("align").get<size_t>());
-            CHECK(stride == p.at("stride").get<size_t>());
-            std::vector<uint8_t> buffer(3 * stride * size_t(contract.input_size), 0xAB);
-            pfpld::pack_planar_u8(crop, planes, buffer.data(), stride);
-            CHECK_MSG(buffer == check::read_bytes(p.at("file").get<std::string>()), p.at("file") << ": planar U8 differs");
+    for (const auto& model : index.at("models")) {
+        const pfpld::Contract contract = model_config(model).contract;
+        for (const auto& rec : model.at("faces")) {
+            pfpld::Image crop(contract.input_size, contract.input_size, 3);
+            crop.pixels = check::read_bytes(rec.at("crop").get<std::string>());
+            const auto planes = rec.at("planes").get<std::vector<std::string>>();
+            for (const auto& p : rec.at("planar")) {
+                const size_t stride = pfpld::aligned_stride(size_t(contract.input_size), p.at("align").get<size_t>());
+                CHECK(stride == p.at("stride").get<size_t>());
+                std::vector<uint8_t> buffer(3 * stride * size_t(contract.input_size), 0xAB);
+                pfpld::pack_planar_u8(crop, planes, buffer.data(), stride);
+                CHECK_MSG(buffer == check::read_bytes(p.at("file").get<std::string>()), p.at("file") << ": planar U8 differs");
+            }
+            const auto chw = pfpld::pack_float_chw(contract, crop);
+            const auto expected = check::read_array<float>(rec.at("chw").get<std::string>());
+            CHECK(chw.size() == expected.size());
+            double worst = 0;
+            for (size_t i = 0; i < std::min(chw.size(), expected.size()); ++i) worst = std::max(worst, double(std::fabs(chw[i] - expected[i])));
+            CHECK_MSG(worst <= 1e-6, rec.at("chw") << ": float input differs by " << worst);
+            std::cout << "  " << rec.at("crop").get<std::string>() << ": planar U8 equal at every stride, float max diff " << worst << "\n";
         }
-        const auto chw = pfpld::pack_float_chw(contract, crop);
-        const auto expected = check::read_array<float>(rec.at("chw").get<std::string>());
-        CHECK(chw.size() == expected.size());
-        double worst = 0;
-        for (size_t i = 0; i < std::min(chw.size(), expected.size()); ++i) worst = std::max(worst, double(std::fabs(chw[i] - expected[i])));
-        CHECK_MSG(worst <= 1e-6, rec.at("chw") << ": float input differs by " << worst);
-        std::cout << "  " << rec.at("crop").get<std::string>() << ": planar U8 equal at every stride, float max diff " << worst << "\n";
     }
 }
 
+// Python's decoding (the spec's, in float64) of the recorded ncnn outputs: landmarks only for a model with a landmark
+// output, the pose only for one with a pose output (radians or degrees).
 void decode(const json& index, const std::string&) {
-    const pfpld::DeployConfig config = pfpld::DeployConfig::load(index.at("deploy").get<std::string>());
-    for (const auto& rec : index.at("faces")) {
-        pfpld::Outputs outputs;
-        for (auto it = rec.at("ncnn_outputs").begin(); it != rec.at("ncnn_outputs").end(); ++it)
-            outputs.values[it.key()] = check::read_array<float>(it.value().get<std::string>());
-        const pfpld::FaceResult r = pfpld::decode(config, outputs, affine_of(rec.at("matrix")));
-        const auto& expected = rec.at("decoded");
-        double worst_px = 0, worst_deg = 0;
-        CHECK(r.landmarks_px.size() == expected.at("landmarks_px").size());
-        for (size_t i = 0; i < std::min(r.landmarks_px.size(), expected.at("landmarks_px").size()); ++i) {
-            worst_px = std::max(worst_px, std::fabs(r.landmarks_px[i].x - expected["landmarks_px"][i][0].get<double>()));
-            worst_px = std::max(worst_px, std::fabs(r.landmarks_px[i].y - expected["landmarks_px"][i][1].get<double>()));
+    for (const auto& model : index.at("models")) {
+        const pfpld::DeployConfig config = model_config(model);
+        for (const auto& rec : model.at("faces")) {
+            pfpld::Outputs outputs;
+            for (auto it = rec.at("ncnn_outputs").begin(); it != rec.at("ncnn_outputs").end(); ++it)
+                outputs.values[it.key()] = check::read_array<float>(it.value().get<std::string>());
+            const pfpld::FaceResult r = pfpld::decode(config, outputs, affine_of(rec.at("matrix")));
+            const auto& expected = rec.at("decoded");
+            CHECK_MSG(r.has_landmarks == expected.contains("landmarks_px") && r.has_pose == expected.contains("pose_rad"),
+                      model.at("model") << ": landmarks " << r.has_landmarks << ", pose " << r.has_pose << "; Python decoded "
+                                        << expected.size() << " things");
+            double worst_px = 0, worst_rad = 0, worst_deg = 0;
+            if (expected.contains("landmarks_px")) {
+                CHECK(r.landmarks_px.size() == expected.at("landmarks_px").size());
+                for (size_t i = 0; i < std::min(r.landmarks_px.size(), expected.at("landmarks_px").size()); ++i) {
+                    worst_px = std::max(worst_px, std::fabs(r.landmarks_px[i].x - expected["landmarks_px"][i][0].get<double>()));
+                    worst_px = std::max(worst_px, std::fabs(r.landmarks_px[i].y - expected["landmarks_px"][i][1].get<double>()));
+                }
+            }
+            if (expected.contains("pose_rad"))
+                for (int k = 0; k < 3; ++k) {
+                    worst_rad = std::max(worst_rad, std::fabs(r.pose_rad[k] - expected["pose_rad"][k].get<double>()));
+                    worst_deg = std::max(worst_deg, std::fabs(r.pose_deg[k] - expected["pose_deg"][k].get<double>()));
+                }
+            // Python rounds the pixels to float32 (PreprocessContract.points_from_crop): 1e-4 px covers that.
+            CHECK_MSG(worst_px <= 1e-4 && worst_rad <= 1e-12 && worst_deg <= 1e-9,
+                      model.at("model") << " " << rec.at("image") << ": " << worst_px << " px, " << worst_rad << " rad, " << worst_deg << " deg");
+            std::cout << "  " << model.at("model").get<std::string>() << " " << rec.at("image").get<std::string>() << ": ";
+            if (r.has_landmarks) std::cout << r.landmarks_px.size() << " landmarks within " << worst_px << " px";
+            else std::cout << "no landmarks";
+            if (r.has_pose) std::cout << ", pose within " << worst_rad << " rad, " << worst_deg << " deg";
+            else std::cout << ", no pose";
+            std::cout << " of Python's decoding\n";
         }
-        CHECK(r.has_pose);
-        for (int k = 0; k < 3; ++k) worst_deg = std::max(worst_deg, std::fabs(r.pose_deg[k] - expected["pose_deg"][k].get<double>()));
-        // Python rounds the pixels to float32 (PreprocessContract.points_from_crop): 1e-4 px covers that.
-        CHECK_MSG(worst_px <= 1e-4 && worst_deg <= 1e-9, rec.at("image") << ": " << worst_px << " px, " << worst_deg << " deg");
-        std::cout << "  " << rec.at("image").get<std::string>() << ": landmarks within " << worst_px << " px, pose within "
-                  << worst_deg << " deg of Python's decoding\n";
     }
 }
 
@@ -144,13 +193,15 @@ void errors(const json& index, const std::string& folder) {
     check::expect_error<Error>([&] { pfpld::read_image(write("short.ppm", "P6\n4 4\n255\nabc")); }, "truncated");
     check::expect_error<Error>([&] { pfpld::read_image(write("short.bmp", "BM" + std::string(60, '\0'))); }, "BMP");
     check::expect_error<Error>([&] { pfpld::read_image(write("text.jpg", "\xff\xd8\xff")); }, "not a PPM, PGM or BMP");
-    const pfpld::Contract contract = fixture_contract(index);
+    const json& pfpld_model = model_fixtures(index, "pfpld");
+    const pfpld::Contract contract = model_config(pfpld_model).contract;
     const pfpld::Image image(64, 48, 3);
     check::expect_error<Error>([&] { pfpld::crop_face(contract, image, {70, 10, 90, 30}); }, "does not overlap the 64x48 image");
     check::expect_error<Error>([&] { pfpld::crop_face(contract, image, {30, 10, 20, 30}); }, "is empty");
     // deploy.json without a key, and broken: each names the file and the key.
     {
-        std::ifstream in(index.at("deploy").get<std::string>());
+        const std::string deploy = pfpld_model.at("deploy");
+        std::ifstream in(deploy);
         json good = json::parse(in);
         json no_expand = good;
         no_expand["contract"]["crop"].erase("expand");
@@ -164,7 +215,38 @@ void errors(const json& index, const std::string& folder) {
         wrong_type["contract"]["input_size"] = "112";
         check::expect_error<Error>([&] { pfpld::DeployConfig::load(write("deploy_type.json", wrong_type.dump())); },
                                    "'contract.input_size' has the wrong type");
-        const pfpld::DeployConfig config = pfpld::DeployConfig::load(index.at("deploy").get<std::string>());
+        json loose_type = good;
+        loose_type["contract"]["crop"]["loose_k"] = "0.3";
+        check::expect_error<Error>([&] { pfpld::DeployConfig::load(write("deploy_loose_type.json", loose_type.dump())); },
+                                   "'contract.crop.loose_k' has the wrong type");
+        json side_type = good;
+        side_type["contract"]["crop"]["side"] = 1;
+        check::expect_error<Error>([&] { pfpld::DeployConfig::load(write("deploy_side_type.json", side_type.dump())); },
+                                   "'contract.crop.side' has the wrong type");
+        json side_unknown = good;
+        side_unknown["contract"]["crop"]["side"] = "median";
+        check::expect_error<Error>([&] { pfpld::DeployConfig::load(write("deploy_side.json", side_unknown.dump())); },
+                                   "contract.crop.side 'median', expected max or min");
+        json loose_negative = good;
+        loose_negative["contract"]["crop"]["loose_k"] = -0.1;
+        check::expect_error<Error>([&] { pfpld::DeployConfig::load(write("deploy_loose.json", loose_negative.dump())); },
+                                   "contract.crop.loose_k must be >= 0");
+        // A deploy.json written before loose_k and side existed: the old rule (no loosening, side max).
+        json older = good;
+        older["contract"]["crop"].erase("loose_k");
+        older["contract"]["crop"].erase("side");
+        const pfpld::DeployConfig old_config = pfpld::DeployConfig::load(write("deploy_older.json", older.dump()));
+        CHECK(old_config.contract.crop.loose_k == 0.0 && old_config.contract.crop.side == "max");
+        const pfpld::Box box = box_of(pfpld_model.at("faces").at(0).at("box"));
+        CHECK(pfpld::crop_matrix(old_config.contract, box).m == pfpld::crop_matrix(contract, box).m);
+        std::cout << "  deploy.json without contract.crop.loose_k and .side: loads as loose_k 0, side max\n";
+        std::ifstream hopenet_in(model_fixtures(index, "hopenet").at("deploy").get<std::string>());
+        json pose_deg_4 = json::parse(hopenet_in);
+        for (auto& o : pose_deg_4["outputs"])
+            if (o["kind"] == "pose_deg") o["shape"] = {4};
+        check::expect_error<Error>([&] { pfpld::DeployConfig::load(write("deploy_pose_deg.json", pose_deg_4.dump())); },
+                                   "is pose_deg but has not 3 values");
+        const pfpld::DeployConfig config = model_config(pfpld_model);
         check::expect_error<Error>([&] { config.runtime("nnie"); }, "no runtime 'nnie'");
         pfpld::Outputs short_outputs;
         short_outputs.values["landmarks"] = std::vector<float>(10);

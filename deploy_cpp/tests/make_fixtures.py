@@ -1,37 +1,57 @@
 """Write the fixtures of deploy_cpp's tests with the Python side, at test time (nothing is committed).
 
-    python deploy_cpp/tests/make_fixtures.py --out BUILD/fixtures [--model pfpld]
+    python deploy_cpp/tests/make_fixtures.py --out BUILD/fixtures [--models pfpld,landmark5,hopenet]
 
 Everything the C++ tests compare with comes from the same Python code users run: images written by OpenCV
-(PPM, PGM, BMP), cv2.warpAffine on random and contract matrices, PreprocessContract's crop matrices, crops and
-network inputs, the NNIE bundle's planar packing, S32 blobs with padded strides, and a model checkpoint exported by
-`pfpld export --target ncnn`, Python ncnn's outputs on the recorded inputs, their decoding by the contract, and
-`pfpld predict --json` on the same images and boxes. index.json lists it all.
+(PPM, PGM, BMP), cv2.warpAffine on random and contract matrices, CropRule / PreprocessContract's crop matrices on
+every branch of the rule, S32 blobs with padded strides, and for each model of FIXTURE_MODELS (random weights,
+exported by `pfpld export --target ncnn`): its contract's crops and network inputs on face pictures, the NNIE
+bundle's planar packing, Python ncnn's outputs on those inputs, their decoding by the spec, and `pfpld predict
+--json` on some of the pictures. index.json lists it all.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from convert.deploy import DEPLOY_FILE
-from convert.export import source_from_random_init
+from convert.export import randomize_batchnorm
 from convert.runtimes import NcnnRunner
-from pfpld.checkpoint import save_checkpoint
-from pfpld.contract import landmark_box
+from pfpld.checkpoint import load_checkpoint, save_checkpoint
+from pfpld.contract import CropRule, PreprocessContract, landmark_box
 from pfpld.data.synthetic import render_face
+from pfpld.models import build_model
 from quant.nnie import board_plane_order, planar_bytes
 from quant.nnie_sim import OUTPUT_FRACTION_BITS
 
 ALIGNS = (1, 16, 32)                 # planar U8 row alignments: none, NNIE's 16 bytes, 32 bytes
-FACES = 6
-PREDICT_CLI = (0, 5)                 # faces also run through `pfpld predict --json` (a CLI start each: keep few)
+FACES = 6                            # face pictures, each cropped by every model's contract
+# The models checked end to end: registry name, options (tiny widths: the fixtures are written in every test run),
+# and the faces also run through `pfpld predict --json` (a CLI start each: keep few). pfpld: 98 points + pose in
+# radians; landmark5: 5 points at 48x48 in BGR; hopenet: pose in degrees (+ bin logits) only, loose crop with side
+# min, ImageNet mean and scale.
+FIXTURE_MODELS = {
+    "pfpld": ({"width": 0.25}, (0, 5)),
+    "landmark5": ({"input_size": 48, "width": 0.25}, (1,)),
+    "hopenet": ({"backbone": "mobilenetv2", "input_size": 112, "width": 0.5}, (5,)),
+}
+# Crop rules beside the models' own (input size, CropRule fields): every branch of CropRule.square.
+CROP_RULES = (
+    (112, {"expand": 1.2}),
+    (48, {"expand": 1.25, "shift_y": 0.1, "side": "min"}),
+    (112, {"expand": 224.0 / 240.0, "loose_k": 0.3, "side": "min"}),
+    (64, {"expand": 1.1, "shift_y": -0.05, "loose_k": 0.2, "side": "max"}),
+)
 
 
 def write_raw(path: Path, array: np.ndarray) -> str:
@@ -109,32 +129,69 @@ def run_cli(*args: str) -> str:
     return proc.stdout
 
 
-def face_fixtures(out: Path, rng: np.random.Generator, model: str) -> tuple[list[dict], str]:
-    """Faces on pictures, their boxes, the contract's matrices, crops and inputs; with a model, Python ncnn's
-    outputs on those inputs, their decoding, and `pfpld predict --json` on the pictures."""
-    source = source_from_random_init(model, 0.25, seed=3)
-    contract = source.contract
-    ckpt = out / "model.pt"
-    save_checkpoint(ckpt, state_dict=source.module.state_dict(), spec=source.spec, contract=contract)
-    run_cli("export", str(ckpt), "--target", "ncnn", "--out", str(out / "export"), "--force")
-    deploy = str(out / "export" / DEPLOY_FILE)
-    names = json.loads((out / "export" / f"{source.stem}.ncnn.names.json").read_text())
-    runner = NcnnRunner(out / "export" / f"{source.stem}.ncnn.param", out / "export" / f"{source.stem}.ncnn.bin", names)
-    planes = board_plane_order(contract)
-    records = []
+def run_cli_calls(calls: list[tuple[str, ...]]) -> list[str]:
+    """The CLI calls two at a time: most of each is starting Python and torch (the tests' budget, on 2 cores)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(lambda args: run_cli(*args), calls))
+
+
+def random_checkpoint(path: Path, model: str, options: dict, seed: int) -> None:
+    """A freshly built model with random BatchNorm, saved as a checkpoint: what `pfpld export --init random` does,
+    with any of the model's options (the CLI takes only --width)."""
+    torch.manual_seed(seed)
+    module, spec, contract = build_model(model, **options)
+    randomize_batchnorm(module, spec.input_size, seed)
+    save_checkpoint(path, state_dict=module.state_dict(), spec=spec, contract=contract)
+
+
+def render_faces(out: Path, rng: np.random.Generator) -> list[tuple[str, list[float]]]:
+    """Face pictures with a detector-like box each (not the exact landmark extent; the last one partly outside)."""
+    faces = []
     for i in range(FACES):
         face = render_face(rng, image_size=(int(rng.integers(200, 420)), int(rng.integers(200, 420))))
-        box = np.asarray(landmark_box(face.points_98)) + rng.normal(0, 3, 4)       # a detector's box, not exact
-        if i == FACES - 1:                                             # partly outside the picture
+        box = np.asarray(landmark_box(face.points_98)) + rng.normal(0, 3, 4)
+        if i == FACES - 1:
             box = np.array([-20.0, -15.0, box[2] - box[0] - 20.0, box[3] - box[1] - 15.0])
-        box = [round(float(v), 2) for v in box]
-        suffix = ".bmp" if i == 1 else ".ppm"
-        image_path = out / "faces" / f"face{i}{suffix}"
+        image_path = out / "faces" / f"face{i}{'.bmp' if i == 1 else '.ppm'}"
         image_path.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(image_path), face.image)
-        crop, matrix = contract.crop_image(cv2.imread(str(image_path), cv2.IMREAD_COLOR), box)
+        faces.append((str(image_path), [round(float(v), 2) for v in box]))
+    return faces
+
+
+def crop_rule_fixtures(faces: list[tuple[str, list[float]]], rng: np.random.Generator) -> list[dict]:
+    """CropRule.square and PreprocessContract.crop_matrix on every branch of the rule (loose or not, side max or
+    min, a vertical shift), on the faces' boxes and on random boxes with unround corners."""
+    boxes = [box for _, box in faces]
+    for _ in range(6):
+        x1, y1 = rng.uniform(-50, 300, 2)
+        boxes.append([float(x1), float(y1), float(x1 + rng.uniform(5, 250)), float(y1 + rng.uniform(5, 250))])
+    records = []
+    for input_size, rule in CROP_RULES:
+        contract = PreprocessContract(input_size=input_size, crop=CropRule(**rule))
+        for box in boxes:
+            records.append({"input_size": input_size, "crop": dataclasses.asdict(contract.crop), "box": box,
+                            "matrix": contract.crop_matrix(box).reshape(-1).tolist()})
+    return records
+
+
+def model_fixtures(out: Path, model: str, faces: list[tuple[str, list[float]]]) -> dict:
+    """One exported model on every face picture: the contract's matrices, crops and inputs, Python ncnn's outputs on
+    those inputs and their decoding by the spec."""
+    folder = out / model
+    deploy = folder / "export" / DEPLOY_FILE
+    record = load_checkpoint(folder / "model.pt")
+    spec, contract = record.spec, record.contract
+    ncnn = json.loads(deploy.read_text())["runtimes"]["ncnn"]
+    param, weights = deploy.with_name(ncnn["param"]), deploy.with_name(ncnn["bin"])
+    names = json.loads(param.with_name(param.name.replace(".param", ".names.json")).read_text())
+    runner = NcnnRunner(param, weights, names)
+    planes = board_plane_order(contract)
+    records = []
+    for i, (image_path, box) in enumerate(faces):
+        crop, matrix = contract.crop_image(cv2.imread(image_path, cv2.IMREAD_COLOR), box)
         chw = contract.to_tensor_layout(crop)
-        stem = out / "faces" / f"face{i}"
+        stem = folder / f"face{i}"
         planar = []
         for align in ALIGNS:
             stride = -(-contract.input_size // align) * align
@@ -142,44 +199,62 @@ def face_fixtures(out: Path, rng: np.random.Generator, model: str) -> tuple[list
             rows[:, :, :contract.input_size] = np.frombuffer(planar_bytes(crop, planes), np.uint8).reshape(
                 3, contract.input_size, contract.input_size)
             planar.append({"align": align, "stride": stride, "file": write_raw(Path(f"{stem}.planar{align}.u8"), rows)})
-        record = {"image": str(image_path), "box": box, "matrix": matrix.reshape(-1).tolist(),
-                  "crop": write_raw(Path(f"{stem}.crop.bgr"), crop), "chw": write_raw(Path(f"{stem}.chw.f32"), chw),
-                  "planes": list(planes), "planar": planar}
+        face = {"image": image_path, "box": box, "matrix": matrix.reshape(-1).tolist(),
+                "crop": write_raw(Path(f"{stem}.crop.bgr"), crop), "chw": write_raw(Path(f"{stem}.chw.f32"), chw),
+                "planes": list(planes), "planar": planar}
         outputs = runner.run(chw[None])
-        record["ncnn_outputs"] = {name: write_raw(Path(f"{stem}.{name}.f32"), value.reshape(-1).astype(np.float32))
-                                  for name, value in outputs.items()}
+        face["ncnn_outputs"] = {name: write_raw(Path(f"{stem}.{name}.f32"), value.reshape(-1).astype(np.float32))
+                                for name, value in outputs.items()}
+        # The spec's own decoding, in float64 as the C++ side decodes (so the pose compares to the last bit).
+        landmarks, pose_rad = spec.decode([outputs[name].reshape(1, -1).astype(np.float64)
+                                           for name in spec.output_names])
         decoded = {}
-        for spec in source.spec.outputs:
-            value = outputs[spec.name].reshape(-1)
-            if spec.kind == "landmarks":
-                decoded["landmarks_px"] = contract.points_from_crop(value.reshape(-1, 2), matrix).tolist()
-            elif spec.kind == "pose":
-                decoded["pose_deg"] = np.degrees(value.astype(np.float64)).tolist()
-        record["decoded"] = decoded
-        if i in PREDICT_CLI:
-            record["predict"] = json.loads(run_cli("predict", str(out / "model.pt"), str(image_path), "--box",
-                                                   ",".join(str(v) for v in box), "--json"))
-        records.append(record)
-    return records, deploy
+        if landmarks is not None:
+            decoded["landmarks_px"] = contract.points_from_crop(landmarks[0], matrix).tolist()
+        if pose_rad is not None:
+            decoded["pose_rad"] = pose_rad[0].tolist()
+            decoded["pose_deg"] = np.degrees(pose_rad[0]).tolist()
+        face["decoded"] = decoded
+        records.append(face)
+    return {"model": model, "options": FIXTURE_MODELS[model][0], "deploy": str(deploy), "faces": records}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--model", default="pfpld")
+    parser.add_argument("--models", default=",".join(FIXTURE_MODELS),
+                        help=f"comma-separated, of {', '.join(FIXTURE_MODELS)}")
     args = parser.parse_args()
+    models = [m for m in args.models.split(",") if m]
+    unknown = [m for m in models if m not in FIXTURE_MODELS]
+    if unknown or not models:
+        raise SystemExit(f"make_fixtures: --models {args.models}: expected some of {', '.join(FIXTURE_MODELS)}")
     tmp = args.out.with_name(args.out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     rng = np.random.default_rng(20261203)
-    faces, deploy = face_fixtures(tmp, rng, args.model)
+    for model in models:
+        (tmp / model).mkdir()
+        random_checkpoint(tmp / model / "model.pt", model, FIXTURE_MODELS[model][0], seed=3)
+    faces = render_faces(tmp, rng)
+    # Every CLI call at once (exports and predictions only need the checkpoints and the pictures).
+    exports = [("export", str(tmp / m / "model.pt"), "--target", "ncnn", "--out", str(tmp / m / "export"), "--force")
+               for m in models]
+    predicted = [(m, i) for m in models for i in FIXTURE_MODELS[m][1]]
+    predictions = [("predict", str(tmp / m / "model.pt"), faces[i][0], "--box", ",".join(str(v) for v in faces[i][1]),
+                    "--json") for m, i in predicted]
+    answers = run_cli_calls(exports + predictions)[len(exports):]
+    records = {model: model_fixtures(tmp, model, faces) for model in models}
+    for (model, i), answer in zip(predicted, answers):
+        records[model]["faces"][i]["predict"] = json.loads(answer)
     index = {"images": image_fixtures(tmp, rng), "warps": warp_fixtures(tmp, rng), "s32": s32_fixtures(tmp, rng),
-             "faces": faces, "deploy": deploy}
+             "crop_rules": crop_rule_fixtures(faces, rng), "models": list(records.values())}
     text = json.dumps(index, indent=1).replace(str(tmp), str(args.out))
     (tmp / "index.json").write_text(text)
     shutil.rmtree(args.out, ignore_errors=True)
     tmp.rename(args.out)
-    print(f"fixtures: {args.out} ({len(faces)} faces, {len(index['warps'])} warps, model {args.model})")
+    print(f"fixtures: {args.out} ({len(faces)} faces, {len(index['warps'])} warps, {len(index['crop_rules'])} crop "
+          f"matrices, models {', '.join(models)})")
 
 
 if __name__ == "__main__":

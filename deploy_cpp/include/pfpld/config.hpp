@@ -9,10 +9,14 @@
 
 namespace pfpld {
 
+// The square crop around a face box, as pfpld/contract.py's CropRule.square (crop_matrix applies it).
 struct CropRule {
     std::string box_source;   // what the box was measured on in training ("landmark_extent")
-    double expand = 0.0;      // side of the square = expand * max(box w, box h)
+    double expand = 0.0;      // side of the square = expand * max (or min, see side) of the box's w, h
     double shift_y = 0.0;     // centre shift, as a fraction of the side (down is +)
+    double loose_k = 0.0;     // HopeNet's loose box before the square (0: none): x1 -= 0.6 k w, y1 -= 2 k h, then
+                              // x2 += 0.6 k w', y2 += 0.6 k h' on the moved corners
+    std::string side = "max"; // "min": the square fits inside the (loosened) box
 };
 
 struct Contract {
@@ -27,7 +31,9 @@ struct Contract {
 struct OutputSpec {
     std::string name;                 // the spec's name ("landmarks", "pose")
     std::string kind;                 // "landmarks": K points x,y in [0,1] of the crop; "pose": yaw, pitch, roll
-                                      // in radians; "": anything else (returned raw)
+                                      // in radians; "pose_deg": the same in degrees; "pose_bins": one angle's bin
+                                      // logits (HopeNet; decoded in the graph into its pose_deg output, so not
+                                      // here); "": anything else. Every output is also returned raw.
     std::vector<int> shape;           // without the batch dimension
     std::string meaning;
     size_t count() const;             // number of values

@@ -1,5 +1,7 @@
 // From the network's outputs, looked up by the spec's names, to what a caller wants: landmarks in image pixels
-// (through the inverse of the crop matrix), the pose in degrees; and NNIE's S32 report blobs to float.
+// (through the inverse of the crop matrix), the pose in radians and degrees, each only when the model has such an
+// output (ModelSpec.decode: the first output of kind "landmarks", the first of "pose" or "pose_deg");
+// and NNIE's S32 report blobs to float.
 #pragma once
 #include <array>
 #include <cstddef>
@@ -24,9 +26,10 @@ struct Point {
 };
 
 struct FaceResult {
+    bool has_landmarks = false;                 // the model has a "landmarks" output
     std::vector<Point> landmarks_px;            // first "landmarks" output, image pixels (empty if none)
     std::vector<Point> landmarks_crop;          // the same in [0,1] of the crop
-    bool has_pose = false;
+    bool has_pose = false;                      // the model has a "pose" or "pose_deg" output
     std::array<double, 3> pose_rad{};           // yaw, pitch, roll
     std::array<double, 3> pose_deg{};
     Outputs raw;                                // every output, by name
@@ -36,6 +39,8 @@ struct FaceResult {
 std::vector<Point> landmarks_to_image(const Contract& contract, const std::vector<float>& values,
                                       const Affine& crop_matrix);
 std::array<double, 3> radians_to_degrees(const std::array<double, 3>& radians);
+// A "pose" or "pose_deg" output's 3 values -> radians, in double (pfpld.models.spec.pose_radians).
+std::array<double, 3> pose_radians(const OutputSpec& spec, const std::vector<float>& values);
 
 // Checks every output has the spec's size, then decodes each by its kind.
 FaceResult decode(const DeployConfig& config, Outputs outputs, const Affine& crop_matrix);

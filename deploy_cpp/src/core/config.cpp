@@ -36,6 +36,11 @@ public:
             throw Error(where_ + ": key '" + join(path, key) + "' has the wrong type (" + value.type_name() + ")");
         }
     }
+    // An optional key: `fallback` when absent (older deploy.json files), otherwise checked as get() does.
+    template <typename T>
+    T get_or(const json& node, const std::string& path, const std::string& key, const T& fallback) const {
+        return node.is_object() && node.contains(key) ? get<T>(node, path, key) : fallback;
+    }
     const std::string& where() const { return where_; }
     static std::string join(const std::string& path, const std::string& key) { return path.empty() ? key : path + "." + key; }
 
@@ -102,12 +107,17 @@ DeployConfig DeployConfig::parse(const std::string& json_text, const std::string
     cfg.contract.crop.box_source = r.get<std::string>(crop, "contract.crop", "box_source");
     cfg.contract.crop.expand = r.get<double>(crop, "contract.crop", "expand");
     cfg.contract.crop.shift_y = r.get<double>(crop, "contract.crop", "shift_y");
+    cfg.contract.crop.loose_k = r.get_or<double>(crop, "contract.crop", "loose_k", 0.0);
+    cfg.contract.crop.side = r.get_or<std::string>(crop, "contract.crop", "side", "max");
     if (cfg.contract.color_order != "RGB" && cfg.contract.color_order != "BGR")
         throw Error(where + ": contract.color_order '" + cfg.contract.color_order + "', expected RGB or BGR");
     if (cfg.contract.layout != "NCHW") throw Error(where + ": contract.layout '" + cfg.contract.layout + "', expected NCHW");
     if (cfg.contract.input_size < 16)
         throw Error(where + ": contract.input_size " + std::to_string(cfg.contract.input_size) + ", expected at least 16");
     if (!(cfg.contract.crop.expand > 0)) throw Error(where + ": contract.crop.expand must be > 0");
+    if (!(cfg.contract.crop.loose_k >= 0)) throw Error(where + ": contract.crop.loose_k must be >= 0");
+    if (cfg.contract.crop.side != "max" && cfg.contract.crop.side != "min")
+        throw Error(where + ": contract.crop.side '" + cfg.contract.crop.side + "', expected max or min");
 
     const json& input = r.at(root, "", "input");
     cfg.input_name = r.get<std::string>(input, "input", "name");
@@ -124,7 +134,8 @@ DeployConfig DeployConfig::parse(const std::string& json_text, const std::string
         o.meaning = r.get<std::string>(outputs[i], path, "meaning");
         if (o.kind == "landmarks" && o.count() % 2 != 0)
             throw Error(where + ": " + path + " is landmarks with an odd number of values");
-        if (o.kind == "pose" && o.count() != 3) throw Error(where + ": " + path + " is pose but has not 3 values");
+        if ((o.kind == "pose" || o.kind == "pose_deg") && o.count() != 3)
+            throw Error(where + ": " + path + " is " + o.kind + " but has not 3 values");
         cfg.outputs.push_back(o);
     }
 

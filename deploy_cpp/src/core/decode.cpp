@@ -29,6 +29,16 @@ std::array<double, 3> radians_to_degrees(const std::array<double, 3>& radians) {
     return {radians[0] * k, radians[1] * k, radians[2] * k};
 }
 
+std::array<double, 3> pose_radians(const OutputSpec& spec, const std::vector<float>& values) {
+    if (values.size() != 3) throw Error("output '" + spec.name + "': a pose needs 3 values, got " + std::to_string(values.size()));
+    if (spec.kind == "pose") return {values[0], values[1], values[2]};
+    if (spec.kind == "pose_deg") {
+        const double k = 3.141592653589793 / 180.0;   // as Python: values * (pi / 180)
+        return {values[0] * k, values[1] * k, values[2] * k};
+    }
+    throw Error("output '" + spec.name + "' of kind '" + spec.kind + "' holds no pose");
+}
+
 FaceResult decode(const DeployConfig& config, Outputs outputs, const Affine& crop_matrix) {
     FaceResult result;
     for (const auto& spec : config.outputs) {
@@ -36,14 +46,15 @@ FaceResult decode(const DeployConfig& config, Outputs outputs, const Affine& cro
         if (v.size() != spec.count())
             throw Error(config.path + ": output '" + spec.name + "' has " + std::to_string(v.size()) + " values, expected " +
                         std::to_string(spec.count()));
-        if (spec.kind == "landmarks" && result.landmarks_px.empty()) {
+        if (spec.kind == "landmarks" && !result.has_landmarks) {
+            result.has_landmarks = true;
             result.landmarks_px = landmarks_to_image(config.contract, v, crop_matrix);
             for (size_t i = 0; i + 1 < v.size(); i += 2) result.landmarks_crop.push_back({v[i], v[i + 1]});
-        } else if (spec.kind == "pose" && !result.has_pose) {
+        } else if ((spec.kind == "pose" || spec.kind == "pose_deg") && !result.has_pose) {
             result.has_pose = true;
-            result.pose_rad = {v[0], v[1], v[2]};
+            result.pose_rad = pose_radians(spec, v);
             result.pose_deg = radians_to_degrees(result.pose_rad);
-        }
+        }   // "pose_bins" and "": only in raw
     }
     result.raw = std::move(outputs);
     return result;

@@ -69,10 +69,21 @@ void check_box(const Box& box, int image_width, int image_height) {
 Affine crop_matrix(const Contract& contract, const Box& box, double context) {
     if (!(box.x2 > box.x1 && box.y2 > box.y1))
         throw Error("face box " + box_text(box) + " is empty: expected x1 < x2 and y1 < y2");
-    // Term by term as CropRule.square and PreprocessContract.crop_matrix.
-    const double side = contract.crop.expand * std::max(box.x2 - box.x1, box.y2 - box.y1);
-    const double cx = (box.x1 + box.x2) / 2.0;
-    const double cy = (box.y1 + box.y2) / 2.0 + contract.crop.shift_y * side;
+    // Term by term as CropRule.square and PreprocessContract.crop_matrix (the same operations in the same order
+    // give the same doubles: the tests compare the matrices bit for bit).
+    const CropRule& rule = contract.crop;
+    double x1 = box.x1, y1 = box.y1, x2 = box.x2, y2 = box.y2;
+    if (rule.loose_k != 0) {   // the far corners grow with the box already widened by the near ones
+        const double k = rule.loose_k;
+        x1 -= 0.6 * k * (x2 - x1);
+        y1 -= 2.0 * k * (y2 - y1);
+        x2 += 0.6 * k * (x2 - x1);
+        y2 += 0.6 * k * (y2 - y1);
+    }
+    const double w = x2 - x1, h = y2 - y1;
+    const double side = rule.expand * (rule.side == "min" ? std::min(w, h) : std::max(w, h));
+    const double cx = (x1 + x2) / 2.0;
+    const double cy = (y1 + y2) / 2.0 + rule.shift_y * side;
     const double s = double(contract.input_size) / side;
     const double out = double(contract.input_size) * context;
     return Affine{{s, 0.0, out / 2.0 - s * cx, 0.0, s, out / 2.0 - s * cy}};
