@@ -70,9 +70,9 @@ def heldout_faces(contract: PreprocessContract, images: Path | None, n: int, see
         stored = faces.contract
         if (stored.input_size, stored.color_order, stored.scale, tuple(stored.mean), stored.crop) != \
                 (contract.input_size, contract.color_order, contract.scale, tuple(contract.mean), contract.crop):
-            raise InputError(f"{images}: prepared for {stored.input_size} px {stored.color_order} crops ({stored.crop}, "
-                             f"scale {stored.scale:.6g}, mean {list(stored.mean)}); the exported model takes "
-                             f"{contract.input_size} px {contract.color_order} ({contract.crop}, scale "
+            raise InputError(f"{images}: prepared for {stored.input_size} px {stored.color_order} crops "
+                             f"({stored.crop}, scale {stored.scale:.6g}, mean {list(stored.mean)}); the exported "
+                             f"model takes {contract.input_size} px {contract.color_order} ({contract.crop}, scale "
                              f"{contract.scale:.6g}, mean {list(contract.mean)}): prepare the data for this model")
         picks = np.unique(np.linspace(0, len(faces) - 1, min(n, len(faces))).round().astype(int))
         return HeldOut(x=np.stack([faces.reference_sample(int(i))[0] for i in picks]).astype(np.float32),

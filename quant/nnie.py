@@ -550,6 +550,7 @@ def readme_text(task: str, precision: str, contract: PreprocessContract, cfg: di
     kinds = {o.name: o.kind for o in spec.outputs} if spec is not None else {}
     outs = "\n".join(f"| `{name}` | {kinds.get(name) or '-'} | `{blob}` |" for name, blob in outputs.items())
     swapped_key = swapped_planes_key(spec) if spec is not None else None
+    swapped_note = f"; `{swapped_key}` in the JSON says how far apart the two are" if swapped_key else ""
     extra = []
     if report:
         extra.append(f"- Intermediate outputs ({REPORT_SUFFIX}): {', '.join(report)}: later layers read these blobs, "
@@ -608,7 +609,7 @@ value = s32 / 4096:
 the float outputs (Caffe files through OpenCV), the NNIE simulation's outputs (what the board should print, to
 its precision), and `float_outputs_if_planes_swapped`: what the net gives when the first and third planes trade
 places. If the board prints something close to those instead, the build feeds the colour planes in the wrong
-order (the classic silent mismatch of RGB-trained nets on NNIE){f"; `{swapped_key}` in the JSON says how far apart the two are" if swapped_key else ""}.
+order (the classic silent mismatch of RGB-trained nets on NNIE){swapped_note}.
 
 `manifest.json` lists every file with its sha256.
 """
