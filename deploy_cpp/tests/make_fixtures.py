@@ -22,15 +22,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from convert.deploy import DEPLOY_FILE
-from convert.export import randomize_batchnorm
+from convert.export import source_from_random_init
 from convert.runtimes import NcnnRunner
 from pfpld.checkpoint import load_checkpoint, save_checkpoint
 from pfpld.contract import CropRule, PreprocessContract, landmark_box
 from pfpld.data.synthetic import render_face
-from pfpld.models import build_model
 from quant.nnie import board_plane_order, planar_bytes
 from quant.nnie_sim import OUTPUT_FRACTION_BITS
 
@@ -136,12 +134,10 @@ def run_cli_calls(calls: list[tuple[str, ...]]) -> list[str]:
 
 
 def random_checkpoint(path: Path, model: str, options: dict, seed: int) -> None:
-    """A freshly built model with random BatchNorm, saved as a checkpoint: what `pfpld export --init random` does,
-    with any of the model's options (the CLI takes only --width)."""
-    torch.manual_seed(seed)
-    module, spec, contract = build_model(model, **options)
-    randomize_batchnorm(module, spec.input_size, seed)
-    save_checkpoint(path, state_dict=module.state_dict(), spec=spec, contract=contract)
+    """The model `pfpld export --model M --init random --model-option ...` exports, saved as a checkpoint (which
+    `pfpld predict` needs too)."""
+    source = source_from_random_init(model, width=None, seed=seed, options=options)
+    save_checkpoint(path, state_dict=source.module.state_dict(), spec=source.spec, contract=source.contract)
 
 
 def render_faces(out: Path, rng: np.random.Generator) -> list[tuple[str, list[float]]]:
