@@ -395,15 +395,12 @@ def run_format_benchmark(sources: list[tuple[object, str, bool]], settings: Benc
         work = Path(tmp)
         peak, how = fma_peak_gflops(work)
         log(f"FMA peak: {peak} GFLOP/s ({how})")
-        if calib is None:
-            calib = synthetic_calibration(work / "calib", sources[0][0].contract)
-            settings.calibration = (f"{SYNTHETIC_CALIBRATION} synthetic crops of the bench's own (no --calib): the "
-                                    f"int8 deltas can differ from those of the checkpoint's own calibration set")
-        else:
-            settings.calibration = f"`{calib}` (--calib)"
+        calibrations = CalibrationSets(work / "calib", calib)
         face = bench_face(work)
-        results = [bench_model(source, label, work, calib, settings, data, trained, face, log)
+        results = [bench_model(source, label, work, calibrations.for_contract(source.contract), settings, data,
+                               trained, face, log)
                    for source, label, trained in sources]
+        settings.calibration = calibrations.describe()
         # Measured again at the end: a core shared with another process reads low once; the best of the two
         # is the closer bound.
         again, _ = fma_peak_gflops(work)
@@ -420,14 +417,49 @@ def run_format_benchmark(sources: list[tuple[object, str, bool]], settings: Benc
 SYNTHETIC_CALIBRATION = 32
 
 
+class CalibrationSets:
+    """The int8 formats' calibration set per contract: --calib where it was made with the model's contract, else
+    synthetic faces cropped with the model's own contract (one set per contract, made once)."""
+
+    def __init__(self, folder: Path, given: Path | None):
+        self.folder, self.given = folder, given
+        self.made: dict[str, Path] = {}
+        self.used_given = False
+
+    def for_contract(self, contract) -> Path:
+        from quant.calibration import read_calibration_set
+        from pfpld.errors import InputError
+        if self.given is not None:
+            try:
+                read_calibration_set(self.given, contract)
+                self.used_given = True
+                return self.given
+            except InputError:
+                pass                    # made for another model's contract
+        key = contract.to_json()
+        if key not in self.made:
+            self.made[key] = synthetic_calibration(self.folder / str(len(self.made)), contract)
+        return self.made[key]
+
+    def describe(self) -> str:
+        parts = [f"`{self.given}` (--calib)"] if self.used_given else []
+        if self.made:
+            parts.append(f"{SYNTHETIC_CALIBRATION} synthetic crops of the bench's own made with the model's contract "
+                         f"(for {'the other models' if parts else 'every model'}; the int8 deltas can differ from "
+                         f"those of a checkpoint's own calibration set)")
+        return "; ".join(parts)
+
+
 def synthetic_calibration(folder: Path, contract, n: int = SYNTHETIC_CALIBRATION, seed: int = 0) -> Path:
-    """A calibration set of synthetic faces (prepared, then chosen by `pfpld calib`'s rules) when none is given."""
+    """A calibration set of synthetic faces cropped with `contract` (prepared, then chosen by `pfpld calib`'s rules)
+    when none fits."""
     from pfpld.data.prepare import prepare_dataset
     from pfpld.data.synthetic import generate_dataset
     from quant.calibration import make_calibration_set
     generate_dataset(folder / "synth", n=max(60, 2 * n), seed=seed, progress=False)
-    prepare_dataset(folder / "prepared", wflw=folder / "synth" / "WFLW", progress=False)
-    make_calibration_set(folder / "prepared", folder / "set", n=n, seed=seed)
+    prepare_dataset(folder / "prepared", wflw=folder / "synth" / "WFLW", w300lp=folder / "synth" / "300W_LP",
+                    contract=contract, progress=False)
+    make_calibration_set(folder / "prepared", folder / "set", n=n, seed=seed, contract=contract)
     return folder / "set"
 
 

@@ -495,6 +495,8 @@ def check_parity_cmd(export_dir, images, n, json_out, threads, seed, int8, calib
               "count.")
 @click.option("--heldout", type=click.IntRange(min=1), default=256, show_default=True, help="Held-out faces for the "
               "accuracy delta.")
+@click.option("--family/--no-family", default=True, show_default=True, help="Also every other registry model, with "
+              "random weights at its demo options (`pfpld models`).")
 @click.option("--training", is_flag=True, help="Also measure training throughput: the bare step against the "
               "end-to-end `pfpld train` loop.")
 @click.option("--cpp-build", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -502,7 +504,7 @@ def check_parity_cmd(export_dir, images, n, json_out, threads, seed, int8, calib
               "build/deploy_cpp/host, which `make cpp-test` builds).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench/results.md"), show_default=True)
 @user_errors
-def bench(model, widths, ckpts, data, calib, formats, threads, budget, heldout, training, cpp_build, out):
+def bench(model, widths, ckpts, data, calib, formats, threads, budget, heldout, family, training, cpp_build, out):
     """One table of every registered format: status, size, parity, accuracy delta, latency at 1 and 2 threads,
     % of the FMA peak, and the ratio to a plain torch.onnx.export measured in the same run."""
     from convert.export import source_from_checkpoint, source_from_random_init
@@ -523,6 +525,14 @@ def bench(model, widths, ckpts, data, calib, formats, threads, budget, heldout, 
     for width in widths:
         if (model, width) not in covered:
             sources.append((source_from_random_init(model, width, seed=0), f"{model} w{width} (random)", False))
+    if family:
+        from pfpld.models import MODELS
+        for name, entry in MODELS.items():
+            if name != model and not any(s.spec.name == name for s, _, _ in sources):
+                options = dict(entry.demo_options)
+                described = " ".join(f"{v}" if k == "backbone" else f"{k[0]}{v}" for k, v in options.items())
+                sources.append((source_from_random_init(name, None, seed=0, options=options),
+                                f"{name} {described} (random)", False))
     settings = BenchSettings(threads=thread_counts, budget_s=budget, heldout=heldout,
                              formats=tuple(formats) or None)
     if cpp_build is not None:
