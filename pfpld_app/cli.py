@@ -263,12 +263,12 @@ def calib(data, out, n, split, ckpt, seed, force):
     """Choose calibration crops spread over head pose and eye state (DATA: a prepared dataset, or a folder of
     images with boxes.txt), rejecting near-black, near-white and over-exposed crops."""
     from quant.calibration import make_calibration_set
-    model = contract = None
+    model = contract = spec = None
     if ckpt is not None:
         from pfpld.checkpoint import load_model
         model, record = load_model(ckpt)
-        contract = record.contract
-    summary = make_calibration_set(data, out, n=n, split=split, seed=seed, contract=contract, model=model,
+        contract, spec = record.contract, record.spec
+    summary = make_calibration_set(data, out, n=n, split=split, seed=seed, contract=contract, model=model, spec=spec,
                                    force=force)
     click.echo(summary.line())
     click.echo(f"wrote {out} (image_list.txt, report.md, spread.png)")

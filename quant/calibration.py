@@ -186,9 +186,10 @@ def candidates_from_prepared(root: Path, split: str, contract: PreprocessContrac
     return out
 
 
-def candidates_from_boxes(folder: Path, contract: PreprocessContract, model=None) -> list[Candidate]:
+def candidates_from_boxes(folder: Path, contract: PreprocessContract, model=None, spec=None) -> list[Candidate]:
     """Faces of a folder with boxes.txt (`file x1 y1 x2 y2`), cut with the contract. With `model` (a torch
-    module of the same contract), pose and eye state come from its predictions; without, they are unknown."""
+    module of the same contract) and its `spec`, pose and eye state come from what it predicts (the pose when it has
+    a pose output, the eye state when it predicts the 98 WFLW points); the rest is unknown."""
     out = []
     for entry in read_boxes_file(folder / BOXES_FILE):
         image = cv2.imread(str(entry.image), cv2.IMREAD_COLOR)
@@ -200,12 +201,16 @@ def candidates_from_boxes(folder: Path, contract: PreprocessContract, model=None
     if model is not None:
         import torch
         x = torch.from_numpy(np.stack([contract.to_tensor_layout(c.crop) for c in out]))
+        if spec is None:
+            raise InputError(f"{folder}: a model for the calibration candidates needs its spec")
         with torch.inference_mode():
-            landmarks, pose = model(x)
-        for cand, points, angles in zip(out, landmarks.numpy().reshape(-1, NUM_POINTS, 2), pose.numpy()):
-            cand.eye = eye_state(points)
-            cand.yaw_deg, cand.pitch_deg = math.degrees(angles[0]), math.degrees(angles[1])
-            cand.pose_from = "model"
+            landmarks, pose = spec.decode([o.float().numpy() for o in model(x)])
+        for i, cand in enumerate(out):
+            if landmarks is not None and landmarks.shape[1] == NUM_POINTS:
+                cand.eye = eye_state(landmarks[i])
+            if pose is not None:
+                cand.yaw_deg, cand.pitch_deg = math.degrees(pose[i][0]), math.degrees(pose[i][1])
+                cand.pose_from = "model"
     return out
 
 
@@ -326,7 +331,7 @@ def report_markdown(name: str, source: str, contract: PreprocessContract, chosen
 
 
 def make_calibration_set(data: Path, out: Path, *, n: int = 32, split: str = "train", seed: int = 0,
-                         contract: PreprocessContract | None = None, model=None,
+                         contract: PreprocessContract | None = None, model=None, spec=None,
                          rules: QualityRules = QualityRules(), force: bool = False) -> CalibrationSummary:
     """Choose n crops from `data` (prepared dataset, or a folder with boxes.txt) and write the calibration set
     folder `out` atomically. An existing calibration set is replaced only with force; anything else never
@@ -342,7 +347,7 @@ def make_calibration_set(data: Path, out: Path, *, n: int = 32, split: str = "tr
         source = f"prepared dataset {data} (split {split})"
     elif (data / BOXES_FILE).is_file():
         contract = contract or PreprocessContract()
-        candidates = candidates_from_boxes(data, contract, model)
+        candidates = candidates_from_boxes(data, contract, model, spec)
         source = f"{data} (boxes.txt)"
     else:
         raise InputError(f"{data}: neither a prepared dataset (index.jsonl) nor a folder of images with boxes.txt")

@@ -66,3 +66,29 @@ def test_calibration_candidates_come_from_the_parser(shots):
     (shots / "boxes.txt").write_text("a.png 1 2 11 12\nsub/b.png 0.5 1.5 9.25\n")
     with pytest.raises(InputError, match=r"boxes\.txt:2: "):
         candidates_from_boxes(shots, PreprocessContract())
+
+
+@pytest.mark.parametrize("name, options", [("pfpld", {"width": 0.25}), ("hopenet", {"backbone": "mobilenetv2",
+                                                                                   "input_size": 64, "width": 0.25}),
+                                           ("landmark5", {})])
+def test_calibration_candidates_take_what_each_model_predicts(shots, name, options):
+    """With a model, a candidate's pose comes from its pose output (radians or degrees by kind) and its eye state
+    from 98 WFLW points; a model without them leaves them unknown."""
+    import math
+    import torch
+    from pfpld.models import build_model
+    from quant.calibration import candidates_from_boxes
+    torch.manual_seed(0)
+    model, spec, contract = build_model(name, **options)
+    (shots / "boxes.txt").write_text("a.png 1 2 11 12\nsub/b.png 0.5 1.5 9.25 8\n")
+    candidates = candidates_from_boxes(shots, contract, model.eval(), spec)
+    x = torch.from_numpy(np.stack([contract.to_tensor_layout(c.crop) for c in candidates]))
+    with torch.no_grad():
+        _, pose = spec.decode([o.numpy() for o in model(x)])
+    for i, cand in enumerate(candidates):
+        if pose is None:
+            assert cand.pose_from is None and cand.yaw_deg is None
+        else:
+            assert cand.pose_from == "model" and cand.yaw_deg == pytest.approx(math.degrees(pose[i][0]))
+        assert (cand.eye is not None) == (spec.output_of_kind("landmarks") is not None and
+                                          spec.output_of_kind("landmarks").num_points == 98)
