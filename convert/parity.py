@@ -72,6 +72,7 @@ def folder_face_crops(folder: Path, contract: PreprocessContract, n: int) -> lis
     if (folder / "index.jsonl").is_file():
         from pfpld.data.dataset import PreparedFaces
         faces = PreparedFaces(folder, "test")
+        check_prepared_contract(folder, faces.contract, contract)
         crops = []
         for i in range(min(n, len(faces))):
             stored = faces.load_crop(i)
@@ -93,6 +94,15 @@ def folder_face_crops(folder: Path, contract: PreprocessContract, n: int) -> lis
     if not crops:
         raise InputError(f"{folder}: no images (png, jpg, bmp), boxes.txt or index.jsonl")
     return crops
+
+
+def check_prepared_contract(folder: Path, stored: PreprocessContract, contract: PreprocessContract) -> None:
+    """A prepared dataset's centre crops are the model's crops only when it was prepared with the model's input
+    size and crop rule (colour order, scale and mean apply when a crop becomes the input): say so in one line when
+    it was not."""
+    if (stored.input_size, stored.crop) != (contract.input_size, contract.crop):
+        raise InputError(f"{folder}: prepared for {stored.input_size} px crops ({stored.crop}); the exported model "
+                         f"takes {contract.input_size} px crops ({contract.crop}): prepare the data for this model")
 
 
 def _read_image(path: Path) -> np.ndarray:

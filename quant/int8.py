@@ -25,6 +25,7 @@ import numpy as np
 
 from convert.artifacts import ExportFolder
 from convert.formats import FORMATS, RunOptions
+from convert.parity import check_prepared_contract
 from convert.runtimes import OnnxRunner, Runner
 from pfpld.contract import PreprocessContract
 from pfpld.data.check_faces import synthetic_check_faces
@@ -67,15 +68,12 @@ def heldout_faces(contract: PreprocessContract, images: Path | None, n: int, see
                              f"(its test split is used)")
         from pfpld.data.dataset import PreparedFaces
         faces = PreparedFaces(images, "test")
-        stored = faces.contract
-        if (stored.input_size, stored.color_order, stored.scale, tuple(stored.mean), stored.crop) != \
-                (contract.input_size, contract.color_order, contract.scale, tuple(contract.mean), contract.crop):
-            raise InputError(f"{images}: prepared for {stored.input_size} px {stored.color_order} crops "
-                             f"({stored.crop}, scale {stored.scale:.6g}, mean {list(stored.mean)}); the exported "
-                             f"model takes {contract.input_size} px {contract.color_order} ({contract.crop}, scale "
-                             f"{contract.scale:.6g}, mean {list(contract.mean)}): prepare the data for this model")
+        check_prepared_contract(images, faces.contract, contract)
         picks = np.unique(np.linspace(0, len(faces) - 1, min(n, len(faces))).round().astype(int))
-        return HeldOut(x=np.stack([faces.reference_sample(int(i))[0] for i in picks]).astype(np.float32),
+        offset = (faces.crop_size_px - contract.input_size) // 2      # the contract crop: the centre window
+        window = slice(offset, offset + contract.input_size)
+        return HeldOut(x=np.stack([contract.to_tensor_layout(faces.load_crop(int(i))[window, window])
+                                   for i in picks]).astype(np.float32),
                        points=faces.points[picks], mask=faces.mask[picks], pose=faces.pose[picks],
                        has_pose=faces.has_pose[picks],
                        source=f"{images} (test split, {len(picks)} of {len(faces)} faces)")
