@@ -190,3 +190,27 @@ def test_fp16_ncnn_is_held_to_its_stated_looser_tolerance(tmp_path):
     assert rows["ncnn"].tolerance == FP32_MAX_ABS and rows["ncnn"].max_abs <= FP32_MAX_ABS
     assert rows["ncnn-fp16"].tolerance == FP16_MAX_ABS
     assert FP32_MAX_ABS < rows["ncnn-fp16"].max_abs <= FP16_MAX_ABS and report.passed
+
+
+def test_a_pose_decoded_from_bins_may_differ_by_what_its_logits_may_carried_through_the_decode():
+    """HopeNet's angles_deg is the softmax expectation of its bin logits: float32 rounding of large logits moves it
+    by more than the plain 1e-5 rad (ResNet-50 at 224: 1.5e-5 rad in Caffe and ncnn), by at most the logits' own
+    limit x the span of the bin centres; a real fault (degrees off) still fails."""
+    import numpy as np
+    from convert.parity import BIN_DECODE_GAIN_RAD, compare_outputs, output_limit
+    from pfpld.models.hopenet import hopenet_spec
+    spec = hopenet_spec(backbone="mobilenetv2", input_size=64, width=0.25)
+    rng = np.random.default_rng(0)
+    reference = {o.name: rng.uniform(-5, 5, (4,) + o.shape) for o in spec.outputs}
+    reference["yaw_logits"][0, 3] = 13.0
+    reference["angles_deg"] = rng.uniform(-60, 60, (4, 3))
+    assert BIN_DECODE_GAIN_RAD == pytest.approx(np.radians(195.0))
+    limit = output_limit(spec, "angles_deg", 1e-5, np.radians(reference["angles_deg"]), reference)
+    assert limit == pytest.approx(1e-5 * 13.0 * np.radians(195.0))
+    assert output_limit(spec, "angles_deg", 1e-5, np.radians(reference["angles_deg"])) == 1e-5   # no logits: plain
+    close = {k: v.copy() for k, v in reference.items()}
+    close["angles_deg"] += np.degrees(1.5e-5)
+    assert compare_outputs(reference, close, slice(0, 0), 1e-5, spec)["passed"]
+    off = {k: v.copy() for k, v in reference.items()}
+    off["angles_deg"][1, 0] += 1.0
+    assert not compare_outputs(reference, off, slice(0, 0), 1e-5, spec)["passed"]
