@@ -11,6 +11,7 @@ NME is normalised by the distance between the two eye centres.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import nn
 
 from ..contract import PreprocessContract
@@ -57,6 +58,17 @@ class Landmark5(nn.Module):
         hidden = 2 * inp
         self.head = nn.Sequential(nn.Conv2d(inp, hidden, 1), nn.PReLU(hidden),
                                   nn.Conv2d(hidden, 2 * len(POINT_NAMES), 1), nn.Sigmoid())
+
+    @torch.no_grad()
+    def init_landmark_head(self, mean_landmarks_98: torch.Tensor) -> None:
+        """Start at the training set's mean shape, as PFPLD does (train.py calls this with the (98, 2) mean of the
+        prepared labels): the last 1x1 conv's bias is the logit of the mean 5 points, its weights x 0.1. Without it
+        the sigmoid starts every point near the crop centre and the first epochs only learn where faces are."""
+        last = self.head[-2]
+        mean5 = torch.as_tensor(points_from_98(), dtype=torch.float64) @ mean_landmarks_98.reshape(-1, 2).double()
+        p = mean5.reshape(-1).clamp(1e-3, 1 - 1e-3)
+        last.bias.copy_(torch.log(p / (1 - p)).to(last.bias.dtype))
+        last.weight.mul_(0.1)
 
     def forward(self, x):
         return (self.head(self.gdconv(self.features(x))).flatten(1),)
