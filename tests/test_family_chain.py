@@ -16,7 +16,7 @@ import pytest
 
 from caffe_parity import EXPORT_WARNINGS
 from convert.export import parse_model_options
-from convert.parity import FP32_MAX_ABS, check_parity
+from convert.parity import BIN_DECODE_GAIN_RAD, FP32_MAX_ABS, check_parity
 from pfpld.contract import PreprocessContract
 from pfpld.data.check_faces import synthetic_check_faces
 from pfpld.errors import ConversionError
@@ -94,8 +94,13 @@ def test_every_fp32_stage_passes_parity_in_the_models_terms(family_export):
         assert set(row.per_output_max_abs) == set(kinds)
         for output, diff in row.per_output_max_abs.items():
             assert diff <= row.per_output_limit[output], (row.stage, output, diff)
-            if kinds[output] in ("landmarks", "pose_deg"):       # absolute (pose_deg compared in radians)
+            if kinds[output] == "landmarks":                    # absolute
                 assert row.per_output_limit[output] == FP32_MAX_ABS
+            if kinds[output] == "pose_deg":     # in radians; at least the logits' limit through the decode
+                logits = max(float(np.abs(stages["torch"].outputs[o]).max()) for o, k in kinds.items()
+                             if k == "pose_bins")
+                assert row.per_output_limit[output] == pytest.approx(
+                    max(FP32_MAX_ABS, FP32_MAX_ABS * max(1.0, logits) * BIN_DECODE_GAIN_RAD))
         if name == "landmark5":
             assert row.nme is not None and row.nme < 1e-4 and row.pose_deg is None
         else:
