@@ -32,11 +32,11 @@ from .devices import resolve_amp, resolve_device
 from .data.augment import AugmentConfig
 from .data.dataset import PreparedFaces
 from .data.prepare import read_prepared_header
-from .errors import InputError
+from .errors import InputError, ModelError
 from .evaluate import check_data_contract, evaluate_predictions, predict_dataset
 from .fileio import write_text_atomic
 from .losses import LossConfig
-from .models import build_model, model_task
+from .models import build_model, check_model_options, model_task
 from .models.task import Task
 from .plots import plot_training_curves
 from .progress import progress as progress_bar
@@ -162,7 +162,14 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     out = Path(cfg.out)
     header = read_prepared_header(Path(cfg.data))
     torch.manual_seed(cfg.seed)
-    model, spec, contract = build_model(cfg.model, **cfg.model_options_for(header["contract"]["input_size"]))
+    options = cfg.model_options_for(header["contract"]["input_size"])
+    check_model_options(cfg.model, options)
+    try:
+        model, spec, contract = build_model(cfg.model, **options)
+    except ModelError as e:     # e.g. another model's input size: say where it came from
+        raise ModelError(f"{e}; {Path(cfg.data) / 'index.jsonl'} was prepared for input size "
+                         f"{header['contract']['input_size']}: prepare the data with `pfpld prepare-data --model "
+                         f"{cfg.model}`") from None
     task = model_task(spec)
     check_data_contract(PreprocessContract.from_dict(header["contract"]), contract, Path(cfg.data), spec)
 

@@ -1,7 +1,5 @@
 """The command line as a user runs it: real processes, real files, exit codes and one-line errors."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -11,22 +9,7 @@ import torch
 
 from pfpld.models import build_model
 
-PFPLD = [sys.executable, "-m", "pfpld_app.cli"]
-
-
-def run(*args, cwd=None):
-    return subprocess.run(PFPLD + [str(a) for a in args], capture_output=True, text=True, timeout=600, cwd=cwd)
-
-
-def assert_user_error(proc, *fragments):
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    # a progress bar may have run before the failure; the error itself is one line, the last one
-    lines = [part for line in proc.stderr.splitlines() for part in line.split("\r") if part.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
-    for f in fragments:
-        assert f in errors[0], (f, errors[0])
+from cli_run import assert_user_error, run
 
 
 @pytest.fixture(scope="module")

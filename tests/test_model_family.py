@@ -2,8 +2,6 @@
 training runs of landmark5 and hopenet that beat the trivial baseline, and what the command line says about them
 (one-line errors for data or options of another model, `pfpld models`, eval's pose table, predict's JSON)."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,22 +12,7 @@ from pfpld.landmarks import MIRROR_98, NUM_POINTS, flip_mask, flip_points
 from pfpld.models import MODELS, build_model
 from pfpld.models.landmark5 import POINT_NAMES, points_from_98
 
-PFPLD = [sys.executable, "-m", "pfpld_app.cli"]
-
-
-def run(*args):
-    return subprocess.run(PFPLD + [str(a) for a in args], capture_output=True, text=True, timeout=600)
-
-
-def assert_user_error(proc, *fragments):
-    """Exit code 2, no traceback, and the error is one line, the last one, holding every fragment."""
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = [part for line in proc.stderr.splitlines() for part in line.split("\r") if part.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
-    for f in fragments:
-        assert f in errors[0], (f, errors[0])
+from cli_run import assert_user_error, run
 
 
 # --- landmark5: its 5 points from the 98 ------------------------------------------------------------------------
@@ -227,13 +210,18 @@ def test_training_on_data_prepared_for_another_model_is_one_line(family_data, tm
     proc = run("train", "--data", family_data["pfpld"], "--out", tmp_path / "b", "--model", "hopenet",
                "--backbone", "mobilenetv2", "--width", "0.5", "--epochs", "1")
     assert_user_error(proc, str(family_data["pfpld"] / "index.jsonl"), "pfpld prepare-data --model hopenet")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # another model's input size fails in the model's own check: the error still says where it came from
+    proc = run("train", "--data", family_data["landmark5"], "--out", tmp_path / "c", "--model", "hopenet",
+               "--epochs", "1")
+    assert_user_error(proc, "input_size 48", str(family_data["landmark5"] / "index.jsonl"),
+                      "pfpld prepare-data --model hopenet")
+    assert not any((tmp_path / d).exists() for d in "abc")
 
 
 def test_an_option_of_another_model_is_one_line(family_data, tmp_path):
     proc = run("train", "--data", family_data["pfpld"], "--out", tmp_path / "run", "--model", "pfpld",
                "--backbone", "resnet18", "--epochs", "1")
-    assert_user_error(proc, "model pfpld", "backbone")
+    assert_user_error(proc, "model pfpld takes no option backbone (it takes: width, input_size)")
     assert not (tmp_path / "run").exists()
 
 

@@ -2,6 +2,8 @@
 Adding a model is one file and one line here. Every model returns its outputs in spec order."""
 from __future__ import annotations
 
+import inspect
+
 from torch import nn
 
 from .. import DEFAULT_MODEL
@@ -27,11 +29,21 @@ def check_model_name(name: str, where: str = "") -> None:
         raise ModelError(f"{prefix}unknown model {name!r} (this pfpld knows: {', '.join(sorted(MODELS))})")
 
 
+def check_model_options(name: str, options: dict) -> None:
+    """Raise ModelError naming the options `name` does not take and the ones it does."""
+    check_model_name(name)
+    takes = list(inspect.signature(MODELS[name].spec).parameters)
+    unknown = sorted(set(options) - set(takes))
+    if unknown:
+        raise ModelError(f"model {name} takes no option {', '.join(unknown)} (it takes: {', '.join(takes)})")
+
+
 def build_model(name: str = DEFAULT_MODEL, **options) -> tuple[nn.Module, ModelSpec, PreprocessContract]:
     """Create a model with its spec and the preprocessing contract it is trained and deployed with. Options the
     model does not take are refused in one line."""
     check_model_name(name)
     entry = MODELS[name]
+    check_model_options(name, options)
     try:
         spec = entry.spec(**options)
         module = entry.module(**spec.options)
@@ -56,4 +68,4 @@ def model_contract(spec: ModelSpec) -> PreprocessContract:
 
 
 __all__ = ["DEFAULT_MODEL", "MODELS", "ModelEntry", "ModelSpec", "OutputSpec", "PFPLD", "Task", "build_model",
-           "build_from_spec", "check_model_name", "model_contract", "model_task", "pfpld_spec"]
+           "build_from_spec", "check_model_name", "check_model_options", "model_contract", "model_task", "pfpld_spec"]
