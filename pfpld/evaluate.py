@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .data.dataset import PreparedFaces
+from .data.dataset import PreparedFaces, labelled_mean
 from .data.record import WFLW_ATTRIBUTES
 from .devices import model_device
 from .errors import DatasetError
@@ -175,7 +175,4 @@ def mean_shape_baseline(data: Path, dataset: PreparedFaces, spec: ModelSpec, lan
 
 def mean_points(dataset: PreparedFaces, spec: ModelSpec) -> np.ndarray:
     """(K, 2) the mean of the labelled points of the model's scheme (0.5 where a point is never labelled)."""
-    points, mask = model_task(spec).map_points(dataset.points.astype(np.float64), dataset.mask)
-    w = mask[..., None].astype(np.float64)
-    count = w.sum(0)
-    return np.where(count > 0, (points * w).sum(0) / np.maximum(count, 1), 0.5).astype(np.float32)
+    return labelled_mean(*model_task(spec).map_points(dataset.points.astype(np.float64), dataset.mask))

@@ -37,6 +37,14 @@ def validation_rows(rows: np.ndarray, fraction: float) -> np.ndarray:
     return np.sort(rows[np.argsort(keys, kind="stable")[:count]])
 
 
+def labelled_mean(points: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(N, K, 2) points and (N, K) mask -> (K, 2) float32: each point's mean over the faces that label it (0.5 where
+    none does), in float64."""
+    w = np.asarray(mask)[..., None].astype(np.float64)
+    count = w.sum(0)
+    return np.where(count > 0, (points * w).sum(0) / np.maximum(count, 1), 0.5).astype(np.float32)
+
+
 class PreparedFaces(Dataset):
     """The faces of one split of a prepared folder. Splits: "train" and "test" as prepare-data wrote them, and "val":
     the part of "train" that `val_fraction` holds out (validation_rows); with val_fraction > 0, "train" leaves it
@@ -94,10 +102,7 @@ class PreparedFaces(Dataset):
 
     def mean_landmarks(self) -> np.ndarray:
         """(98, 2) mean of the labelled points in [0,1] crop coordinates (0.5 where a point is never labelled)."""
-        w = self.mask[..., None].astype(np.float64)
-        total = (self.points * w).sum(0)
-        count = w.sum(0)
-        return np.where(count > 0, total / np.maximum(count, 1), 0.5).astype(np.float32)
+        return labelled_mean(self.points, self.mask)
 
     def __len__(self) -> int:
         return len(self.images)
