@@ -7,6 +7,8 @@ The crop rule: take the face box (for training, the extent of the annotated land
 that a detector was tuned to match), optionally loosen it as HopeNet does on 300W-LP (loose_k), make it square
 around its centre with side = expand x max(w, h) (or min(w, h): side "min"; centre moved by shift_y x side
 vertically), and resample that square to input_size x input_size. Landmarks come out in [0,1] of that square.
+A recognition model takes an aligned face instead (box_source "aligned"): its box is the whole image, which
+ImageFolder sets and aligned LFW hold and pfpld.align makes from five points.
 """
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ from .errors import ContractError  # noqa: F401 (re-exported)
 
 
 CROP_SIDES = ("max", "min")
+# "landmark_extent": the face box is the extent of the landmarks in training (a detector's box at deployment);
+# "aligned": the image is an aligned face and the box is the whole image (aligned_box)
+BOX_SOURCES = ("landmark_extent", "aligned")
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,8 @@ class CropRule:
     side: str = "max"                     # "min": the square fits inside the box (HopeNet's Resize + CenterCrop)
 
     def __post_init__(self):
+        if self.box_source not in BOX_SOURCES:
+            raise ContractError(f"crop box_source {self.box_source!r}: expected one of {', '.join(BOX_SOURCES)}")
         if self.side not in CROP_SIDES:
             raise ContractError(f"crop side {self.side!r}: expected one of {', '.join(CROP_SIDES)}")
         if not (self.expand > 0 and self.loose_k >= 0):
@@ -88,6 +95,16 @@ class PreprocessContract:
         return cls(crop=crop, **d)
 
     # --- the crop ------------------------------------------------------------------------------------
+    @property
+    def aligned(self) -> bool:
+        """The input is an aligned face image, cropped whole (no face box needed)."""
+        return self.crop.box_source == "aligned"
+
+    @staticmethod
+    def aligned_box(image: np.ndarray) -> tuple[float, float, float, float]:
+        """The box of an aligned face: the whole image (x1, y1, x2, y2) in pixels."""
+        return 0.0, 0.0, float(image.shape[1]), float(image.shape[0])
+
     def crop_matrix(self, box, context: float = 1.0) -> np.ndarray:
         """2x3 affine matrix from image pixels to the crop's pixels. With context > 1 the output keeps the
         same pixel scale but covers context x the square (used to store margin for augmentation)."""

@@ -6,7 +6,7 @@ torchrun (gloo on CPU, NCCL on GPU, one GPU per process by LOCAL_RANK): the glob
 processes and only rank 0 validates and writes. The loader hands over raw crops memory-mapped from the prepared
 folder with each face's augmentation draw; the augmentation itself runs batched on the training device once the
 batch is there (PreparedFaces.network_batch). Every epoch writes RUN/last.pt (and RUN/best.pt when the
-validation NME improves) atomically; `--resume` continues exactly, because every random draw of the data pipeline
+task's validation number improves: NME, pose MAE or identification error) atomically; `--resume` continues exactly, because every random draw of the data pipeline
 is seeded by (seed, epoch, index) and the shuffle by (seed, epoch).
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from .devices import resolve_amp, resolve_device
 from .data.augment import AugmentConfig
 from .data.dataset import PreparedFaces
 from .data.prepare import read_prepared_header
-from .errors import InputError, ModelError
+from .errors import DatasetError, InputError, ModelError
 from .evaluate import check_data_contract, evaluate_predictions, predict_dataset
 from .fileio import write_text_atomic
 from .losses import LossConfig
@@ -40,6 +40,7 @@ from .models import build_model, check_model_options, model_task
 from .models.task import Task
 from .plots import plot_training_curves
 from .progress import progress as progress_bar
+from .recognition import identification_error
 
 
 # What a checkpoint written before a setting existed was trained with.
@@ -86,7 +87,8 @@ class TrainConfig:
         return d
 
 
-VAL_COLUMNS = ["val_nme", "val_failure_rate", "val_auc", "val_pose_mae_deg"]     # NaN where the model has no such
+VAL_COLUMNS = ["val_nme", "val_failure_rate", "val_auc", "val_pose_mae_deg",     # NaN where the model has no such
+               "val_id_error"]
 TIMING_COLUMNS = ["train_images_per_s", "epoch_seconds", "data_seconds"]          # output or nothing is held out
 
 
@@ -174,8 +176,9 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     check_data_contract(PreprocessContract.from_dict(header["contract"]), contract, Path(cfg.data), spec)
 
     # best.pt is chosen on faces held out of the training split, never on the test split that `pfpld eval` reports.
-    train_set = PreparedFaces(Path(cfg.data), "train", AugmentConfig() if cfg.augment else None, seed=cfg.seed,
-                              val_fraction=cfg.val_fraction, require_pose=task.pose_only)
+    augment = (task.augment or AugmentConfig()) if cfg.augment else None
+    train_set = PreparedFaces(Path(cfg.data), "train", augment, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                              require_pose=task.pose_only)
     val_set = (PreparedFaces(Path(cfg.data), "val", val_fraction=cfg.val_fraction)
                if rank == 0 and cfg.val_fraction > 0 else None)
     if cfg.batch_size % world:
@@ -186,7 +189,16 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # An identity task's margin head (facerec) learns with the model and is saved beside it, never in its weights.
+    head = None
+    if task.identities:
+        if not train_set.identity_names or (train_set.identity < 0).any():
+            raise DatasetError(f"{Path(cfg.data) / 'index.jsonl'}: has no identity labels: model {cfg.model} learns "
+                               f"identities from an ImageFolder set (`pfpld prepare-data --model {cfg.model} "
+                               f"--imagefolder DIR`)")
+        head = task.head(spec, len(train_set.identity_names), cfg.loss).to(device)
+    parameters = list(model.parameters()) + (list(head.parameters()) if head is not None else [])
+    optimizer = torch.optim.Adam(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(DataLoader(train_set, **loader_args))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
     select = f"val_{task.select_metric}"           # what best.pt is chosen on (lower is better)
@@ -199,6 +211,16 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         if ckpt.optimizer is None or ckpt.scheduler is None:
             raise CheckpointError(f"{resume}: has no optimizer/scheduler state to resume from")
         model.load_state_dict(ckpt.state_dict)
+        if head is not None:
+            saved_head = ((ckpt.config or {}).get("loss") or {}).get("head")
+            if ckpt.head is None or saved_head != cfg.loss.head:
+                raise CheckpointError(f"{resume}: was trained with head {saved_head!r}, this run asks for "
+                                      f"{cfg.loss.head!r}: resume with the same --head")
+            try:
+                head.load_state_dict(ckpt.head)
+            except RuntimeError:
+                raise CheckpointError(f"{resume}: its {saved_head} head does not fit the "
+                                      f"{len(train_set.identity_names)} identities of {cfg.data}") from None
         optimizer.load_state_dict(ckpt.optimizer)
         # The scheduler state is a step count: the curve must match; and so must the faces trained on.
         for key in ("schedule", "warmup_epochs", "val_fraction"):
@@ -215,10 +237,14 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     if not resume and hasattr(model, "init_landmark_head"):
         model.init_landmark_head(torch.from_numpy(train_set.mean_landmarks()))
     # bn8 and fc_aux exist only so released state_dicts load strictly: forward never uses them.
-    ddp_model = model
+    ddp_model, ddp_head = model, head
     if world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+        if head is not None:
+            ddp_head = torch.nn.parallel.DistributedDataParallel(
+                head, device_ids=[device.index] if device.type == "cuda" else None)
+    with_head = {"head": ddp_head} if head is not None else {}
     # fp16 needs loss scaling against underflowing gradients; bf16 and fp32 do not (the scaler is then a no-op).
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     if rank == 0:
@@ -230,6 +256,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         train_set.set_epoch(epoch)
         loader = DataLoader(train_set, **loader_args)
         model.train()
+        if head is not None:
+            head.train()
         lr = optimizer.param_groups[0]["lr"]                        # at the epoch's first step
         t0 = time.perf_counter()
         parts = len(task.loss_parts)
@@ -247,8 +275,9 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 outputs = ddp_model(image)
             # the loss in fp32, whatever precision the forward ran in
-            targets = task.targets(batch["points"], batch["mask"], batch["pose"], batch["has_pose"])
-            loss, loss_parts = task.loss(tuple(o.float() for o in outputs), targets, contract.input_size, cfg.loss)
+            targets = task.targets(batch["points"], batch["mask"], batch["pose"], batch["has_pose"], batch["identity"])
+            loss, loss_parts = task.loss(tuple(o.float() for o in outputs), targets, contract.input_size, cfg.loss,
+                                         **with_head)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -268,7 +297,9 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
 
         if rank == 0:
             val = dict.fromkeys(VAL_COLUMNS, float("nan"))
-            if val_set is not None:
+            if val_set is not None and task.select_metric == "id_error":
+                val["val_id_error"] = identification_error(model, spec, val_set, head)
+            elif val_set is not None:
                 lmk, pose_pred = predict_dataset(model, spec, val_set, batch_size=64)
                 report = evaluate_predictions(val_set, spec, lmk, pose_pred)
                 nan = float("nan")
@@ -283,7 +314,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             history.append(row)
             common = dict(state_dict=model.state_dict(), spec=spec, contract=contract, epoch=epoch + 1,
                           metrics=row, config={**cfg.to_dict(), "world_size": world}, history=history,
-                          optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
+                          optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                          head=head.state_dict() if head is not None else None)
             save_checkpoint(out / "last.pt", **common)
             if not math.isnan(row[select]) and row[select] < best_val:
                 best_val = row[select]
@@ -294,6 +326,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                 pose_mae = row["val_pose_mae_deg"]
                 pose_txt = "" if math.isnan(pose_mae) else f"  pose MAE {pose_mae:.2f} deg"
                 val_txt = "" if math.isnan(row["val_nme"]) else f"  val NME {100 * row['val_nme']:.2f}%"
+                if not math.isnan(row["val_id_error"]):
+                    val_txt += f"  val identification error {100 * row['val_id_error']:.1f}%"
                 bar.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.3f}{val_txt}{pose_txt}  "
                           f"{row['train_images_per_s']:.0f} img/s ({100 * data_seconds / seconds:.0f} % waiting "
                           f"for data)")

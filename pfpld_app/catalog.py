@@ -36,7 +36,9 @@ class ModelRow:
 
 METRIC_TEXT = {"nme": "NME (normalised by {norm}), failure rate and AUC at 0.1; best.pt on validation NME",
                "pose_mae_deg": "yaw / pitch / roll MAE in degrees, AFLW2000 protocol (|angle| <= 99); best.pt on "
-                               "validation MAE"}
+                               "validation MAE",
+               "id_error": "LFW-protocol verification on pairs: 10-fold accuracy, TAR at FAR 1e-3, ROC; best.pt on "
+                           "the identification error of held-out images of the training identities"}
 
 
 def model_rows(targets: list[str], root: Path | None = None) -> list[ModelRow]:
@@ -55,8 +57,9 @@ def model_rows(targets: list[str], root: Path | None = None) -> list[ModelRow]:
         rows.append(ModelRow(
             name=name, summary=entry.summary,
             input=f"{contract.input_size}x{contract.input_size} {contract.color_order} ({options})",
-            contract=f"(pixel - mean {tuple(round(m, 3) for m in contract.mean)}) x {contract.scale:.6g}; "
-                     f"square {crop.expand:.4g} x {crop.side} side of the landmark box{loose}",
+            contract=f"(pixel - mean {tuple(round(m, 3) for m in contract.mean)}) x {contract.scale:.6g}; " + (
+                "an aligned face, the whole image" if contract.aligned else
+                f"square {crop.expand:.4g} x {crop.side} side of the landmark box{loose}"),
             outputs=", ".join(f"{o.name}: {o.kind or 'values'} {list(o.shape)}" for o in spec.outputs),
             loss=_first_sentence(task.loss.__doc__ or task.loss.__name__),
             metric=METRIC_TEXT[task.select_metric].format(norm=norm),

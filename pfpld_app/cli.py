@@ -55,21 +55,23 @@ def synth(out, n, seed, force):
 @click.option("--300wlp", "w300lp", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="300W-LP root (holds AFW/ HELEN/ ... landmarks/).")
 @click.option("--aflw2000", type=click.Path(exists=True, file_okay=False, path_type=Path), help="AFLW2000-3D folder.")
+@click.option("--imagefolder", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Recognition "
+              "models: one folder per identity of aligned face images (CASIA-WebFace / MS1M style).")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True,
               help="Crop with this model's contract (`pfpld models`).")
 @click.option("--input-size", type=click.IntRange(min=16), help="The model's input size.  [default: the model's]")
 @click.option("--force", is_flag=True, help=force_help("prepared"))
 @user_errors
-def prepare_data(out, wflw, lapa, w300lp, aflw2000, model, input_size, force):
+def prepare_data(out, wflw, lapa, w300lp, aflw2000, imagefolder, model, input_size, force):
     """Crop every face with the model's contract (its crop rule, size and normalisation) and write the merged
     training/test set."""
     from pfpld.data.prepare import prepare_dataset
     from pfpld.models import build_model
-    if not any([wflw, lapa, w300lp, aflw2000]):
-        raise click.UsageError("give at least one of --wflw, --lapa, --300wlp, --aflw2000")
+    if not any([wflw, lapa, w300lp, aflw2000, imagefolder]):
+        raise click.UsageError("give at least one of --wflw, --lapa, --300wlp, --aflw2000, --imagefolder")
     _, _, contract = build_model(model, **({} if input_size is None else {"input_size": input_size}))
-    summary = prepare_dataset(out, wflw=wflw, lapa=lapa, w300lp=w300lp, aflw2000=aflw2000, contract=contract,
-                              force=force)
+    summary = prepare_dataset(out, wflw=wflw, lapa=lapa, w300lp=w300lp, aflw2000=aflw2000, imagefolder=imagefolder,
+                              contract=contract, force=force)
     click.echo(summary.table())
     click.echo(f"wrote {out}")
 
@@ -108,6 +110,11 @@ def prepare_data(out, wflw, lapa, w300lp, aflw2000, model, input_size, force):
               "with Wing on [0,1] coordinates; see pfpld/losses.py).  [default: LossConfig's]")
 @click.option("--bins-alpha", type=float, help="hopenet: weight of the expectation's MSE (degrees^2) beside the bins' "
               "cross-entropy.  [default: LossConfig's, 1]")
+@click.option("--head", help="facerec: the margin head, arcface, cosface or sphereface (training only; the export is "
+              "the embedding network).  [default: arcface]")
+@click.option("--s", "head_s", type=float, help="facerec: the head's scale s.  [default: the head's: 64, 64, 30]")
+@click.option("--m", "head_m", type=float, help="facerec: the head's margin m (ArcFace: angle in radians, CosFace: "
+              "cosine, SphereFace: integer multiplier).  [default: the head's: 0.5, 0.35, 4]")
 @click.option("--no-augment", is_flag=True, help="Train on the plain contract crops.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True,
@@ -119,7 +126,7 @@ def prepare_data(out, wflw, lapa, w300lp, aflw2000, model, input_size, force):
 @user_errors
 def train(data, out, model, width, backbone, epochs, batch_size, lr, weight_decay, milestones, schedule, warmup_epochs,
           resume, seed, workers, val_fraction, wing_w, wing_epsilon, eye_weight, landmark_weight, pose_weight,
-          bins_alpha, no_augment, device, amp, channels_last):
+          bins_alpha, head, head_s, head_m, no_augment, device, amp, channels_last):
     """Train a model on a prepared dataset (data-parallel when started with torchrun)."""
     from pfpld.losses import LossConfig
     from pfpld.train import TrainConfig, train as run_training
@@ -137,11 +144,14 @@ def train(data, out, model, width, backbone, epochs, batch_size, lr, weight_deca
                       loss=LossConfig(**{k: v for k, v in dict(
                           wing_w_px=wing_w, wing_epsilon_px=wing_epsilon, eye_weight=eye_weight,
                           landmark_weight=landmark_weight, pose_weight=pose_weight,
-                          bins_alpha=bins_alpha).items() if v is not None}))
+                          bins_alpha=bins_alpha, head=head, head_s=head_s, head_m=head_m).items()
+                          if v is not None}))
     row = run_training(cfg, resume=str(resume) if resume else None)
     if row:
         shown = [f"val NME {100 * row['val_nme']:.2f}%" if not math.isnan(row["val_nme"]) else "",
-                 f"val pose MAE {row['val_pose_mae_deg']:.2f} deg" if not math.isnan(row["val_pose_mae_deg"]) else ""]
+                 f"val pose MAE {row['val_pose_mae_deg']:.2f} deg" if not math.isnan(row["val_pose_mae_deg"]) else "",
+                 f"val identification error {100 * row['val_id_error']:.1f}%"
+                 if not math.isnan(row.get("val_id_error", math.nan)) else ""]
         shown = "  ".join(v for v in shown if v)
         if not shown:
             click.echo(f"done: epoch {row['epoch']} (no validation faces) -> {out}/last.pt, {out}/metrics.csv")
@@ -173,19 +183,44 @@ def import_cmd(ckpt, origin, width, out, force):
 
 @main.command("eval")
 @click.argument("ckpt", type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), help="A prepared dataset "
+              "(landmark and pose models).")
 @click.option("--split", default="test", show_default=True)
+@click.option("--pairs", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Recognition models: an "
+              "LFW-format pairs.txt (10 folds of same and different pairs) to verify on.")
+@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path), help="With --pairs: the "
+              "folder holding <name>/<name>_NNNN.jpg (aligned faces).  [default: the pairs file's folder]")
+@click.option("--roc", type=click.Path(path_type=Path), help="With --pairs: write the ROC curve here (PNG).  "
+              "[default: roc.png beside --json, else none]")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the metrics as JSON.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @user_errors
-def eval_cmd(ckpt, data, split, json_out, device):
-    """NME / failure rate / AUC (overall, per source, per WFLW attribute) and pose MAE of a checkpoint."""
+def eval_cmd(ckpt, data, split, pairs, images, roc, json_out, device):
+    """NME / failure rate / AUC (overall, per source, per WFLW attribute) and pose MAE of a checkpoint on a prepared
+    dataset; or, for a recognition model, LFW-protocol verification on a pairs file."""
     from pfpld.checkpoint import load_model
     from pfpld.devices import resolve_device
     from pfpld.evaluate import evaluate_model
     where = resolve_device(device)
     model, record = load_model(ckpt)
     model.to(where)
+    recognition = any(o.kind == "embedding" for o in record.spec.outputs)
+    if recognition != (pairs is not None) or (data is None) == (pairs is None):
+        raise click.UsageError(f"{ckpt} is a {record.spec.name} checkpoint: evaluate it with "
+                               f"{'--pairs PAIRS (and no --data)' if recognition else '--data DIR (and no --pairs)'}")
+    if pairs is not None:
+        from pfpld.plots import plot_roc
+        from pfpld.recognition import evaluate_pairs
+        result = evaluate_pairs(model, record.spec, record.contract, pairs, images)
+        click.echo(result.table())
+        roc = roc or (Path(json_out).with_name("roc.png") if json_out else None)
+        if roc:
+            plot_roc(result.model, roc, label=f"{record.spec.name} ({Path(ckpt).name})", baseline=result.baseline)
+            click.echo(f"wrote {roc}")
+        if json_out:
+            write_text_atomic(json_out, json.dumps(result.to_dict(), indent=2) + "\n")
+            click.echo(f"wrote {json_out}")
+        return
     report = evaluate_model(model, record.spec, data, split=split, contract=record.contract, progress=True)
     click.echo(report.table())
     if json_out:

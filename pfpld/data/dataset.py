@@ -82,6 +82,9 @@ class PreparedFaces(Dataset):
         self.has_pose = np.array([r["pose"] is not None for r in rows], dtype=bool)
         self.pose = np.array([r["pose"] if r["pose"] is not None else [0.0, 0.0, 0.0] for r in rows],
                              dtype=np.float32)
+        # identity-labelled sets (ImageFolder): class indexes into the header's "identities"; -1 elsewhere
+        self.identity = np.array([r.get("identity", -1) for r in rows], dtype=np.int64)
+        self.identity_names: list[str] = list(header.get("identities") or [])
         self.has_attributes = np.array([r.get("attributes") is not None for r in rows], dtype=bool)
         self.attributes = np.array([r["attributes"] if r.get("attributes") is not None else [0] * 6
                                     for r in rows], dtype=np.int8)
@@ -139,6 +142,7 @@ class PreparedFaces(Dataset):
             "mask": torch.from_numpy(self.mask[index]),
             "pose": torch.from_numpy(self.pose[index]),
             "has_pose": torch.tensor(bool(self.has_pose[index])),
+            "identity": torch.tensor(self.identity[index]),
             "index": torch.tensor(index),
         }
         draw = self.draw(index)
@@ -148,13 +152,13 @@ class PreparedFaces(Dataset):
 
     def network_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A collated batch of samples, on the device the model runs on -> "image" (B, 3, H, W), the contract's
-        input after the batch's draws (augment_batch), and the targets of pfpld.losses.total_loss: "points"
-        (B, 196), "mask", "pose", "has_pose"."""
+        input after the batch's draws (augment_batch), and the labels the task's targets are made from: "points"
+        (B, 196), "mask", "pose", "has_pose", "identity" (-1 where the set has none)."""
         labels = FaceLabels(points=batch["points"], mask=batch["mask"], pose=batch["pose"],
                             has_pose=batch["has_pose"])
         image, labels = augment_batch(batch["crop"], labels, batch.get("draw"), self.contract)
         return {"image": image, "points": labels.points.flatten(1), "mask": labels.mask, "pose": labels.pose,
-                "has_pose": labels.has_pose, "index": batch["index"]}
+                "has_pose": labels.has_pose, "identity": batch["identity"], "index": batch["index"]}
 
     def reference_sample(self, index: int) -> tuple[np.ndarray, FaceLabels]:
         """One face through the per-sample reference path (cv2, numpy): the input (3, H, W) and its labels."""

@@ -36,7 +36,7 @@ INDEX_FILE = "index.jsonl"
 ARRAY_FILE = "crops.npy"
 README_FILE = "README.txt"
 SPLITS = ("train", "test")
-SOURCE_ORDER = ("wflw", "lapa", "300wlp", "aflw2000")
+SOURCE_ORDER = ("wflw", "lapa", "300wlp", "aflw2000", "imagefolder")
 POINT_DECIMALS = 6          # 1e-6 of a 112-px crop is far below annotation noise
 POSE_DECIMALS = 7
 HEADER_KEYS = ("format", "version", "contract", "context", "crop_size_px", "counts")
@@ -94,6 +94,17 @@ def source_streams(wflw: Path | None, lapa: Path | None, w300lp: Path | None,
     return streams
 
 
+def imagefolder_stream(folder) -> SourceStream:
+    """An ImageFolder set (pfpld/data/sources/imagefolder.py: one folder per identity of aligned face images) as
+    training faces without landmarks, each carrying its identity's class index."""
+    def records() -> Iterator[FaceRecord]:
+        for path, identity in folder.items:
+            yield FaceRecord(image_path=path, points=np.zeros((NUM_POINTS, 2)), point_mask=np.zeros(NUM_POINTS, bool),
+                             source="imagefolder", split="train", name=f"{folder.classes[identity]}/{path.name}",
+                             extra={"identity": identity})
+    return SourceStream("imagefolder", "train", "imagefolder", records)
+
+
 def crop_size_for(contract: PreprocessContract, context: float) -> int:
     """Side of the stored crops. The contract crop must sit on whole pixels in their centre, so
     input_size * context has to be an integer with the parity of input_size."""
@@ -116,8 +127,9 @@ def face_box(record: FaceRecord) -> tuple[float, float, float, float]:
 def crop_face(image: np.ndarray, record: FaceRecord, contract: PreprocessContract,
               context: float) -> tuple[np.ndarray, np.ndarray]:
     """(stored crop BGR, points (98,2) in [0,1] of the contract crop). The centre window is pasted from the
-    contract crop itself: warping the wider crop gives the same pixels only up to 1 grey level of rounding."""
-    box = face_box(record)
+    contract crop itself: warping the wider crop gives the same pixels only up to 1 grey level of rounding. An
+    aligned contract crops the whole image (its faces need no landmarks)."""
+    box = contract.aligned_box(image) if contract.aligned else face_box(record)
     try:
         crop, _ = contract.crop_image(image, box, context=context)
         centre, matrix = contract.crop_image(image, box)
@@ -141,6 +153,7 @@ def index_entry(record: FaceRecord, image_rel: str, points_crop: np.ndarray) -> 
         "mask": "".join("1" if m else "0" for m in record.point_mask),
         "pose": None if record.pose_rad is None else [round(float(v), POSE_DECIMALS) for v in record.pose_rad],
         "attributes": None if record.attributes is None else [int(a) for a in record.attributes],
+        **({"identity": int(record.extra["identity"])} if "identity" in record.extra else {}),
     }
 
 
@@ -249,25 +262,45 @@ def write_readme(tmp: Path, summary: PrepareSummary, contract: PreprocessContrac
 
 
 def prepare_dataset(out: Path, *, wflw: Path | None = None, lapa: Path | None = None, w300lp: Path | None = None,
-                    aflw2000: Path | None = None, contract: PreprocessContract | None = None, context: float = 1.5,
+                    aflw2000: Path | None = None, imagefolder: Path | None = None,
+                    contract: PreprocessContract | None = None, context: float | None = None,
                     progress: bool = True, force: bool = False) -> PrepareSummary:
     """Read the given sources (WFLW train+test, LaPa closed-eye train -> train and val/test -> test, 300W-LP ->
-    train, AFLW2000 protocol -> test), crop every face and write the prepared folder `out` atomically. A previous
-    prepared dataset at `out` is replaced only with force, anything else never (fileio.check_output_folder)."""
+    train, AFLW2000 protocol -> test; or, for an aligned contract, an ImageFolder set of identities -> train), crop
+    every face and write the prepared folder `out` atomically. Context (the stored margin for augmentation) defaults
+    to 1.5, and to 1 for aligned faces, which augmentation never moves. A previous prepared dataset at `out` is
+    replaced only with force, anything else never (fileio.check_output_folder)."""
     start = time.monotonic()
     out = Path(out)
     contract = contract or PreprocessContract()
+    context = context if context is not None else (1.0 if contract.aligned else 1.5)
     size_px = crop_size_for(contract, context)
-    sources = {k: Path(v) for k, v in
-               (("wflw", wflw), ("lapa", lapa), ("300wlp", w300lp), ("aflw2000", aflw2000)) if v is not None}
+    sources = {k: Path(v) for k, v in (("wflw", wflw), ("lapa", lapa), ("300wlp", w300lp), ("aflw2000", aflw2000),
+                                       ("imagefolder", imagefolder)) if v is not None}
     if not sources:
-        raise DatasetError(f"{out}: nothing to prepare: give at least one of wflw, lapa, w300lp, aflw2000")
-    streams = source_streams(sources.get("wflw"), sources.get("lapa"), sources.get("300wlp"),
-                             sources.get("aflw2000"))
+        raise DatasetError(f"{out}: nothing to prepare: give at least one of wflw, lapa, w300lp, aflw2000, "
+                           f"imagefolder")
+    landmark_sources = sorted(set(sources) - {"imagefolder"})
+    if contract.aligned and landmark_sources:
+        raise DatasetError(f"{out}: this model takes aligned faces of identities (an ImageFolder set), not the "
+                           f"landmark datasets given ({', '.join(landmark_sources)})")
+    if imagefolder is not None and not contract.aligned:
+        raise DatasetError(f"{imagefolder}: an ImageFolder set holds aligned faces without landmarks: prepare it for "
+                           f"a recognition model (`pfpld prepare-data --model facerec --imagefolder DIR`)")
+    extra: dict = {}
+    if imagefolder is not None:
+        from .sources.imagefolder import read_imagefolder
+        folder = read_imagefolder(sources["imagefolder"])
+        streams = [imagefolder_stream(folder)]
+        extra["identities"] = list(folder.classes)
+    else:
+        streams = source_streams(sources.get("wflw"), sources.get("lapa"), sources.get("300wlp"),
+                                 sources.get("aflw2000"))
     with output_folder(out, "prepared", force) as tmp:      # checked first: fail before hours of cropping
         counts = write_faces(tmp, streams, contract, context, progress)
         header = {"format": FORMAT, "version": VERSION, "contract": contract.to_dict(), "context": float(context),
-                  "crop_size_px": size_px, "counts": counts, "array": array_entry(sum(counts.values()), size_px)}
+                  "crop_size_px": size_px, "counts": counts, "array": array_entry(sum(counts.values()), size_px),
+                  **extra}
         write_index(tmp, header)
         summary = PrepareSummary(out=out, counts=counts, crop_size_px=size_px)
         write_readme(tmp, summary, contract, sources)
@@ -373,6 +406,9 @@ def check_face_entry(entry: dict, where: str) -> dict:
     pose = entry.get("pose")
     if pose is not None and not (isinstance(pose, list) and len(pose) == 3 and all(_is_number(v) for v in pose)):
         raise DatasetError(f"{where}: 'pose' must be null or [yaw, pitch, roll] in radians")
+    identity = entry.get("identity")
+    if identity is not None and not (isinstance(identity, int) and not isinstance(identity, bool) and identity >= 0):
+        raise DatasetError(f"{where}: 'identity' must be a class index >= 0")
     attrs = entry.get("attributes")
     if attrs is not None and not (isinstance(attrs, list) and len(attrs) == 6 and all(a in (0, 1) for a in attrs)):
         raise DatasetError(f"{where}: 'attributes' must be null or 6 flags 0/1")

@@ -9,6 +9,7 @@ from torch import nn
 from .. import DEFAULT_MODEL
 from ..contract import PreprocessContract
 from ..errors import ModelError
+from .facerec import FACEREC
 from .hopenet import HOPENET
 from .landmark5 import LANDMARK5
 from .pfpld import PFPLD, PFPLD_ENTRY, pfpld_spec
@@ -19,6 +20,7 @@ MODELS: dict[str, ModelEntry] = {
     "pfpld": PFPLD_ENTRY,
     "hopenet": HOPENET,
     "landmark5": LANDMARK5,
+    "facerec": FACEREC,
 }
 
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 # without knowing the model: "landmarks" = K points x0,y0,x1,y1,... in [0,1] of the crop (NME normalised by the
 # distance between points norm_points of the ground truth); "pose" = yaw, pitch, roll in radians; "" = anything else
 # (judged by its values only); "pose_deg" = yaw, pitch, roll in degrees; "pose_bins" = one angle's bin logits (HopeNet's
-# 66 bins of 3 degrees; judged through the model's pose_deg output, which decodes them in the graph).
-OUTPUT_KINDS = ("landmarks", "pose", "pose_deg", "pose_bins", "")
+# 66 bins of 3 degrees; judged through the model's pose_deg output, which decodes them in the graph); "embedding" = a
+# face embedding compared by cosine (judged by the cosine between runtimes and by verification accuracy).
+OUTPUT_KINDS = ("landmarks", "pose", "pose_deg", "pose_bins", "embedding", "")
 POSE_KINDS = ("pose", "pose_deg")       # outputs a pose can be read from, in radians after pose_radians()
 LEGACY_KINDS = {"landmarks": "landmarks", "pose": "pose"}     # specs saved before kinds existed
 

@@ -18,23 +18,27 @@ import numpy as np
 from ..arrays import asarray_like, namespace
 from ..landmarks import NUM_POINTS
 
-# Validation numbers a task may choose best.pt on (lower is better): the overall landmark NME, or the mean pose
-# MAE in degrees under the AFLW2000 protocol.
-SELECT_METRICS = ("nme", "pose_mae_deg")
+# Validation numbers a task may choose best.pt on (lower is better): the overall landmark NME, the mean pose MAE in
+# degrees under the AFLW2000 protocol, or the identification error on held-out images of the training identities.
+SELECT_METRICS = ("nme", "pose_mae_deg", "id_error")
 
 
 @dataclass(frozen=True)
 class Targets:
     """A batch's training targets in the model's own terms: points (B, 2K) in [0,1] of the crop, mask (B, K),
-    pose (B, 3) radians, has_pose (B,)."""
+    pose (B, 3) radians, has_pose (B,), identity (B,) class indexes of an identity-labelled set (else None)."""
     points: Any
     mask: Any
     pose: Any
     has_pose: Any
+    identity: Any = None
 
 
-# loss(outputs in spec order, targets, crop size in pixels, LossConfig) -> (total, {part name: detached value})
-LossFn = Callable[[tuple, Targets, int, Any], tuple[Any, dict[str, Any]]]
+# loss(outputs in spec order, targets, crop size in pixels, LossConfig) -> (total, {part name: detached value});
+# a task with a training head takes it as a fifth argument (head=...)
+LossFn = Callable[..., tuple[Any, dict[str, Any]]]
+# head(spec, number of identities, LossConfig) -> the training-only module the loss runs the outputs through
+HeadFn = Callable[[Any, int, Any], Any]
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,8 @@ class Task:
     select_metric: str                      # one of SELECT_METRICS
     points_from_98: np.ndarray | None = None    # (K, 98) weights, rows summing to 1; None: no landmarks
     pose_only: bool = False                 # train only on faces with a pose label inside the +-99 degree range
+    head: HeadFn | None = None              # identity tasks: the margin head, trained with the model, never exported
+    augment: Any = None                     # its AugmentConfig (None: the reference's, pfpld.data.augment)
 
     def __post_init__(self):
         if self.select_metric not in SELECT_METRICS:
@@ -52,6 +58,11 @@ class Task:
             w = np.asarray(self.points_from_98)
             if w.ndim != 2 or w.shape[1] != NUM_POINTS or not np.allclose(w.sum(1), 1.0):
                 raise ValueError(f"points_from_98 {w.shape}: expected (K, {NUM_POINTS}) rows that sum to 1")
+
+    @property
+    def identities(self) -> bool:
+        """Whether the task learns from identity labels (its data is an identity-labelled set)."""
+        return self.head is not None
 
     @property
     def num_points(self) -> int:
@@ -68,12 +79,13 @@ class Task:
         invalid = ~asarray_like(mask98, mask98)
         return points, ~(invalid[..., None, :] & used).any(-1)
 
-    def targets(self, points98, mask98, pose, has_pose) -> Targets:
+    def targets(self, points98, mask98, pose, has_pose, identity=None) -> Targets:
         """A batch's targets from its (augmented) 98-point labels: points (B, 196) or (B, 98, 2)."""
         if self.points_from_98 is None:
-            return Targets(points=None, mask=None, pose=pose, has_pose=has_pose)
+            return Targets(points=None, mask=None, pose=pose, has_pose=has_pose, identity=identity)
         points, mask = self.map_points(points98.reshape(points98.shape[0], NUM_POINTS, 2), mask98)
-        return Targets(points=points.reshape(points.shape[0], -1), mask=mask, pose=pose, has_pose=has_pose)
+        return Targets(points=points.reshape(points.shape[0], -1), mask=mask, pose=pose, has_pose=has_pose,
+                       identity=identity)
 
 
 def identity_98() -> np.ndarray:

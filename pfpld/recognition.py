@@ -1,0 +1,112 @@
+"""Evaluation of a recognition model (an "embedding" output): identification on held-out images of the training
+identities (training's validation number) and verification on LFW-format pairs (`pfpld eval --pairs`).
+
+Verification follows the LFW protocol (pfpld/verification.py): each pair is scored by the cosine of the two faces'
+embeddings, the threshold is chosen on nine folds and applied to the tenth. Beside the model, the same protocol
+runs on the faces' raw pixels (the cosine of the mean-subtracted grey input crops): the trivial baseline a model
+must beat clearly, as the mean shape is for landmarks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .contract import PreprocessContract
+from .data.dataset import PreparedFaces
+from .devices import model_device
+from .errors import DatasetError, ModelError
+from .models.spec import ModelSpec
+from .progress import progress as progress_bar
+
+from typing import TYPE_CHECKING
+if TYPE_CHECKING:       # TEMPORARY until pfpld/verification.py and pfpld/data/sources/lfw.py land
+    from .verification import VerificationReport
+
+
+def embedding_index(spec: ModelSpec) -> int:
+    """Position of the model's embedding output; a one-line error for a model without one."""
+    for i, o in enumerate(spec.outputs):
+        if o.kind == "embedding":
+            return i
+    raise ModelError(f"model {spec.name} has no embedding output (its outputs: {', '.join(spec.output_names)}): "
+                     f"verification needs a recognition model")
+
+
+@torch.no_grad()
+def embed_batches(model: torch.nn.Module, spec: ModelSpec, inputs, progress: bool = False) -> np.ndarray:
+    """Embeddings (N, D) float32 of an iterable of input batches (B, 3, H, W) tensors on the model's device."""
+    model.eval()
+    k = embedding_index(spec)
+    out = [model(x)[k].float().cpu().numpy() for x in progress_bar(inputs, desc="embed", unit="batch",
+                                                                     enabled=progress, leave=False)]
+    return np.concatenate(out) if out else np.zeros((0, spec.outputs[k].shape[0]), np.float32)
+
+
+def embed_dataset(model: torch.nn.Module, spec: ModelSpec, dataset: PreparedFaces, batch_size: int = 64,
+                  progress: bool = False) -> np.ndarray:
+    """Embeddings of a prepared split's faces, in dataset order (its input crops, augmented if it augments)."""
+    device = model_device(model)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    batches = (dataset.network_batch({k: v.to(device) for k, v in b.items()})["image"] for b in loader)
+    return embed_batches(model, spec, batches, progress)
+
+
+@torch.no_grad()
+def identification_error(model: torch.nn.Module, spec: ModelSpec, dataset: PreparedFaces, head) -> float:
+    """Share of the faces whose nearest class weight of the margin head (largest cosine, no margin) is not their
+    identity: what training watches on images it holds out of the identities it learns."""
+    emb = torch.from_numpy(embed_dataset(model, spec, dataset)).to(head.weight.device)
+    predicted = head.cosine(emb).argmax(1).cpu().numpy()
+    return float(np.mean(predicted != dataset.identity))
+
+
+def read_aligned(path: Path, contract: PreprocessContract) -> np.ndarray:
+    """An aligned face image -> the contract's input crop (BGR uint8, input_size square): the whole image."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DatasetError(f"{path}: cannot decode image (missing, unreadable or corrupt)")
+    crop, _ = contract.crop_image(image, contract.aligned_box(image))
+    return crop
+
+
+@dataclass
+class PairsEvaluation:
+    pairs_file: Path
+    model: "VerificationReport"
+    baseline: "VerificationReport"           # the same protocol on raw pixels
+    images: int                             # distinct images embedded
+
+    def to_dict(self) -> dict:
+        return {"pairs_file": str(self.pairs_file), "images": self.images, "model": self.model.to_dict(),
+                "pixel_baseline": self.baseline.to_dict()}
+
+
+def evaluate_pairs(model: torch.nn.Module, spec: ModelSpec, contract: PreprocessContract, pairs_file: Path,
+                   images_root: Path | None = None, batch_size: int = 64, progress: bool = True) -> PairsEvaluation:
+    """LFW-protocol verification of a recognition model on a pairs file (images under `images_root`, default the
+    pairs file's folder), with the raw-pixel baseline beside it."""
+    from .data.sources.lfw import read_pairs
+    from .verification import cosine_scores, verify
+    pairs_file = Path(pairs_file)
+    pairs = read_pairs(pairs_file, Path(images_root) if images_root is not None else pairs_file.parent)
+    paths = sorted({p for pair in pairs for p in (pair.path_a, pair.path_b)})
+    row = {p: i for i, p in enumerate(paths)}
+    crops = [read_aligned(p, contract) for p in progress_bar(paths, desc="read", unit="image", enabled=progress,
+                                                                leave=False)]
+    device = model_device(model)
+    inputs = np.stack([contract.to_tensor_layout(c) for c in crops])
+    batches = (torch.from_numpy(inputs[i:i + batch_size]).to(device) for i in range(0, len(inputs), batch_size))
+    emb = embed_batches(model, spec, batches, progress)
+    grey = np.stack([cv2.cvtColor(c, cv2.COLOR_BGR2GRAY).astype(np.float64).ravel() for c in crops])
+    grey -= grey.mean(1, keepdims=True)
+    a = np.array([row[p.path_a] for p in pairs])
+    b = np.array([row[p.path_b] for p in pairs])
+    same = np.array([p.same for p in pairs], dtype=bool)
+    folds = np.array([p.fold for p in pairs])
+    return PairsEvaluation(pairs_file=pairs_file, model=verify(cosine_scores(emb[a], emb[b]), same, folds),
+                           baseline=verify(cosine_scores(grey[a], grey[b]), same, folds), images=len(paths))
