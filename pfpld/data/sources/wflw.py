@@ -1,7 +1,9 @@
 """WFLW (98 points, box, 6 attribute flags): reader into FaceRecord and writer of the release layout.
 
 The reader feeds prepare.py (train and test splits); the writer is how the synthetic generator produces a
-WFLW-shaped folder, so tests and the demo run the same parser as the real release.
+WFLW-shaped folder, so tests and the demo run the same parser as the real release. WFLW has no pose label:
+`pfpld label-pose` (pfpld.pose6d) fits one per face and writes a sidecar file next to the annotations
+(POSE_LABELS_FILE); when it is there the reader gives FaceRecord.pose_rad from it.
 """
 from __future__ import annotations
 
@@ -21,6 +23,12 @@ SPLITS = ("train", "test")
 
 NUM_COORDS = 2 * NUM_POINTS          # 196
 NUM_TOKENS = NUM_COORDS + 4 + 6 + 1  # coordinates, box, attribute flags, image path = 207
+
+# The pose sidecar: a header line, then one line per face of both splits in annotation order,
+# "split annotation_line yaw_deg pitch_deg roll_deg reprojection_px" (300W-LP convention; nan = no label).
+POSE_LABELS_FILE = "WFLW_annotations/list_98pt_rect_attr_train_test/pfpld_pose_labels.txt"
+POSE_LABELS_HEADER = ("# pfpld-pose-labels 1: split annotation_line yaw_deg pitch_deg roll_deg reprojection_px "
+                      "(300W-LP convention, fitted by pfpld label-pose; nan = not labelled)")
 
 
 @dataclass
@@ -111,14 +119,17 @@ def parse_line(line: str, where: str) -> tuple[np.ndarray, tuple[float, float, f
 
 
 def iter_wflw(root: Path, split: str) -> Iterator[FaceRecord]:
-    """Faces of one split, in file order. Checks each referenced image exists (without decoding it)."""
+    """Faces of one split, in file order. Checks each referenced image exists (without decoding it). The pose
+    comes from the pose sidecar when the folder has one, else it is None."""
     root = Path(root)
     ann = annotation_path(root, split)
     require_dir(root, "WFLW root")
     require_file(ann, "WFLW annotation file")
     images = require_dir(root / IMAGES_DIR, "WFLW images")
+    lines = read_text_lines(ann)
+    poses = split_pose_labels(root, split, [n for n, line in enumerate(lines, start=1) if line.strip()])
     seen_images: set[Path] = set()
-    for lineno, line in enumerate(read_text_lines(ann), start=1):
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue                    # a trailing blank line is not a face
         where = f"{ann}:{lineno}"
@@ -129,9 +140,81 @@ def iter_wflw(root: Path, split: str) -> Iterator[FaceRecord]:
             seen_images.add(image_path)
         yield FaceRecord(
             image_path=image_path, points=points, point_mask=np.ones(NUM_POINTS, dtype=bool), source="wflw",
-            split=split, box=box, pose_rad=None, attributes=attributes, name=f"{rel_path}#{lineno}",
+            split=split, box=box, pose_rad=poses.get(lineno), attributes=attributes, name=f"{rel_path}#{lineno}",
         )
 
 
 def read_wflw(root: Path, split: str) -> list[FaceRecord]:
     return list(iter_wflw(root, split))
+
+
+# --- pose sidecar (written by pfpld label-pose) -------------------------------------------------------------
+
+@dataclass
+class PoseLine:
+    split: str
+    annotation_line: int                # 1-based line of the face in its split's annotation file
+    pose_deg: np.ndarray | None         # (3,) yaw, pitch, roll degrees; None = the face could not be labelled
+    reprojection_px: float
+
+
+def pose_labels_path(root: Path) -> Path:
+    return Path(root) / POSE_LABELS_FILE
+
+
+def format_pose_labels(lines: list[PoseLine]) -> str:
+    out = [POSE_LABELS_HEADER]
+    for p in lines:
+        angles = ["nan"] * 3 if p.pose_deg is None else [f"{float(v):.6f}" for v in p.pose_deg]
+        err = "nan" if not np.isfinite(p.reprojection_px) else f"{p.reprojection_px:.4f}"
+        out.append(" ".join([p.split, str(p.annotation_line), *angles, err]))
+    return "\n".join(out) + "\n"
+
+
+def read_pose_labels(path: Path) -> list[PoseLine]:
+    """Every line of a pose sidecar, checked: the header, 6 tokens a line, a known split, numbers."""
+    text = read_text_lines(path)
+    if not text or text[0].strip() != POSE_LABELS_HEADER:
+        raise DatasetError(f"{path}:1: expected the header line {POSE_LABELS_HEADER.split(':')[0]!r} "
+                           f"(written by `pfpld label-pose`)")
+    labels = []
+    for lineno, line in enumerate(text[1:], start=2):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        tokens = line.split()
+        if len(tokens) != 6 or tokens[0] not in SPLITS or not tokens[1].isdigit():
+            raise DatasetError(f"{where}: expected 'split annotation_line yaw_deg pitch_deg roll_deg "
+                               f"reprojection_px' with split in {SPLITS}, got {line.strip()[:80]!r}")
+        try:
+            values = np.array([float(t) for t in tokens[2:]], dtype=np.float64)
+        except ValueError:
+            raise DatasetError(f"{where}: yaw pitch roll and reprojection error must be numbers or nan, "
+                               f"got {' '.join(tokens[2:])!r}") from None
+        angles = values[:3]
+        if np.isnan(angles).all():
+            pose = None
+        elif np.all(np.isfinite(angles)):
+            pose = angles
+        else:
+            raise DatasetError(f"{where}: yaw pitch roll must be three finite numbers or three nan")
+        labels.append(PoseLine(split=tokens[0], annotation_line=int(tokens[1]), pose_deg=pose,
+                               reprojection_px=float(values[3])))
+    return labels
+
+
+def split_pose_labels(root: Path, split: str, face_lines: list[int]) -> dict[int, np.ndarray]:
+    """{annotation line: (3,) yaw, pitch, roll radians} of one split from the sidecar, or {} without one. The
+    sidecar must list exactly the split's faces, in order: an annotation file edited after labelling is an
+    error, not a silent shift of every pose onto the wrong face."""
+    path = pose_labels_path(root)
+    if not path.is_file():
+        return {}
+    mine = [p for p in read_pose_labels(path) if p.split == split]
+    listed = [p.annotation_line for p in mine]
+    if listed != list(face_lines):
+        ann = annotation_path(root, split)
+        detail = (f"{len(listed)} {split} lines for {len(face_lines)} faces" if len(listed) != len(face_lines)
+                  else f"{split} face at line {next(a for a, b in zip(face_lines, listed) if a != b)} is not listed in order")
+        raise DatasetError(f"{path}: does not match {ann} ({detail}): run `pfpld label-pose --data {root}` again")
+    return {p.annotation_line: np.radians(p.pose_deg) for p in mine if p.pose_deg is not None}
