@@ -68,14 +68,6 @@ def intrinsics(width: float, height: float) -> np.ndarray:
     return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
 
 
-def box_intrinsics(bbox) -> np.ndarray:
-    """The camera a box-relative pose projects with, in whole-image pixels: the box seen as its own picture,
-    focal length w_box + h_box, principal point at the box centre."""
-    x0, y0, x1, y1 = (float(v) for v in bbox)
-    f = (x1 - x0) + (y1 - y0)
-    return np.array([[f, 0.0, (x0 + x1) / 2.0], [0.0, f, (y0 + y1) / 2.0], [0.0, 0.0, 1.0]])
-
-
 def _image_camera_at_box(image_size, bbox) -> tuple[np.ndarray, np.ndarray, float, float]:
     """K_img, K_img with its principal point moved to the box centre (img2pose's bbox intrinsics), the image's
     focal length and the box size w_box + h_box."""
@@ -165,9 +157,11 @@ def pose_bbox_to_full_image(pose6, image_size, bbox) -> np.ndarray:
     does: with K_img = intrinsics(w, h), K_box = K_img with its principal point at the box centre and f its
     focal length, t_z *= f / (w_box + h_box), t = K_img^-1 K_box t, R = nearest_rotation(K_img^-1 K_box R).
 
-    The box pose projects with box_intrinsics(bbox). The head's centre lands on the same pixel and at the same
-    scale in both; K_img^-1 K_box is a shear, not a rotation, so other points move by up to about
-    |box centre - image centre| x (depth of the point / t_z) / 2 pixels (img2pose's approximation)."""
+    What stays the same: the box pose, its t_z multiplied by f / (w_box + h_box), projected with K_box, puts the
+    head's centre on the same pixel as the result does with K_img (exactly), and the rest of the head nearly
+    so: K_img^-1 K_box is a shear, not a rotation, so its nearest rotation moves a point at depth d from the
+    head's centre by about |box centre - image centre| d / (2 t_z) pixels (img2pose's approximation; exact for
+    a box centred on the principal point). A box pose's t_z is thus in units of the box."""
     pose6 = np.asarray(pose6, dtype=np.float64).reshape(6)
     k_img, k_box, f, box_size = _image_camera_at_box(image_size, bbox)
     shear = np.linalg.solve(k_img, k_box)
