@@ -369,7 +369,8 @@ class LabelSummary:
         return "\n".join([
             f"faces              {self.faces}",
             f"labelled           {self.labelled}",
-            f"refused            {self.too_few_points} with too few rigid points, {self.fit_failed} where the fit failed",
+            f"refused            {self.too_few_points} with too few rigid points, "
+            f"{self.fit_failed} where the fit failed",
             f"reprojection (px)  median {self.median_reprojection_px:.2f} over the labelled faces",
             f"{self.seconds:.1f} s -> {self.out}",
         ])

@@ -276,6 +276,9 @@ def test_label_pose_out_file_and_bad_inputs(wflw_root, tmp_path):
     sidecar.write_text("\n".join(lines[:2] + ["train 2 1.0 nan 3.0 0.5"] + lines[3:]) + "\n")
     with pytest.raises(DatasetError, match=f"{sidecar.name}:3"):
         read_wflw(broken, "train")
+    sidecar.write_text("\n".join(lines[:1] + [lines[2], lines[1]] + lines[3:]) + "\n")
+    with pytest.raises(DatasetError, match="train face at line 1 is not listed in order"):
+        read_wflw(broken, "train")
     # label-pose replaces a stale sidecar rather than tripping over it
     pose6d.label_wflw(broken, progress=False)
     assert sidecar.read_text().splitlines() == lines

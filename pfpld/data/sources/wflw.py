@@ -214,7 +214,10 @@ def split_pose_labels(root: Path, split: str, face_lines: list[int]) -> dict[int
     listed = [p.annotation_line for p in mine]
     if listed != list(face_lines):
         ann = annotation_path(root, split)
-        detail = (f"{len(listed)} {split} lines for {len(face_lines)} faces" if len(listed) != len(face_lines)
-                  else f"{split} face at line {next(a for a, b in zip(face_lines, listed) if a != b)} is not listed in order")
+        if len(listed) != len(face_lines):
+            detail = f"{len(listed)} {split} lines for {len(face_lines)} faces"
+        else:
+            first = next(a for a, b in zip(face_lines, listed) if a != b)
+            detail = f"the {split} face at line {first} is not listed in order"
         raise DatasetError(f"{path}: does not match {ann} ({detail}): run `pfpld label-pose --data {root}` again")
     return {p.annotation_line: np.radians(p.pose_deg) for p in mine if p.pose_deg is not None}
