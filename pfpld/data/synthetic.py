@@ -71,6 +71,10 @@ class FaceParams:
     pose_rad: tuple[float, float, float] = (0.0, 0.0, 0.0)   # yaw, pitch, roll
     appearance: Appearance = field(default_factory=Appearance)
     capture: Capture = field(default_factory=Capture)
+    # None: the texture's random design (skin blotches, hair strands, brow strokes) is drawn from the picture's
+    # generator. An int: from a generator of its own seeded with it, so one identity's faces share that design
+    # (pfpld/data/identities.py); it repeats exactly when the texture has the same size (the same render scale).
+    texture_seed: int | None = None
 
 
 SKIN_TONES_BGR = np.array([(45, 62, 98), (70, 100, 150), (100, 140, 195), (140, 175, 225), (175, 200, 240)], float)
@@ -1157,8 +1161,10 @@ def render_scene(rng: np.random.Generator, image_size, params_list: list[FacePar
         _draw_body(canvas, pl, rng)
     rasters = []
     for pl in placements:
+        seed = pl.params.texture_seed
         texture = draw_texture(pl.params.shape, pl.params.expression, pl.params.appearance,
-                               texels_per_unit=float(pl.pose_para[6]), rng=rng)
+                               texels_per_unit=float(pl.pose_para[6]),
+                               rng=rng if seed is None else np.random.default_rng(seed))
         rasters.append(_draw_head(canvas, pl, texture))
     occluders = np.zeros((height, width), np.uint8)
     for pl in placements:
