@@ -18,14 +18,13 @@ from torch.utils.data import DataLoader
 
 from .contract import PreprocessContract
 from .data.dataset import PreparedFaces
+from .data.sources.lfw import read_pairs
 from .devices import model_device
 from .errors import DatasetError, ModelError
 from .models.spec import ModelSpec
 from .progress import progress as progress_bar
-
-from typing import TYPE_CHECKING
-if TYPE_CHECKING:       # TEMPORARY until pfpld/verification.py and pfpld/data/sources/lfw.py land
-    from .verification import VerificationReport
+from .tables import markdown_table, text_table
+from .verification import VerificationReport, cosine_scores, verify
 
 
 def embedding_index(spec: ModelSpec) -> int:
@@ -77,23 +76,45 @@ def read_aligned(path: Path, contract: PreprocessContract) -> np.ndarray:
 @dataclass
 class PairsEvaluation:
     pairs_file: Path
-    model: "VerificationReport"
-    baseline: "VerificationReport"           # the same protocol on raw pixels
+    model: VerificationReport
+    baseline: VerificationReport           # the same protocol on raw pixels
     images: int                             # distinct images embedded
+
+    HEADER = ("", "model", "raw pixels (baseline)")
+
+    def rows(self) -> list[list[str]]:
+        """The model's verification numbers beside the raw-pixel baseline's."""
+        m, b = self.model, self.baseline
+        return [[f"{len(m.kfold.fold_ids)}-fold accuracy", f"{100 * m.accuracy_mean:.2f} % +- {100 * m.accuracy_std:.2f}",
+                 f"{100 * b.accuracy_mean:.2f} % +- {100 * b.accuracy_std:.2f}"],
+                [f"TAR @ FAR {m.far_point.far_target:g}", f"{100 * m.tar_at_far:.2f} %", f"{100 * b.tar_at_far:.2f} %"],
+                ["ROC AUC", f"{m.auc:.4f}", f"{b.auc:.4f}"],
+                ["pairs", f"{m.n_same} same + {m.n_different} different, {len(m.kfold.fold_ids)} folds", ""]]
+
+    def table(self, markdown: bool = False) -> str:
+        """The comparison, then the model's own protocol details (per-fold thresholds and accuracies)."""
+        if markdown:
+            return "\n".join(markdown_table(list(self.HEADER), self.rows()) + ["", self.model.table(markdown=True)])
+        return "\n".join(text_table([list(self.HEADER)] + self.rows()) + ["", self.model.table()])
 
     def to_dict(self) -> dict:
         return {"pairs_file": str(self.pairs_file), "images": self.images, "model": self.model.to_dict(),
                 "pixel_baseline": self.baseline.to_dict()}
 
 
+def default_images_root(pairs_file: Path) -> Path:
+    """Where LFW's images are when not given: the `lfw` folder beside pairs.txt (as the release unpacks and as
+    `pfpld synth --identities` writes), else the pairs file's own folder."""
+    beside = Path(pairs_file).parent / "lfw"
+    return beside if beside.is_dir() else Path(pairs_file).parent
+
+
 def evaluate_pairs(model: torch.nn.Module, spec: ModelSpec, contract: PreprocessContract, pairs_file: Path,
                    images_root: Path | None = None, batch_size: int = 64, progress: bool = True) -> PairsEvaluation:
-    """LFW-protocol verification of a recognition model on a pairs file (images under `images_root`, default the
-    pairs file's folder), with the raw-pixel baseline beside it."""
-    from .data.sources.lfw import read_pairs
-    from .verification import cosine_scores, verify
+    """LFW-protocol verification of a recognition model on a pairs file (images under `images_root`, default
+    default_images_root), with the raw-pixel baseline beside it."""
     pairs_file = Path(pairs_file)
-    pairs = read_pairs(pairs_file, Path(images_root) if images_root is not None else pairs_file.parent)
+    pairs = read_pairs(pairs_file, Path(images_root) if images_root is not None else default_images_root(pairs_file))
     paths = sorted({p for pair in pairs for p in (pair.path_a, pair.path_b)})
     row = {p: i for i, p in enumerate(paths)}
     crops = [read_aligned(p, contract) for p in progress_bar(paths, desc="read", unit="image", enabled=progress,

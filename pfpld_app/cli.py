@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from pfpld import DEFAULT_MODEL
-from pfpld.errors import PfpldError
+from pfpld.errors import InputError, PfpldError
 from pfpld.fileio import force_help, write_text_atomic
 
 
@@ -34,14 +34,43 @@ def main():
 
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write.")
-@click.option("--n", type=click.IntRange(min=20), default=1000, show_default=True, help="Number of faces.")
+@click.option("--n", type=click.IntRange(min=20), default=1000, show_default=True, help="Number of faces (landmark "
+              "formats).")
+@click.option("--identities", type=click.IntRange(min=1), help="Write a face-recognition set instead of the landmark "
+              "formats: this many training identities as an ImageFolder set (imagefolder/<id>/NNNN.jpg), plus "
+              "--heldout other identities in LFW's layout (lfw/) with an LFW pairs.txt, all aligned to 112x112. "
+              "A demo that trains on 2 cores: 150.")
+@click.option("--per-identity", type=click.IntRange(min=2), help="With --identities: aligned faces per identity.  "
+              "[default: 15]")
+@click.option("--heldout", type=click.IntRange(min=2), help="With --identities: held-out identities for pairs.txt "
+              "(never in imagefolder/).  [default: 50]")
+@click.option("--pairs-per-fold", type=click.IntRange(min=1), help="With --identities: same-person pairs, and as many "
+              "different-person pairs, in each of pairs.txt's person-disjoint folds.  [default: 30]")
+@click.option("--folds", type=click.IntRange(min=1), help="With --identities: folds of pairs.txt (LFW: 10).  "
+              "[default: 10]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help=force_help("synth"))
+@click.pass_context
 @user_errors
-def synth(out, n, seed, force):
-    """Render synthetic faces and write them as WFLW, LaPa, 300W-LP and AFLW2000 on-disk datasets."""
-    from pfpld.data.synthetic import generate_dataset
-    summary = generate_dataset(out, n=n, seed=seed, force=force)
+def synth(ctx, out, n, identities, per_identity, heldout, pairs_per_fold, folds, seed, force):
+    """Render synthetic faces and write them as WFLW, LaPa, 300W-LP and AFLW2000 on-disk datasets; with
+    --identities, render synthetic people instead and write a recognition set (ImageFolder + LFW pairs)."""
+    recognition = {"--per-identity": per_identity, "--heldout": heldout, "--pairs-per-fold": pairs_per_fold,
+                   "--folds": folds}
+    if identities is None:
+        given = [k for k, v in recognition.items() if v is not None]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} only apply with --identities (a recognition set)")
+        from pfpld.data.synthetic import generate_dataset
+        summary = generate_dataset(out, n=n, seed=seed, force=force)
+    else:
+        if ctx.get_parameter_source("n") != click.core.ParameterSource.DEFAULT:
+            raise click.UsageError("--n counts landmark faces; with --identities use --per-identity and --heldout")
+        from pfpld.data import identities as ids
+        summary = ids.generate_identities(
+            out, identities, per_identity=per_identity or ids.DEFAULT_PER_IDENTITY,
+            heldout=heldout or ids.DEFAULT_HELDOUT, pairs_per_fold=pairs_per_fold or ids.DEFAULT_PAIRS_PER_FOLD,
+            folds=folds or ids.DEFAULT_FOLDS, seed=seed, force=force)
     click.echo(summary.table())
     click.echo(f"wrote {out}  (contact sheet: {out / 'preview.png'})")
 
@@ -74,6 +103,21 @@ def prepare_data(out, wflw, lapa, w300lp, aflw2000, imagefolder, model, input_si
                               contract=contract, force=force)
     click.echo(summary.table())
     click.echo(f"wrote {out}")
+
+
+@main.command("label-pose")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="WFLW root "
+              "(holds WFLW_annotations/ and WFLW_images/).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the labels here instead.  [default: the sidecar prepare-data reads, "
+                   "WFLW_annotations/list_98pt_rect_attr_train_test/pfpld_pose_labels.txt]")
+@user_errors
+def label_pose_cmd(data, out):
+    """Fit a head pose (yaw, pitch, roll) to every WFLW face with solvePnP and the project's 3D template, and
+    write it beside the annotations, so `prepare-data --wflw` gives WFLW faces a pose label."""
+    from pfpld.pose6d import label_wflw
+    summary = label_wflw(data, out=out)
+    click.echo(summary.table())
 
 
 @main.command()
@@ -189,7 +233,8 @@ def import_cmd(ckpt, origin, width, out, force):
 @click.option("--pairs", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Recognition models: an "
               "LFW-format pairs.txt (10 folds of same and different pairs) to verify on.")
 @click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path), help="With --pairs: the "
-              "folder holding <name>/<name>_NNNN.jpg (aligned faces).  [default: the pairs file's folder]")
+              "folder holding <name>/<name>_NNNN.jpg (aligned faces).  [default: lfw/ beside the pairs file, else its "
+              "folder]")
 @click.option("--roc", type=click.Path(path_type=Path), help="With --pairs: write the ROC curve here (PNG).  "
               "[default: roc.png beside --json, else none]")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the metrics as JSON.")
@@ -206,7 +251,7 @@ def eval_cmd(ckpt, data, split, pairs, images, roc, json_out, device):
     model.to(where)
     recognition = any(o.kind == "embedding" for o in record.spec.outputs)
     if recognition != (pairs is not None) or (data is None) == (pairs is None):
-        raise click.UsageError(f"{ckpt} is a {record.spec.name} checkpoint: evaluate it with "
+        raise InputError(f"{ckpt} is a {record.spec.name} checkpoint: evaluate it with "
                                f"{'--pairs PAIRS (and no --data)' if recognition else '--data DIR (and no --pairs)'}")
     if pairs is not None:
         from pfpld.plots import plot_roc
@@ -291,14 +336,21 @@ def demo(out, model, n, epochs, width, seed):
 @click.option("--split", default="train", show_default=True, help="Split of a prepared dataset to choose from.")
 @click.option("--ckpt", type=click.Path(path_type=Path), help="For images with boxes.txt: predict pose and eye state "
               "with this checkpoint (and use its contract).")
+@click.option("--model", "model_name", help="For a folder of aligned faces (recognition models): crop with this "
+              "registry model's contract (`pfpld models`), when no --ckpt gives it.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help=force_help("calib"))
 @user_errors
-def calib(data, out, n, split, ckpt, seed, force):
+def calib(data, out, n, split, ckpt, model_name, seed, force):
     """Choose calibration crops spread over head pose and eye state (DATA: a prepared dataset, or a folder of
-    images with boxes.txt), rejecting near-black, near-white and over-exposed crops."""
+    images with boxes.txt), rejecting near-black, near-white and over-exposed crops. For a recognition model's
+    aligned faces (a prepared ImageFolder set, or a folder of aligned images with --model/--ckpt) the crops are
+    spread over identities instead."""
     from quant.calibration import make_calibration_set
     model = contract = spec = None
+    if model_name is not None and ckpt is None:
+        from pfpld.models import build_model
+        _, _, contract = build_model(model_name)
     if ckpt is not None:
         from pfpld.checkpoint import load_model
         model, record = load_model(ckpt)
@@ -486,12 +538,16 @@ def export_cmd(ckpt, model, width, model_options, init, seed, onnx_file, targets
               "not calibrate (default: the export's own ranges).")
 @click.option("--heldout", type=click.IntRange(min=1), default=64, show_default=True, help="--int8: held-out faces "
               "(the test split of a prepared --images, else synthetic faces).")
+@click.option("--pairs", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="--int8 of a recognition "
+              "model: an LFW-format pairs.txt (images under its folder or its lfw/); the verdict is then the "
+              "verification accuracy lost (at most 1 point), else the mean embedding cosine vs float (>= 0.99).")
 @user_errors
-def check_parity_cmd(export_dir, images, n, json_out, threads, seed, int8, calib, heldout):
+def check_parity_cmd(export_dir, images, n, json_out, threads, seed, int8, calib, heldout, pairs):
     """Run every format of an export (torch -> onnx -> onnxsim -> caffe -> ncnn, ...) on the same inputs; exit code
     1 when a stage misses its tolerance (the first diverging layer is named), when a file no longer matches
     manifest.json, or, with --int8, when a deployed int8 stage costs more than its budget: 0.3 NME points for a
-    landmark model, 0.5 degrees of pose MAE for a pose model (judged on the metric the model's task selects on)."""
+    landmark model, 0.5 degrees of pose MAE for a pose model (judged on the metric the model's task selects on), 1
+    point of verification accuracy on --pairs for a recognition model (without pairs: a mean cosine of 0.99)."""
     from convert.parity import check_parity
     report = check_parity(export_dir, images=images, n=n, seed=seed, threads=threads)
     click.echo(report.table())
@@ -500,7 +556,8 @@ def check_parity_cmd(export_dir, images, n, json_out, threads, seed, int8, calib
     result = report.to_dict()
     if int8:
         from quant.int8 import check_int8
-        int8_report = check_int8(export_dir, images=images, calib=calib, n=heldout, seed=seed, threads=threads)
+        int8_report = check_int8(export_dir, images=images, calib=calib, n=heldout, seed=seed, threads=threads,
+                                 pairs=pairs)
         click.echo("")
         click.echo(int8_report.table())
         click.echo(f"wrote {int8_report.markdown}")

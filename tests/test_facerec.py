@@ -1,0 +1,121 @@
+"""facerec through prepare-data, train, eval and the checkpoint: an ImageFolder of synthetic identities becomes a
+prepared set with identity labels; training learns through the margin head (kept beside the model, never in its
+weights), resumes exactly with it, and `pfpld eval --pairs` verifies held-out identities under the LFW protocol.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pfpld.checkpoint import load_checkpoint, load_model, save_checkpoint
+from pfpld.data.dataset import PreparedFaces
+from pfpld.data.identities import generate_identities
+from pfpld.data.prepare import iter_prepared, prepare_dataset, read_prepared_header
+from pfpld.data.sources.imagefolder import read_imagefolder
+from pfpld.errors import DatasetError
+from pfpld.models import build_model
+from pfpld.recognition import evaluate_pairs
+from pfpld.train import TrainConfig, train
+
+from cli_run import assert_user_error, run
+
+INPUT = 32          # the smallest input facerec takes: fast enough to train in a test
+
+
+@pytest.fixture(scope="module")
+def identities(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("facerec") / "synth"
+    generate_identities(out, 12, per_identity=6, heldout=10, pairs_per_fold=3, folds=5, seed=3, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def prepared(identities, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("facerec_prep") / "prepared"
+    _, _, contract = build_model("facerec", input_size=INPUT)
+    prepare_dataset(out, imagefolder=identities / "imagefolder", contract=contract, progress=False)
+    return out
+
+
+def small_config(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), model="facerec", width=0.25, epochs=2, batch_size=16, lr=3e-3,
+                val_fraction=0.2, seed=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_prepare_imagefolder_keeps_identities_and_crops_the_whole_aligned_image(identities, prepared):
+    folder = read_imagefolder(identities / "imagefolder")
+    header = read_prepared_header(prepared)
+    assert header["identities"] == folder.classes and header["crop_size_px"] == INPUT   # no margin: never warped
+    entries = list(iter_prepared(prepared))
+    assert [e["identity"] for e in entries] == [label for _, label in folder.items]
+    faces = PreparedFaces(prepared, "train")
+    _, _, contract = build_model("facerec", input_size=INPUT)
+    path, _ = folder.items[7]
+    image = cv2.imread(str(path))
+    expected, _ = contract.crop_image(image, (0, 0, image.shape[1], image.shape[0]))
+    assert np.array_equal(faces.load_crop(7), expected)
+
+
+def test_prepare_refuses_to_mix_identities_and_landmark_contracts(identities, tmp_path):
+    with pytest.raises(DatasetError, match="aligned faces without landmarks"):
+        prepare_dataset(tmp_path / "a", imagefolder=identities / "imagefolder", progress=False)     # pfpld's contract
+    _, _, contract = build_model("facerec")
+    with pytest.raises(DatasetError, match="not the landmark datasets"):
+        prepare_dataset(tmp_path / "b", wflw=identities, contract=contract, progress=False)
+
+
+def test_training_keeps_the_head_out_of_the_model_and_resumes_exactly(prepared, tmp_path):
+    straight = tmp_path / "straight"
+    train(small_config(prepared, straight), progress=False)
+    split = tmp_path / "split"
+    train(small_config(prepared, split, epochs=1), progress=False)
+    train(small_config(prepared, split), resume=str(split / "last.pt"), progress=False)
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(split / "last.pt")
+    for name, value in a.state_dict.items():
+        assert torch.equal(value, b.state_dict[name]), name
+    assert a.head.keys() == b.head.keys() and all(torch.equal(a.head[k], b.head[k]) for k in a.head)
+    assert a.head["weight"].shape == (12, 512)                       # one class weight per training identity
+    model, _ = load_model(straight / "last.pt")                       # strict: the head is not in the weights
+    assert a.metrics["val_id_error"] == b.metrics["val_id_error"] and 0 <= a.metrics["val_id_error"] <= 1
+    assert model(torch.zeros(1, 3, INPUT, INPUT))[0].shape == (1, 512)
+
+
+def test_resume_with_another_head_is_one_line(prepared, tmp_path):
+    train(small_config(prepared, tmp_path, epochs=1), progress=False)
+    r = run(*["train", "--model", "facerec", "--data", str(prepared), "--out", str(tmp_path), "--width", "0.25",
+             "--epochs", "2", "--batch-size", "16", "--val-fraction", "0.2", "--seed", "1", "--head", "cosface",
+             "--resume", str(tmp_path / "last.pt")])
+    assert_user_error(r, "was trained with head 'arcface'")
+
+
+def test_pairs_for_pfpld_and_an_unknown_head_are_one_line(prepared, identities, tmp_path):
+    model, spec, contract = build_model("pfpld", width=0.25)
+    save_checkpoint(tmp_path / "pfpld.pt", state_dict=model.state_dict(), spec=spec, contract=contract)
+    r = run(*["eval", str(tmp_path / "pfpld.pt"), "--pairs", str(identities / "pairs.txt")])
+    assert_user_error(r, "evaluate it with --data DIR")
+    r = run(*["train", "--model", "facerec", "--data", str(prepared), "--out", str(tmp_path / "x"), "--head",
+             "normface", "--epochs", "1"])
+    assert_user_error(r, "normface")
+
+
+def test_eval_pairs_writes_the_lfw_protocol_roc_and_json(prepared, identities, tmp_path):
+    train(small_config(prepared, tmp_path / "run", epochs=1), progress=False)
+    ckpt = tmp_path / "run" / "last.pt"
+    r = run(*["eval", str(ckpt), "--pairs", str(identities / "pairs.txt"), "--json", str(tmp_path / "eval.json")])
+    assert r.returncode == 0, r.stderr
+    assert "10-fold" not in r.stdout and "5-fold accuracy" in r.stdout and "raw pixels" in r.stdout
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["model"]["pairs"] == {"same": 15, "different": 15, "folds": 5}
+    assert cv2.imread(str(tmp_path / "roc.png")) is not None
+    r = run(*["eval", str(ckpt), "--data", str(prepared)])
+    assert_user_error(r, "evaluate it with --pairs PAIRS")
+    # the numbers are the protocol's on this model's cosines
+    model, record = load_model(ckpt)
+    again = evaluate_pairs(model, record.spec, record.contract, identities / "pairs.txt", progress=False)
+    assert again.model.accuracy_mean == pytest.approx(result["model"]["accuracy"]["mean"])
