@@ -1,5 +1,5 @@
 """`pfpld predict`: one image and a face box -> what the model predicts (landmarks in image pixels and/or the head
-pose), drawn.
+pose, drawn; or a recognition model's embedding of an aligned face, whose box is the whole image).
 
 The crop is the contract's, exactly as at training and on the device; landmarks are mapped back through the
 inverse of the same matrix.
@@ -29,6 +29,7 @@ class Prediction:
     points_crop: np.ndarray | None  # (K, 2) [0,1] of the crop
     pose_rad: np.ndarray | None     # (3,) yaw, pitch, roll
     box: tuple[float, float, float, float]
+    embedding: np.ndarray | None = None     # (D,) as the network outputs it (not normalised)
 
     def to_dict(self) -> dict:
         # Full precision: deploy_cpp's end-to-end test compares its own numbers with these within 1e-3.
@@ -38,6 +39,8 @@ class Prediction:
         if self.pose_rad is not None:
             out["pose_rad"] = dict(zip(("yaw", "pitch", "roll"), np.asarray(self.pose_rad, np.float64).tolist()))
             out["pose_deg"] = dict(zip(("yaw", "pitch", "roll"), np.degrees(self.pose_rad).tolist()))
+        if self.embedding is not None:
+            out["embedding"] = np.asarray(self.embedding, np.float64).tolist()
         return out
 
 
@@ -74,12 +77,14 @@ def predict_face(model: torch.nn.Module, spec: ModelSpec, contract: PreprocessCo
     check_box_on_image(box, image_bgr.shape)
     crop, matrix = contract.crop_image(image_bgr, box)
     x = torch.from_numpy(contract.to_tensor_layout(crop))[None].to(model_device(model))
-    landmarks, pose = spec.decode([o.float().cpu().numpy() for o in model(x)])
+    outputs = [o.float().cpu().numpy() for o in model(x)]
+    landmarks, pose = spec.decode(outputs)
+    embedding = next((v[0] for o, v in zip(spec.outputs, outputs) if o.kind == "embedding"), None)
     points_crop = landmarks[0] if landmarks is not None else None
     return Prediction(points_px=contract.points_from_crop(points_crop, matrix) if points_crop is not None else None,
                       points_crop=points_crop,
                       pose_rad=pose[0].astype(np.float64) if pose is not None else None,
-                      box=tuple(float(v) for v in box))
+                      box=tuple(float(v) for v in box), embedding=embedding)
 
 
 def draw_prediction(image_bgr: np.ndarray, pred: Prediction, gt_points: np.ndarray | None = None) -> np.ndarray:

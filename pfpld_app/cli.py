@@ -276,22 +276,38 @@ def eval_cmd(ckpt, data, split, pairs, images, roc, json_out, device):
 @main.command()
 @click.argument("ckpt", type=click.Path(path_type=Path))
 @click.argument("image", type=click.Path(path_type=Path))
-@click.option("--box", required=True, help="Face box X1,Y1,X2,Y2 in pixels (the crop rule's box).")
+@click.option("--box", help="Face box X1,Y1,X2,Y2 in pixels (the crop rule's box); a recognition model takes an "
+              "aligned face and its box is the whole image.")
+@click.option("--compare", type=click.Path(path_type=Path), help="Recognition models: a second aligned face; print "
+              "the cosine of the two embeddings.")
 @click.option("--out", type=click.Path(path_type=Path), help="Write the image with landmarks and pose axes.")
-@click.option("--json", "as_json", is_flag=True, help="Print landmarks and pose as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print landmarks, pose or the embedding as JSON.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @user_errors
-def predict(ckpt, image, box, out, as_json, device):
-    """What the checkpoint's model predicts for one face in one image (landmarks, head pose), printed and drawn."""
+def predict(ckpt, image, box, compare, out, as_json, device):
+    """What the checkpoint's model predicts for one face in one image (landmarks, head pose, or an embedding),
+    printed and drawn."""
     from pfpld.checkpoint import load_model
     from pfpld.devices import resolve_device
     from pfpld.predict import draw_prediction, parse_box, predict_face, read_image, write_image_atomic
-    face_box = parse_box(box)
     where = resolve_device(device)
     model, record = load_model(ckpt)
     model.to(where)
+    aligned = record.contract.aligned
+    if box is None and not aligned:
+        raise InputError(f"{ckpt}: model {record.spec.name} predicts from a face box: give --box X1,Y1,X2,Y2")
+    if compare is not None and not aligned:
+        raise InputError(f"--compare: model {record.spec.name} outputs no embedding to compare")
     picture = read_image(image)
+    face_box = parse_box(box) if box is not None else record.contract.aligned_box(picture)
     pred = predict_face(model, record.spec, record.contract, picture, face_box)
+    if compare is not None:
+        from pfpld.verification import cosine_scores
+        other = read_image(compare)
+        second = predict_face(model, record.spec, record.contract, other, record.contract.aligned_box(other))
+        cosine = float(cosine_scores(pred.embedding[None], second.embedding[None])[0])
+        click.echo(json.dumps({"cosine": cosine}) if as_json else f"cosine {cosine:.4f} ({image} vs {compare})")
+        return
     if as_json:
         click.echo(json.dumps(pred.to_dict()))
     else:
@@ -302,6 +318,9 @@ def predict(ckpt, image, box, out, as_json, device):
         if pred.pose_rad is not None:
             yaw, pitch, roll = pred.to_dict()["pose_deg"].values()
             click.echo(f"pose (deg): yaw {yaw:+.1f}  pitch {pitch:+.1f}  roll {roll:+.1f}")
+        if pred.embedding is not None:
+            click.echo(f"{len(pred.embedding)}-d embedding: " + " ".join(f"{v:+.3f}" for v in pred.embedding[:6]) +
+                       f" ... (norm {math.hypot(*pred.embedding):.3f}; compare faces by cosine: --compare)")
     if out:
         write_image_atomic(out, draw_prediction(picture, pred))
         if not as_json:

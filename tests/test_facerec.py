@@ -99,6 +99,10 @@ def test_pairs_for_pfpld_and_an_unknown_head_are_one_line(prepared, identities, 
     save_checkpoint(tmp_path / "pfpld.pt", state_dict=model.state_dict(), spec=spec, contract=contract)
     r = run(*["eval", str(tmp_path / "pfpld.pt"), "--pairs", str(identities / "pairs.txt")])
     assert_user_error(r, "evaluate it with --data DIR")
+    face = next((identities / "lfw").glob("*/*_0001.jpg"))
+    assert_user_error(run("predict", tmp_path / "pfpld.pt", face), "give --box")
+    assert_user_error(run("predict", tmp_path / "pfpld.pt", face, "--box", "0,0,50,50", "--compare", face),
+                      "no embedding")
     r = run(*["train", "--model", "facerec", "--data", str(prepared), "--out", str(tmp_path / "x"), "--head",
              "normface", "--epochs", "1"])
     assert_user_error(r, "normface")
@@ -119,3 +123,14 @@ def test_eval_pairs_writes_the_lfw_protocol_roc_and_json(prepared, identities, t
     model, record = load_model(ckpt)
     again = evaluate_pairs(model, record.spec, record.contract, identities / "pairs.txt", progress=False)
     assert again.model.accuracy_mean == pytest.approx(result["model"]["accuracy"]["mean"])
+
+    # predict: an aligned face needs no box; its embedding, and the cosine of two faces
+    a, b = sorted((identities / "lfw").glob("*/*_0001.jpg"))[:2]
+    r = run("predict", ckpt, a, "--json")
+    assert r.returncode == 0, r.stderr
+    embedding = np.array(json.loads(r.stdout)["embedding"])
+    assert embedding.shape == (512,) and np.isfinite(embedding).all()
+    r = run("predict", ckpt, a, "--compare", b, "--json")
+    other = np.array(json.loads(run("predict", ckpt, b, "--json").stdout)["embedding"])
+    expected = embedding @ other / np.linalg.norm(embedding) / np.linalg.norm(other)
+    assert json.loads(r.stdout)["cosine"] == pytest.approx(expected, abs=1e-6)
