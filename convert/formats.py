@@ -100,6 +100,7 @@ class Format:
     needs: tuple[str, ...] = ()                             # formats whose files it reads
     runner: Callable[["ExportFolder", RunOptions], "Runner"] | None = None
     tolerance: float | None = None        # parity: max abs diff against the reference (None: not a parity stage)
+    cosine_tolerance: float | None = None  # parity of an "embedding" output: largest 1 - cosine against the reference
     layer_tolerance: float | None = None  # parity localisation: relative divergence of an inner tensor
     int8: bool = False                    # a deployed int8 stage: judged by the int8 check's accuracy budget
     reference: bool = False               # the stage every other one is compared with (the PyTorch module)

@@ -1,14 +1,17 @@
 """`pfpld check-parity`: the same inputs through every parity format of an export (the registry's formats with a
 tolerance: torch -> onnx -> onnxsim -> caffe -> ncnn, ...), each compared with the reference (torch, or the first
 format for a user's ONNX) by output name, in the terms the model's spec gives its outputs (landmark NME, pose
-degrees). A folder whose files no longer match manifest.json fails, naming the changed files.
+degrees, embedding cosine). A folder whose files no longer match manifest.json fails, naming the changed files.
 
 Inputs are N random tensors over the contract's value range plus N real-looking face crops (synthetic faces cut
-with the contract's crop rule, or a folder of the user's). A stage that misses its tolerance is localised: its
-intermediate tensors are compared with the previous stage's (ONNX tensor names through onnxruntime, Caffe blobs
-through the converter's name map; torch submodule tensors and ncnn blobs, which have no ONNX names, by matching
-each one to the tensor holding the same values) and the first layer that diverges is named. Results: a table,
-parity.md with a picture of every stage's landmarks on the same faces, and the verdict in manifest.json.
+with the contract's crop rule, or a folder of the user's). A model of an aligned contract (a recognition model)
+takes aligned faces, whole images resized: the user's aligned images (a flat folder, an ImageFolder or LFW layout,
+spread over identities, or a prepared set), else synthetic faces aligned on their five points with pfpld.align.
+A stage that misses its tolerance is localised: its intermediate tensors are compared with the previous stage's
+(ONNX tensor names through onnxruntime, Caffe blobs through the converter's name map; torch submodule tensors and
+ncnn blobs, which have no ONNX names, by matching each one to the tensor holding the same values) and the first
+layer that diverges is named. Results: a table, parity.md with a picture of every stage's landmarks (or pose axes)
+on the same faces, and the verdict in manifest.json.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import numpy as np
 from pfpld.contract import PreprocessContract
 from pfpld.data.boxes import BOXES_FILE, read_boxes_file
 from pfpld.data.check_faces import synthetic_check_faces
+from pfpld.data.sources.imagefolder import is_image_file
 from pfpld.errors import ConversionError, InputError, one_line
 from pfpld.fileio import atomic_path, write_json_atomic, write_text_atomic
 from pfpld.metrics import nme_per_face
@@ -61,14 +65,101 @@ def random_inputs(contract: PreprocessContract, n: int, seed: int) -> np.ndarray
     return (low[None, :, None, None] + u * (high - low)[None, :, None, None]).astype(np.float32)
 
 
+# --- aligned faces (a contract with box_source "aligned") ----------------------------------------------------------
+ALIGNED_RENDER_SIZE = 288           # synthetic pictures the aligned faces are warped from
+
+
+def synthetic_aligned_faces(contract: PreprocessContract, n: int, seed: int) -> tuple[np.ndarray, str]:
+    """n synthetic faces (render_face from `seed`) aligned as recognition sets are: the five points of each face
+    (pfpld.align.five_points of its 98) warped onto the ArcFace template at 112 px, then the contract's crop of that
+    aligned image (the whole image, resized to the input size). Returns the BGR crops (N, S, S, 3) and a line
+    saying how they were made."""
+    from pfpld.align import TEMPLATE_SIZE, align_face, five_points
+    from pfpld.data.synthetic import render_face
+    rng = np.random.default_rng(seed)
+    crops = []
+    for _ in range(n):
+        face = render_face(rng, image_size=ALIGNED_RENDER_SIZE)
+        aligned, _ = align_face(face.image, five_points(face.points_98), TEMPLATE_SIZE)
+        crops.append(contract.crop_image(aligned, contract.aligned_box(aligned))[0])
+    size = contract.input_size
+    stacked = np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
+    return stacked, (f"{n} synthetic faces (render_face, seed {seed}) aligned on their five points to the ArcFace "
+                     f"template (pfpld.align)")
+
+
+def spread_over_identities(labels, n: int) -> list[int]:
+    """Indexes of up to n items taken round-robin over their identities (sorted), first items first: n faces of
+    as many identities as there are, so that a check never looks at one person only."""
+    by_identity: dict = {}
+    for i, label in enumerate(labels):
+        by_identity.setdefault(label, []).append(i)
+    queues = [by_identity[k] for k in sorted(by_identity, key=str)]
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < n and any(depth < len(q) for q in queues):
+        picked += [q[depth] for q in queues if depth < len(q)][:n - len(picked)]
+        depth += 1
+    return picked
+
+
+def aligned_image_files(folder: Path) -> tuple[list[Path], list[str]]:
+    """The aligned face images of a folder and their identity: one sub-folder per identity (an ImageFolder set, or
+    LFW's <name>/<name>_NNNN.jpg; files beside them such as pairs.txt are ignored), else the folder's own images,
+    each its own identity."""
+    from pfpld.data.sources.imagefolder import read_imagefolder
+    folder = Path(folder)
+    if any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir()):
+        found = read_imagefolder(folder)
+        return [p for p, _ in found.items], [found.classes[k] for _, k in found.items]
+    files = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+    return files, [p.name for p in files]
+
+
+def prepared_split_with_faces(folder: Path) -> str:
+    """The test split of a prepared set when it has faces, else train (an ImageFolder set is prepared as train)."""
+    from pfpld.data.prepare import read_prepared_header
+    counts = read_prepared_header(folder).get("counts") or {}
+    return "test" if any(k.endswith("/test") and v for k, v in counts.items()) else "train"
+
+
+def aligned_face_crops(folder: Path, contract: PreprocessContract, n: int) -> tuple[list[np.ndarray], str]:
+    """Up to n aligned faces for an aligned contract, spread over identities: from a prepared set (its test split,
+    else train; prepared with this contract), or from aligned images (aligned_image_files), each resized whole to
+    the input size (pfpld.recognition.read_aligned). Returns the BGR crops and a line saying where they came from."""
+    folder = Path(folder)
+    if (folder / "index.jsonl").is_file():
+        from pfpld.data.dataset import PreparedFaces
+        split = prepared_split_with_faces(folder)
+        faces = PreparedFaces(folder, split)
+        check_prepared_contract(folder, faces.contract, contract)
+        picks = spread_over_identities(faces.identity.tolist(), n)
+        offset = (faces.crop_size_px - contract.input_size) // 2
+        window = slice(offset, offset + contract.input_size)
+        crops = [np.ascontiguousarray(faces.load_crop(i)[window, window]) for i in picks]
+        identities = len({int(faces.identity[i]) for i in picks})
+        return crops, f"{folder} ({split} split, {len(crops)} faces of {identities} identities)"
+    from pfpld.recognition import read_aligned
+    files, identities = aligned_image_files(folder)
+    picks = spread_over_identities(identities, n)
+    if not picks:
+        raise InputError(f"{folder}: no aligned face images (png, jpg, bmp; one sub-folder per identity, or the "
+                         f"images themselves) and no index.jsonl")
+    crops = [read_aligned(files[i], contract) for i in picks]
+    return crops, (f"{folder} ({len(crops)} aligned faces of {len({identities[i] for i in picks})} identities, "
+                   f"resized whole)")
+
+
 def folder_face_crops(folder: Path, contract: PreprocessContract, n: int) -> list[np.ndarray]:
     """Face crops from a folder: a prepared dataset (index.jsonl: its test split's contract crops), images with
     a boxes.txt (`file x1 y1 x2 y2` per line, cut with the contract), or square crops (resized to the input
-    size when they are not already)."""
+    size when they are not already); for an aligned contract, aligned faces (aligned_face_crops)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder (expected face crops, images with boxes.txt, or a prepared "
                          f"dataset)")
+    if contract.aligned:
+        return aligned_face_crops(folder, contract, n)[0]
     size = contract.input_size
     if (folder / "index.jsonl").is_file():
         from pfpld.data.dataset import PreparedFaces
@@ -120,13 +211,25 @@ def crop_from_input(contract: PreprocessContract, x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img[:, :, ::-1] if contract.color_order == "RGB" else img)
 
 
+def face_crops(contract: PreprocessContract, n: int, images: Path | None, seed: int) -> tuple[list[np.ndarray], str]:
+    """The face crops of a check and where they came from: the folder's (folder_face_crops), else synthetic faces
+    made the way the contract takes them (aligned on five points, or cut from the landmark box)."""
+    if images is not None:
+        if contract.aligned and Path(images).is_dir():
+            return aligned_face_crops(images, contract, n)
+        return folder_face_crops(images, contract, n), str(images)
+    if contract.aligned:
+        crops, source = synthetic_aligned_faces(contract, n, seed)
+        return list(crops), source
+    synthetic = synthetic_check_faces(contract, n, seed)
+    return list(synthetic.crops_bgr), synthetic.source
+
+
 def build_inputs(contract: PreprocessContract, n: int, images: Path | None, seed: int) -> ParityInputs:
-    synthetic = synthetic_check_faces(contract, n, seed) if images is None else None
-    crops = folder_face_crops(images, contract, n) if images is not None else list(synthetic.crops_bgr)
+    crops, what = face_crops(contract, n, images, seed)
     faces = np.stack([contract.to_tensor_layout(c) for c in crops]) if crops else np.zeros((0, 3, contract.input_size,
                                                                                             contract.input_size))
     x = np.concatenate([random_inputs(contract, n, seed), faces.astype(np.float32)])
-    what = str(images) if images is not None else synthetic.source
     return ParityInputs(x=x, n_random=n, faces=what)
 
 
@@ -142,7 +245,11 @@ class StageParity:
     nme: float | None = None                # landmark NME vs the reference (inter-ocular of the reference)
     pose_deg: float | None = None           # largest |pose difference| in degrees (pose or pose_deg output)
     per_output_max_abs: dict = field(default_factory=dict)     # name -> max |diff| (pose_deg: in radians)
-    per_output_limit: dict = field(default_factory=dict)       # name -> what that max may be (output_limit)
+    per_output_limit: dict = field(default_factory=dict)       # name -> what that max may be (output_limit); for an
+    #                                                             embedding: what its 1 - cosine may be
+    cosine_tolerance: float | None = None   # the format's limit on an embedding's 1 - cosine (None: no embedding)
+    embedding_1mcos: float | None = None    # largest 1 - cosine(stage, reference) of the embedding over the inputs
+    embedding_1mcos_mean: float | None = None
     verdict: str = "reference"              # reference | pass | FAIL | ERROR
     first_divergence: str | None = None
     error: str | None = None
@@ -160,8 +267,19 @@ class StageParity:
 
 # Output kinds judged against the tolerance as an absolute difference: landmarks in [0,1] of the crop, and poses in
 # radians (a pose_deg output is converted to radians first, so one tolerance reads the same for every pose model).
-# Any other kind (pose_bins logits, an unknown output) is judged relative to its magnitude when that exceeds 1.
+# An embedding is judged by the cosine it is compared with (1 - cosine against the format's cosine_tolerance, on the
+# worst input; its max abs diff is stated beside it). Any other kind (pose_bins logits, an unknown output) is judged
+# relative to its magnitude when that exceeds 1.
 ABSOLUTE_KINDS = ("landmarks", "pose", "pose_deg")
+COSINE_KINDS = ("embedding",)
+
+
+def one_minus_cosine(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Per row, 1 - cosine of the two (N, D) arrays, in float64 (a zero vector against anything: 1)."""
+    a, b = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cos = np.where(norms > 0, (a * b).sum(1) / np.where(norms > 0, norms, 1.0), 0.0)
+    return 1.0 - cos
 
 
 def judged_values(spec: ModelSpec, name: str, values: np.ndarray) -> np.ndarray:
@@ -198,15 +316,17 @@ def output_limit(spec: ModelSpec, name: str, tolerance: float, reference_judged:
 
 
 def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], face_slice: slice,
-                    tolerance: float, spec: ModelSpec) -> dict:
+                    tolerance: float, spec: ModelSpec, cosine_tolerance: float | None = None) -> dict:
     """Metrics of a stage's outputs against the reference's, by output name, each in the unit its tolerance is
     stated in (judged_values: a pose in degrees is compared in radians); landmark NME and pose degrees for the
-    outputs the spec says hold them."""
+    outputs the spec says hold them; an embedding by 1 - cosine per input against cosine_tolerance (without one,
+    like any other output)."""
     missing = set(reference) - set(candidate)
     if missing:
         raise ConversionError(f"outputs {sorted(missing)} are missing (has {sorted(candidate)})")
     n = next(iter(reference.values())).shape[0]
     per_output, limits, diffs = {}, {}, []
+    embedding: dict[str, tuple[float, float]] = {}        # name -> (worst, mean) 1 - cosine
     ref_flat, cand_flat = [], []
     for name, ref in reference.items():
         ref2 = judged_values(spec, name, ref.reshape(n, -1).astype(np.float64))
@@ -219,11 +339,19 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
         ref_flat.append(ref2)
         cand_flat.append(got)
         limits[name] = output_limit(spec, name, tolerance, ref2, reference)
+        if kind_of(spec, name) in COSINE_KINDS and cosine_tolerance is not None:
+            one_minus = one_minus_cosine(ref2, got)
+            embedding[name] = (float(one_minus.max()), float(one_minus.mean()))
+            limits[name] = cosine_tolerance
     a, b = np.concatenate(ref_flat, axis=1), np.concatenate(cand_flat, axis=1)
     cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
     metrics = {"max_abs": float(max(d.max() for d in diffs)), "mean_abs": float(np.concatenate(diffs).mean()),
                "cosine": float(cos.min()), "per_output_max_abs": per_output, "per_output_limit": limits,
-               "passed": all(per_output[k] <= limits[k] for k in per_output)}
+               "passed": all((embedding[k][0] if k in embedding else per_output[k]) <= limits[k]
+                             for k in per_output)}
+    if embedding:
+        metrics["embedding_1mcos"] = max(worst for worst, _ in embedding.values())
+        metrics["embedding_1mcos_mean"] = max(mean for _, mean in embedding.values())
     landmarks, pose = spec.output_of_kind("landmarks"), spec.pose_output()
     if landmarks is not None and landmarks.norm_points is not None and landmarks.name in reference:
         rows = face_slice if face_slice.stop > face_slice.start else slice(None)
@@ -356,6 +484,7 @@ class ParityReport:
     picture_shows: str = "landmarks"                      # what draw_stages drew (see picture_content)
     markdown: Path | None = None
     skipped: list[str] = field(default_factory=list)     # formats parity does not compare (int8, unknown)
+    embedding: bool = False                              # the model's output is an embedding: judged by cosine
 
     @property
     def passed(self) -> bool:
@@ -371,14 +500,34 @@ class ParityReport:
         def num(v, fmt="{:.3g}"):
             return "-" if v is None else fmt.format(v)
         rows = []
+        if self.embedding:
+            for r in self.rows:
+                rows.append([r.stage, r.reference or "-", num(r.embedding_1mcos, "{:.2e}"),
+                             num(r.embedding_1mcos_mean, "{:.2e}"), num(r.cosine_tolerance, "{:.0e}"),
+                             num(r.max_abs, "{:.2e}"), num(r.mean_abs, "{:.2e}"), r.verdict])
+            return rows
         for r in self.rows:
             rows.append([r.stage, r.reference or "-", num(r.max_abs, "{:.2e}"), num(r.mean_abs, "{:.2e}"),
                          num(r.cosine, "{:.9f}"), num(r.nme, "{:.2e}"), num(r.pose_deg, "{:.2e}"),
                          num(r.tolerance, "{:.0e}"), r.verdict])
         return rows
 
-    HEADER = ["stage", "vs", "max abs diff", "mean abs diff", "cosine (min)", "landmark NME", "pose diff (deg)",
-              "tolerance", "verdict"]
+    LANDMARK_POSE_HEADER = ["stage", "vs", "max abs diff", "mean abs diff", "cosine (min)", "landmark NME",
+                            "pose diff (deg)", "tolerance", "verdict"]
+    EMBEDDING_HEADER = ["stage", "vs", "1 - embedding cosine (worst)", "1 - embedding cosine (mean)",
+                        "1 - cosine limit", "max abs diff", "mean abs diff", "verdict"]
+
+    @property
+    def HEADER(self) -> list[str]:      # noqa: N802 (read as the report's table header, as it always was)
+        return self.EMBEDDING_HEADER if self.embedding else self.LANDMARK_POSE_HEADER
+
+    def judged(self) -> str:
+        """What the verdict judges, in one sentence."""
+        if self.embedding:
+            return ("judged on embedding cosine: per input, 1 - cosine between the stage's and the reference's "
+                    "embedding, the worst input against the format's limit (fp32 1e-9, fp16 1e-4); the max abs diff "
+                    "is stated beside it")
+        return ""
 
     def notes(self) -> list[str]:
         lines = []
@@ -397,7 +546,7 @@ class ParityReport:
     def table(self) -> str:
         lines = text_table([self.HEADER] + self.table_rows())
         lines.append(f"inputs: {self.n_random} random + {self.n_faces} face crops ({self.inputs}); "
-                     f"verdict: {self.verdict.upper()}")
+                     f"verdict: {self.verdict.upper()}" + (f" ({self.judged()})" if self.embedding else ""))
         return "\n".join(lines + self.notes())
 
     def to_dict(self) -> dict:
@@ -406,6 +555,9 @@ class ParityReport:
                 "tolerance": {r.stage: r.tolerance for r in self.rows if r.tolerance is not None},
                 "tolerance_applies_to": "landmarks ([0,1]) and pose (radians; a pose in degrees converted), "
                                         "absolute; other outputs x max(1, max |reference|)",
+                **({"judged_on": "embedding cosine",
+                    "cosine_tolerance": {r.stage: r.cosine_tolerance for r in self.rows
+                                         if r.cosine_tolerance is not None}} if self.embedding else {}),
                 "stages": [r.to_dict() for r in self.rows], "modified_files": self.modified_files,
                 "not_compared": self.skipped,
                 "report": self.markdown.name if self.markdown else None,
@@ -416,11 +568,16 @@ class ParityReport:
                  f"Checked {self.checked}: {self.n_random} random inputs and {self.n_faces} face crops "
                  f"({self.inputs}), each stage against `{self.rows[0].stage}` by output name.", ""]
         lines += markdown_table(self.HEADER, self.table_rows())
-        lines += ["", f"**Verdict: {self.verdict.upper()}.** Tolerance: each stage's max abs diff (the tolerance "
-                  f"column: its format's entry in the registry), absolute on landmarks ([0,1] of the crop) and pose "
-                  f"(radians; an output in degrees is converted first), relative to max(1, max |reference|) on "
-                  f"other outputs (logits); NME is normalised by the reference prediction's own normalising "
-                  f"points."]
+        if self.embedding:
+            lines += ["", f"**Verdict: {self.verdict.upper()}**, {self.judged()}. The limit is the format's "
+                      f"`cosine_tolerance` in the registry: a direction off by at most sqrt(2 x limit) of the "
+                      f"embedding's length."]
+        else:
+            lines += ["", f"**Verdict: {self.verdict.upper()}.** Tolerance: each stage's max abs diff (the "
+                      f"tolerance column: its format's entry in the registry), absolute on landmarks ([0,1] of the "
+                      f"crop) and pose (radians; an output in degrees is converted first), relative to max(1, max "
+                      f"|reference|) on other outputs (logits); NME is normalised by the reference prediction's own "
+                      f"normalising points."]
         notes = self.notes()
         if notes:
             lines += [""] + [f"- {n}" for n in notes]
@@ -528,9 +685,11 @@ def check_parity(export_dir: Path, images: Path | None = None, n: int = 8, seed:
             reference = StageParity(stage, "", outputs=outputs)
             rows.append(reference)
             continue
-        row = StageParity(stage, reference.stage, tolerance, outputs=outputs)
+        cosine_tolerance = fmt.cosine_tolerance if export.spec.output_of_kind("embedding") is not None else None
+        row = StageParity(stage, reference.stage, tolerance, cosine_tolerance=cosine_tolerance, outputs=outputs)
         try:
-            m = compare_outputs(reference.outputs, outputs, inputs.face_slice, tolerance, export.spec)
+            m = compare_outputs(reference.outputs, outputs, inputs.face_slice, tolerance, export.spec,
+                                cosine_tolerance)
         except ConversionError as exc:
             row.verdict, row.error = "ERROR", str(exc)
             rows.append(row)
@@ -538,6 +697,7 @@ def check_parity(export_dir: Path, images: Path | None = None, n: int = 8, seed:
         row.max_abs, row.mean_abs, row.cosine = m["max_abs"], m["mean_abs"], m["cosine"]
         row.nme, row.pose_deg, row.per_output_max_abs = m.get("nme"), m.get("pose_deg"), m["per_output_max_abs"]
         row.per_output_limit = m["per_output_limit"]
+        row.embedding_1mcos, row.embedding_1mcos_mean = m.get("embedding_1mcos"), m.get("embedding_1mcos_mean")
         row.verdict = "pass" if m["passed"] else "FAIL"
         if not m["passed"]:
             worst = int(np.argmax(sum(np.abs(outputs[k].reshape(len(inputs.x), -1) -
@@ -551,6 +711,7 @@ def check_parity(export_dir: Path, images: Path | None = None, n: int = 8, seed:
         rows.append(row)
     report = ParityReport(folder=export.folder, rows=rows, inputs=inputs.faces, n_random=inputs.n_random,
                           n_faces=len(inputs.x) - inputs.n_random, modified_files=modified, skipped=skipped,
+                          embedding=export.spec.output_of_kind("embedding") is not None,
                           checked=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if write:
         report.picture = draw_stages(export.contract, export.spec, inputs.x[inputs.face_slice], rows,

@@ -9,6 +9,12 @@ over-exposed are rejected with the thresholds of QualityRules; the rest are binn
 and taken round-robin over the bins. The folder (images/, image_list.txt, calib.json, report.md, spread.png) is
 written under a temporary name and renamed at the end.
 
+A recognition model's contract takes aligned faces (box_source "aligned": the whole image, resized), which carry
+neither pose nor eye labels but an identity: its candidates come from a prepared ImageFolder set (index entries
+with "identity") or from a folder of aligned images (one sub-folder per identity, as ImageFolder and LFW hold them,
+or the images themselves), and the crops are spread over identities instead (round-robin, the least-picked identity
+first), so that no person dominates the activation ranges.
+
 Image files: PNG (lossless), 8-bit, written from the BGR crop the contract produces, so they look right in any
 viewer. nnie_mapper, ncnn2table and OpenCV read them as BGR and convert to the network's colour order themselves
 (nnie_mapper: `[RGB_order]` of the cfg); nothing here stores swapped channels. image_list.txt has one path per
@@ -139,9 +145,12 @@ class Candidate:
     luma_mean: float = 0.0
     clipped_fraction: float = 0.0
     rejected: str | None = None
+    identity: str | None = None         # aligned faces of an identity-labelled set: spread over these instead
 
     @property
     def cell(self) -> tuple:
+        if self.identity is not None:
+            return (self.identity,)
         return (_bin(self.yaw_deg, YAW_EDGES_DEG), _bin(self.pitch_deg, PITCH_EDGES_DEG), self.eye)
 
     def record(self) -> dict:
@@ -160,6 +169,7 @@ def candidates_from_prepared(root: Path, split: str, contract: PreprocessContrac
                            f"the model's contract says {contract.input_size} and {contract.crop}")
     size, crop_px = contract.input_size, int(header["crop_size_px"])
     offset = (crop_px - size) // 2
+    identities = list(header.get("identities") or [])
     out = []
     for row in iter_prepared(root):
         if row["split"] != split:
@@ -169,6 +179,11 @@ def candidates_from_prepared(root: Path, split: str, contract: PreprocessContrac
         if image is None or image.shape[:2] != (crop_px, crop_px):
             raise DatasetError(f"{path}: expected a readable {crop_px}x{crop_px} crop")
         crop = np.ascontiguousarray(image[offset:offset + size, offset:offset + size])
+        if contract.aligned:        # aligned faces: no landmarks, an identity (its class name, else its index)
+            k = row.get("identity")
+            name = None if k is None else (identities[k] if k < len(identities) else str(k))
+            out.append(Candidate(origin=row["image"], crop=crop, identity=name or "unknown"))
+            continue
         points = np.asarray(row["points"], dtype=np.float64).reshape(NUM_POINTS, 2) * size
         mask = np.array([c == "1" for c in row["mask"]], dtype=bool)
         cand = Candidate(origin=row["image"], crop=crop, eye=eye_state(points, mask))
@@ -184,6 +199,19 @@ def candidates_from_prepared(root: Path, split: str, contract: PreprocessContrac
     if not out:
         raise DatasetError(f"{root / 'index.jsonl'}: no faces in split {split!r}")
     return out
+
+
+def candidates_from_aligned(folder: Path, contract: PreprocessContract) -> list[Candidate]:
+    """A folder of aligned face images (convert.parity.aligned_image_files: one sub-folder per identity, or the
+    images themselves, each its own identity), each resized whole to the input size."""
+    from convert.parity import aligned_image_files
+    from pfpld.recognition import read_aligned
+    files, identities = aligned_image_files(folder)
+    if not files:
+        raise InputError(f"{folder}: no aligned face images (png, jpg, bmp; one sub-folder per identity, or the "
+                         f"images themselves)")
+    return [Candidate(origin=Path(os.path.relpath(path, folder)).as_posix(), crop=read_aligned(path, contract),
+                      identity=identity) for path, identity in zip(files, identities)]
 
 
 def candidates_from_boxes(folder: Path, contract: PreprocessContract, model=None, spec=None) -> list[Candidate]:
@@ -229,16 +257,17 @@ def select_spread(candidates: list[Candidate], n: int, seed: int) -> list[Candid
     tie = {k: r for k, r in zip(keys, rng.permutation(len(keys)))}
     queues = {k: [cells[k][i] for i in rng.permutation(len(cells[k]))] for k in keys}
     picked = {k: 0 for k in keys}
-    used = [dict(), dict(), dict()]            # per dimension: bin -> picks
+    dims = max((len(k) for k in keys), default=0)     # yaw, pitch, eye; or the identity alone
+    used: list[dict] = [dict() for _ in range(dims)]    # per dimension: bin -> picks
     chosen: list[Candidate] = []
     while len(chosen) < n:
         open_keys = [k for k in keys if queues[k]]
         if not open_keys:
             break
-        key = min(open_keys, key=lambda k: (picked[k], sum(used[d].get(k[d], 0) for d in range(3)), tie[k]))
+        key = min(open_keys, key=lambda k: (picked[k], sum(used[d].get(k[d], 0) for d in range(len(k))), tie[k]))
         chosen.append(queues[key].pop())
         picked[key] += 1
-        for d in range(3):
+        for d in range(len(key)):
             used[d][key[d]] = used[d].get(key[d], 0) + 1
     return chosen
 
@@ -250,10 +279,11 @@ class CalibrationSummary:
     candidates: int
     rejected: dict[str, int]
     cells: int
+    spread_over: str = "pose/eye cells"     # or "identities" (aligned faces)
 
     def line(self) -> str:
         rejected = ", ".join(f"{k} {v}" for k, v in self.rejected.items() if v) or "none"
-        return (f"{self.selected} crops from {self.candidates} candidates over {self.cells} pose/eye cells; "
+        return (f"{self.selected} crops from {self.candidates} candidates over {self.cells} {self.spread_over}; "
                 f"rejected: {rejected}")
 
 
@@ -271,8 +301,41 @@ def spread_tables(chosen: list[Candidate]) -> tuple[list[list[str]], dict[str, i
     return rows, eyes
 
 
+def identity_counts(cands: list[Candidate]) -> dict[str, int]:
+    """Faces per identity, identities in sorted order."""
+    counts: dict[str, int] = {}
+    for c in sorted(cands, key=lambda c: str(c.identity)):
+        counts[str(c.identity)] = counts.get(str(c.identity), 0) + 1
+    return counts
+
+
+def write_identity_picture(path: Path, candidates: list[Candidate], chosen: list[Candidate],
+                           rules: QualityRules) -> None:
+    """Aligned faces: crops picked per identity (every identity with a candidate, grey: its candidates) and luma."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(11, 3.2))
+    axes = fig.subplots(1, 2)
+    every, picked = identity_counts(candidates), identity_counts(chosen)
+    names = list(every)
+    axes[0].bar(range(len(names)), [every[k] for k in names], color="0.8", label="candidates")
+    axes[0].bar(range(len(names)), [picked.get(k, 0) for k in names], color="tab:blue", label="selected")
+    axes[0].set_title(f"faces per identity ({len(picked)} of {len(names)} identities selected)")
+    axes[0].set_xlabel("identity")
+    axes[0].legend()
+    axes[1].hist([c.luma_mean for c in candidates], bins=np.linspace(0, 255, 52), color="0.6")
+    axes[1].hist([c.luma_mean for c in chosen], bins=np.linspace(0, 255, 52), color="tab:blue")
+    axes[1].axvline(rules.near_black_mean, color="tab:red", ls="--")
+    axes[1].axvline(rules.near_white_mean, color="tab:red", ls="--")
+    axes[1].set_title("mean luma (grey: candidates)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
 def write_spread_picture(path: Path, candidates: list[Candidate], chosen: list[Candidate],
                          rules: QualityRules) -> None:
+    if any(c.identity is not None for c in candidates):
+        write_identity_picture(path, candidates, chosen, rules)
+        return
     from matplotlib.figure import Figure     # no pyplot: the caller's backend and figure registry stay untouched
     fig = Figure(figsize=(15, 3.2))
     axes = fig.subplots(1, 4)
@@ -305,8 +368,32 @@ def write_spread_picture(path: Path, candidates: list[Candidate], chosen: list[C
     fig.savefig(path, dpi=80)
 
 
+def identity_report_lines(chosen: list[Candidate], candidates: list[Candidate]) -> list[str]:
+    """The spread section of a set of aligned faces: over identities, since they carry no pose or eye labels."""
+    every, picked = identity_counts(candidates), identity_counts(chosen)
+    per = sorted(picked.values())
+    lines = ["## Spread of the selected crops", "",
+             f"Aligned faces of an identity-labelled set carry no head pose and no eye state, so the crops are spread "
+             f"over identities instead: round-robin, the least-picked identity first. {len(picked)} of "
+             f"{len(every)} identities selected, {per[0]}-{per[-1]} crops each.", "",
+             "| identity | candidates | selected |", "|---|---|---|"]
+    lines += [f"| {k} | {v} | {picked.get(k, 0)} |" for k, v in every.items()]
+    return lines + ["", "![spread](spread.png)", ""]
+
+
 def report_markdown(name: str, source: str, contract: PreprocessContract, chosen: list[Candidate],
                     candidates: list[Candidate], rules: QualityRules, seed: int) -> str:
+    if contract.aligned:
+        lines = [f"# Calibration set {name}", "",
+                 f"{len(chosen)} crops of {contract.input_size}x{contract.input_size} px chosen from "
+                 f"{len(candidates)} candidates of {source} (seed {seed}): aligned faces, each image resized whole "
+                 f"(the contract's crop rule, box_source aligned). Stored as PNG in normal colour order; the network "
+                 f"takes {contract.color_order}, which nnie_mapper's `[RGB_order] {contract.color_order}` and the "
+                 f"other tools' pixel options apply when they read them.", "",
+                 "## Rejected crops", "", "| rule | threshold | rejected |", "|---|---|---|"]
+        rejected = {k: sum(c.rejected == k for c in candidates) for k in rules.describe()}
+        lines += [f"| {k} | {v} | {rejected[k]} |" for k, v in rules.describe().items()]
+        return "\n".join(lines + [""] + identity_report_lines(chosen, candidates))
     rows, eyes = spread_tables(chosen)
     rejected = {k: sum(c.rejected == k for c in candidates) for k in rules.describe()}
     pose_from = {k: sum(c.pose_from == k for c in chosen) for k in ("label", "landmarks", "model", None)}
@@ -349,8 +436,13 @@ def make_calibration_set(data: Path, out: Path, *, n: int = 32, split: str = "tr
         contract = contract or PreprocessContract()
         candidates = candidates_from_boxes(data, contract, model, spec)
         source = f"{data} (boxes.txt)"
+    elif contract is not None and contract.aligned:
+        candidates = candidates_from_aligned(data, contract)
+        source = f"{data} (aligned faces)"
     else:
-        raise InputError(f"{data}: neither a prepared dataset (index.jsonl) nor a folder of images with boxes.txt")
+        raise InputError(f"{data}: neither a prepared dataset (index.jsonl) nor a folder of images with boxes.txt"
+                         + ("" if contract is not None else " (a folder of aligned faces needs the recognition "
+                            "model: --model or --ckpt)"))
     for cand in candidates:
         cand.luma_mean, cand.clipped_fraction = crop_quality(cand.crop, rules)
         cand.rejected = rules.verdict(cand.luma_mean, cand.clipped_fraction)
@@ -378,7 +470,9 @@ def make_calibration_set(data: Path, out: Path, *, n: int = 32, split: str = "tr
             "image_encoding": "PNG, 8-bit, normal colour order (decoders give BGR; the network takes "
                               f"{contract.color_order})",
             "rules": {**asdict(rules), "described": rules.describe()}, "rejected": rejected,
-            "bins": {"yaw_edges_deg": YAW_EDGES_DEG, "pitch_edges_deg": PITCH_EDGES_DEG},
+            "spread_over": "identities" if contract.aligned else "pose and eye state",
+            "bins": ({"identities": sorted(identity_counts(candidates))} if contract.aligned else
+                     {"yaw_edges_deg": YAW_EDGES_DEG, "pitch_edges_deg": PITCH_EDGES_DEG}),
             "candidates": len(candidates), "cells": len({c.cell for c in candidates if c.rejected is None}),
             "images": [{"file": name, **cand.record()} for name, cand in zip(names, chosen)],
         }
@@ -386,7 +480,8 @@ def make_calibration_set(data: Path, out: Path, *, n: int = 32, split: str = "tr
         (tmp / "report.md").write_text(report_markdown(out.name, source, contract, chosen, candidates, rules, seed))
         write_spread_picture(tmp / "spread.png", candidates, chosen, rules)
     return CalibrationSummary(out=out, selected=len(chosen), candidates=len(candidates), rejected=rejected,
-                              cells=manifest["cells"])
+                              cells=manifest["cells"], spread_over="identities" if contract.aligned else
+                              "pose/eye cells")
 
 
 # --- reading a set back ---------------------------------------------------------------------------------------------

@@ -11,6 +11,11 @@ Budget, on the metric the model's task chooses best.pt on (pfpld.models.model_ta
 model may lose at most 0.3 NME points (percentage points of NME), a pose model at most 0.5 degrees of pose MAE
 (the mean of yaw, pitch and roll), for the deployed stages. The held-out faces carry 98-point labels; a model with
 other points is judged on its own points (Task.map_points), normalised by its spec's norm_points.
+
+A recognition model (an "embedding" output) is judged in verification terms: every int8 stage's embedding against
+the float model's on the same aligned faces (cosine, mean and worst), and with a pairs file (LFW's pairs.txt, images
+under its folder) the 10-fold verification accuracy of the float model and of each stage (pfpld.verification); the
+budget is at most 1 accuracy point lost, or without pairs a mean cosine of at least 0.99 against float.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ import numpy as np
 
 from convert.artifacts import ExportFolder
 from convert.formats import FORMATS, RunOptions
-from convert.parity import check_prepared_contract
+from convert.parity import check_prepared_contract, face_crops, one_minus_cosine
 from convert.runtimes import OnnxRunner, Runner
 from pfpld.contract import PreprocessContract
 from pfpld.data.check_faces import synthetic_check_faces
@@ -35,6 +40,7 @@ from pfpld.landmarks import NUM_POINTS
 from pfpld.metrics import nme_per_face, pose_mae_deg, pose_protocol_mask
 from pfpld.models import model_task
 from pfpld.models.spec import ModelSpec, OutputSpec, pose_radians
+from pfpld.progress import progress
 from pfpld.tables import markdown_table, text_table
 
 from .calibration import read_calibration_set
@@ -45,7 +51,26 @@ BUDGET_NME_POINTS = 0.3
 # A pose model's budget: 0.5 degrees of mean pose MAE, about 8 % of HopeNet's 6.16 degrees on AFLW2000 (the NME
 # budget is about 6 % of a 5 % NME).
 BUDGET_POSE_MAE_DEG = 0.5
+# A recognition model's budget: at most 1 point of 10-fold verification accuracy lost against the float model. On LFW
+# (6,000 pairs) that is 60 pairs; int8 MobileFaceNets are reported within a few tenths of a point of float, so a point
+# says the quantisation itself is broken, not unlucky. On a small pairs file one pair weighs 100 / pairs points: the
+# report states that resolution, and a budget below it cannot be resolved.
+BUDGET_VERIFICATION_POINTS = 1.0
+# Without pairs: the mean cosine between int8 and float embeddings of the same faces, at least 0.99 (quantised NNIE
+# face models are reported at 0.991-0.996 against float, FACTS section 6).
+BUDGET_EMBEDDING_COSINE = 0.99
+INT8_RUN_CHUNK = 32                 # images per progress step when a stage embeds many faces
 HELDOUT_SEED_OFFSET = 20_000        # synthetic held-out faces come from a generator no dataset used
+
+
+@dataclass
+class VerificationPairs:
+    """A pairs file's pairs as rows of the held-out inputs: pair i compares faces a[i] and b[i]."""
+    pairs_file: Path
+    a: np.ndarray                   # (P,) row of the first face
+    b: np.ndarray                   # (P,) row of the second face
+    same: np.ndarray                # (P,) bool
+    folds: np.ndarray               # (P,) fold index
 
 
 @dataclass
@@ -56,6 +81,55 @@ class HeldOut:
     pose: np.ndarray                # (N, 3) radians (zeros where unknown)
     has_pose: np.ndarray            # (N,)
     source: str
+    pairs: VerificationPairs | None = None      # recognition models: the verification pairs over these faces
+
+
+def unlabelled(x: np.ndarray, source: str, pairs: VerificationPairs | None = None) -> HeldOut:
+    """Held-out faces without landmark or pose labels (aligned faces of a recognition model): every mask False."""
+    n = len(x)
+    return HeldOut(x=x, points=np.zeros((n, NUM_POINTS, 2), np.float32), mask=np.zeros((n, NUM_POINTS), bool),
+                   pose=np.zeros((n, 3), np.float32), has_pose=np.zeros(n, bool), source=source, pairs=pairs)
+
+
+def pairs_images_root(pairs_file: Path, images: Path | None = None) -> Path:
+    """Where a pairs file's <name>/<name>_NNNN.jpg are: `images` when given, else the pairs file's folder, or its
+    lfw/ sub-folder when that holds them (LFW's release and pfpld.data.identities put pairs.txt beside lfw/)."""
+    if images is not None:
+        return Path(images)
+    from pfpld.data.sources.lfw import parse_pairs
+    folder = Path(pairs_file).parent
+    pairs = parse_pairs(pairs_file)
+    first = pairs[0][2] if pairs else None
+    name = getattr(first, "name", None) or getattr(first, "name_a", None)
+    beside = folder / "lfw"
+    return beside if name and not (folder / name).is_dir() and (beside / name).is_dir() else folder
+
+
+def heldout_aligned_faces(contract: PreprocessContract, images: Path | None, pairs: Path | None, n: int,
+                          seed: int) -> HeldOut:
+    """A recognition model's held-out faces: with a pairs file, every image its pairs name (under pairs_images_root,
+    resized whole); else n aligned faces (convert.parity.face_crops: --images spread over identities, or synthetic
+    faces aligned on five points from a seed no dataset uses)."""
+    if pairs is None:
+        crops, source = face_crops(contract, n, images, seed + HELDOUT_SEED_OFFSET)
+        if not crops:
+            raise InputError(f"{images}: no aligned faces for the int8 estimate")
+        return unlabelled(np.stack([contract.to_tensor_layout(c) for c in crops]).astype(np.float32),
+                          f"held-out {source}")
+    from pfpld.data.sources.lfw import read_pairs
+    from pfpld.recognition import read_aligned
+    pairs = Path(pairs)
+    records = read_pairs(pairs, pairs_images_root(pairs, images))
+    paths = sorted({p for r in records for p in (r.path_a, r.path_b)})
+    row = {p: i for i, p in enumerate(paths)}
+    x = np.stack([contract.to_tensor_layout(read_aligned(p, contract))
+                  for p in progress(paths, desc="read pairs' faces", unit="image", leave=False)]).astype(np.float32)
+    index = VerificationPairs(pairs_file=pairs, a=np.array([row[r.path_a] for r in records]),
+                              b=np.array([row[r.path_b] for r in records]),
+                              same=np.array([r.same for r in records], dtype=bool),
+                              folds=np.array([r.fold for r in records]))
+    folds = len(set(index.folds.tolist()))
+    return unlabelled(x, f"{pairs} ({len(records)} pairs in {folds} folds, {len(paths)} aligned faces)", index)
 
 
 def heldout_faces(contract: PreprocessContract, images: Path | None, n: int, seed: int) -> HeldOut:
@@ -84,23 +158,42 @@ def heldout_faces(contract: PreprocessContract, images: Path | None, n: int, see
 
 @dataclass(frozen=True)
 class Budget:
-    """What the verdict judges: the change of one metric, int8 minus float, at most `limit`."""
-    metric: str                     # "nme" (percent, on the model's points) or "pose_mae_deg"
+    """What the verdict judges: the change of one metric, int8 minus float, at most `limit` (nme, pose_mae_deg);
+    the verification accuracy lost, float minus int8, at most `limit` points (verification); or the mean cosine of
+    the int8 embeddings against the float ones, at least `limit` (embedding_cosine)."""
+    metric: str                     # "nme", "pose_mae_deg", "verification" or "embedding_cosine"
     limit: float
     unit: str
 
     def describe(self) -> str:
+        if self.metric == "verification":
+            return f"verification accuracy lost <= {self.limit:g} {self.unit}"
+        if self.metric == "embedding_cosine":
+            return f"mean embedding cosine vs float >= {self.limit:g}"
         what = "dNME" if self.metric == "nme" else "dpose MAE"
         return f"{what} <= {self.limit:g} {self.unit}"
 
+    def within(self, judged: float) -> bool:
+        """judged: int8 minus float (nme, pose_mae_deg, verification: accuracy points) or the mean cosine."""
+        if self.metric == "verification":
+            return -judged <= self.limit
+        if self.metric == "embedding_cosine":
+            return judged >= self.limit
+        return judged <= self.limit
+
 
 BUDGETS = {"nme": Budget("nme", BUDGET_NME_POINTS, "points"),
-           "pose_mae_deg": Budget("pose_mae_deg", BUDGET_POSE_MAE_DEG, "degrees")}
+           "pose_mae_deg": Budget("pose_mae_deg", BUDGET_POSE_MAE_DEG, "degrees"),
+           "verification": Budget("verification", BUDGET_VERIFICATION_POINTS, "points"),
+           "embedding_cosine": Budget("embedding_cosine", BUDGET_EMBEDDING_COSINE, "")}
 
 
-def budget_of(spec: ModelSpec) -> Budget:
+def budget_of(spec: ModelSpec, pairs: bool = False) -> Budget:
     """The budget on the metric the model's task selects best.pt on; a model the registry does not know (a user's
-    ONNX) is judged on its landmarks when it has some, else on its pose."""
+    ONNX) is judged on its landmarks when it has some, else on its pose. A model with an embedding output is judged
+    in verification terms: its accuracy on the pairs when there are pairs, else its embeddings' cosine."""
+    if spec.output_of_kind("embedding") is not None:
+        return BUDGETS["verification" if pairs else "embedding_cosine"]
     try:
         metric = model_task(spec).select_metric
     except ModelError:
@@ -144,6 +237,7 @@ def pose_faces(faces: HeldOut) -> np.ndarray:
 class FaceMetrics:
     nme_pct: float | None
     pose_mae_deg: float | None
+    verification_pct: float | None = None       # 10-fold accuracy on the held-out pairs (recognition models)
 
 
 def face_metrics(outputs: dict[str, np.ndarray], faces: HeldOut, spec: ModelSpec) -> FaceMetrics:
@@ -160,7 +254,14 @@ def face_metrics(outputs: dict[str, np.ndarray], faces: HeldOut, spec: ModelSpec
     if pose_out is not None and keep.any():
         pred_rad = pose_radians(pose_out, outputs[pose_out.name].reshape(-1, 3).astype(np.float64))
         pose = pose_mae_deg(pred_rad[keep], faces.pose[keep])["mean"]
-    return FaceMetrics(nme, pose)
+    verification = None
+    embedding = spec.output_of_kind("embedding")
+    if embedding is not None and faces.pairs is not None:
+        from pfpld.verification import cosine_scores, verify
+        emb = outputs[embedding.name].reshape(len(faces.x), -1)
+        p = faces.pairs
+        verification = 100 * verify(cosine_scores(emb[p.a], emb[p.b]), p.same, p.folds).accuracy_mean
+    return FaceMetrics(nme, pose, verification)
 
 
 @dataclass
@@ -175,6 +276,10 @@ class Int8Row:
     nme_vs_float_pct: float | None = None   # NME of the int8 landmarks against the float landmarks
     max_abs_landmarks: float | None = None
     max_pose_diff_deg: float | None = None
+    verification_pct: float | None = None           # 10-fold accuracy on the pairs (recognition models)
+    delta_verification_points: float | None = None  # int8 minus float
+    cosine_mean: float | None = None                # embedding cosine against the float model, mean over faces
+    cosine_worst: float | None = None               # ... and on the worst face
     seconds: float | None = None
     verdict: str = "-"
     error: str | None = None
@@ -192,6 +297,7 @@ class Int8Report:
     float_metrics: FaceMetrics
     budget: Budget = BUDGETS["nme"]
     n_pose_faces: int | None = None         # faces with a pose label inside +-99 degrees (pose MAE's faces)
+    n_pairs: int | None = None              # verification pairs (recognition models with a pairs file)
     rows: list[Int8Row] = field(default_factory=list)
     checked: str = ""
     markdown: Path | None = None
@@ -200,12 +306,28 @@ class Int8Report:
     def passed(self) -> bool:
         return not any(r.deployed and r.verdict in ("OVER", "ERROR") for r in self.rows)
 
-    HEADER = ["stage", "what", "NME %", "dNME (points)", "pose MAE deg", "dpose deg", "NME vs float %",
-              "max |dlandmark|", "max |dpose| deg", "verdict"]
+    LANDMARK_POSE_HEADER = ["stage", "what", "NME %", "dNME (points)", "pose MAE deg", "dpose deg", "NME vs float %",
+                            "max |dlandmark|", "max |dpose| deg", "verdict"]
+    EMBEDDING_HEADER = ["stage", "what", "verification acc %", "dacc (points)", "embedding cosine vs float (mean)",
+                        "cosine (worst face)", "verdict"]
+
+    @property
+    def embedding(self) -> bool:
+        return self.budget.metric in ("verification", "embedding_cosine")
+
+    @property
+    def HEADER(self) -> list[str]:      # noqa: N802 (read as the report's table header, as it always was)
+        return self.EMBEDDING_HEADER if self.embedding else self.LANDMARK_POSE_HEADER
 
     def table_rows(self) -> list[list[str]]:
         def f(v, fmt):
             return "-" if v is None else fmt.format(v)
+        if self.embedding:
+            rows = [[f"float ({self.float_stage})", "reference", f(self.float_metrics.verification_pct, "{:.2f}"),
+                     "-", "-", "-", "reference"]]
+            rows += [[r.stage, r.detail, f(r.verification_pct, "{:.2f}"), f(r.delta_verification_points, "{:+.2f}"),
+                      f(r.cosine_mean, "{:.5f}"), f(r.cosine_worst, "{:.5f}"), r.verdict] for r in self.rows]
+            return rows
         rows = [[f"float ({self.float_stage})", "reference", f(self.float_metrics.nme_pct, "{:.3f}"), "-",
                  f(self.float_metrics.pose_mae_deg, "{:.2f}"), "-", "-", "-", "-", "reference"]]
         for r in self.rows:
@@ -222,13 +344,28 @@ class Int8Report:
         return "\n".join(lines)
 
     def _pose_faces_note(self) -> str:
+        if self.budget.metric == "verification" and self.n_pairs:
+            return (f", {self.n_pairs} pairs: one pair weighs {self.pair_resolution_points:.2g} accuracy points"
+                    + (" (more than the budget: the verdict cannot resolve it)"
+                       if self.pair_resolution_points > self.budget.limit else ""))
         if self.budget.metric != "pose_mae_deg" or self.n_pose_faces is None:
             return ""
         return f", {self.n_pose_faces} with a pose label within +-99 degrees"
 
+    @property
+    def pair_resolution_points(self) -> float | None:
+        """How much one pair moves the 10-fold accuracy, in points (about 100 / pairs)."""
+        return 100.0 / self.n_pairs if self.n_pairs else None
+
     def to_dict(self) -> dict:
-        budget = ({"budget_nme_points": self.budget.limit} if self.budget.metric == "nme" else
-                  {"budget_pose_mae_deg": self.budget.limit, "n_pose_faces": self.n_pose_faces})
+        if self.budget.metric == "verification":
+            budget = {"budget_verification_points": self.budget.limit, "n_pairs": self.n_pairs,
+                      "pair_resolution_points": self.pair_resolution_points}
+        elif self.budget.metric == "embedding_cosine":
+            budget = {"budget_embedding_cosine": self.budget.limit}
+        else:
+            budget = ({"budget_nme_points": self.budget.limit} if self.budget.metric == "nme" else
+                      {"budget_pose_mae_deg": self.budget.limit, "n_pose_faces": self.n_pose_faces})
         return {"verdict": "pass" if self.passed else "fail", "checked": self.checked, "faces": self.faces,
                 "n_faces": self.n_faces, **budget, "judged_on": self.budget.metric, "float_stage": self.float_stage,
                 "float": asdict(self.float_metrics), "stages": [r.to_dict() for r in self.rows],
@@ -237,9 +374,8 @@ class Int8Report:
     def to_markdown(self) -> str:
         lines = [f"# int8 estimate of {self.folder.name}", "",
                  f"Checked {self.checked} on {self.n_faces} held-out faces ({self.faces}). Every int8 stage runs "
-                 f"the same inputs as the float model (`{self.float_stage}`); {self._metric_sentence()} dNME and "
-                 f"dpose are int8 minus float. Rows marked what-if are not deployed (other NNIE precisions of the "
-                 f"same files).", ""]
+                 f"the same inputs as the float model (`{self.float_stage}`); {self._metric_sentence()} Rows marked "
+                 f"what-if are not deployed (other NNIE precisions of the same files).", ""]
         lines += markdown_table(self.HEADER, self.table_rows())
         lines += ["", f"**Verdict: {'PASS' if self.passed else 'FAIL'}** (budget: {self.budget.describe()} for the "
                       f"deployed stages)."]
@@ -249,9 +385,17 @@ class Int8Report:
 
     def _metric_sentence(self) -> str:
         if self.budget.metric == "nme":
-            return "NME is inter-ocular, in percent, against the ground truth;"
+            return "NME is inter-ocular, in percent, against the ground truth; dNME is int8 minus float."
+        if self.embedding:
+            pairs = (f"verification accuracy is the LFW protocol's k-fold accuracy on the {self.n_pairs} pairs of the "
+                     f"pairs file's folds (cosine scores, each fold's threshold chosen on the other folds), dacc int8 "
+                     f"minus float; "
+                     if self.budget.metric == "verification" else
+                     "no pairs file was given, so the verdict judges the mean embedding cosine; ")
+            return (pairs + "the embedding cosine is each face's int8 embedding against its float embedding (mean "
+                    "over the faces, and the worst face).")
         return (f"pose MAE is the mean of the yaw, pitch and roll errors in degrees against the ground truth, on the "
-                f"{self.n_pose_faces} faces with a pose label within +-99 degrees;")
+                f"{self.n_pose_faces} faces with a pose label within +-99 degrees; dpose is int8 minus float.")
 
 
 def _compare(row: Int8Row, outputs: dict, reference: dict, float_metrics: FaceMetrics, faces: HeldOut,
@@ -272,12 +416,21 @@ def _compare(row: Int8Row, outputs: dict, reference: dict, float_metrics: FaceMe
     if pose is not None and pose.name in outputs:
         row.max_pose_diff_deg = float(np.degrees(np.abs(pose_radians(pose, outputs[pose.name])
                                                         - pose_radians(pose, reference[pose.name])).max()))
-    judged = (row.nme_pct, row.delta_nme_points) if budget.metric == "nme" else (row.pose_mae_deg,
-                                                                                   row.delta_pose_deg)
+    embedding = spec.output_of_kind("embedding")
+    if embedding is not None and embedding.name in outputs:
+        cosine = 1.0 - one_minus_cosine(reference[embedding.name].reshape(n, -1),
+                                        outputs[embedding.name].reshape(n, -1))
+        row.cosine_mean, row.cosine_worst = float(cosine.mean()), float(cosine.min())
+        row.verification_pct = m.verification_pct
+        if m.verification_pct is not None and float_metrics.verification_pct is not None:
+            row.delta_verification_points = m.verification_pct - float_metrics.verification_pct
+    judged = {"nme": (row.nme_pct, row.delta_nme_points), "pose_mae_deg": (row.pose_mae_deg, row.delta_pose_deg),
+              "verification": (row.verification_pct, row.delta_verification_points),
+              "embedding_cosine": (row.cosine_worst, row.cosine_mean)}[budget.metric]
     if not all(v is not None and np.isfinite(v) for v in judged):
         row.verdict, row.error = "ERROR", "non-finite outputs"
     else:
-        row.verdict = ("ok" if judged[1] <= budget.limit else "OVER") if row.deployed else "what-if"
+        row.verdict = ("ok" if budget.within(judged[1]) else "OVER") if row.deployed else "what-if"
 
 
 def nnie_what_if_runners(export: ExportFolder, calib_x: np.ndarray | None) -> list[tuple[str, str, bool, Runner]]:
@@ -338,12 +491,29 @@ def float_format(export: ExportFolder) -> str:
     raise ConversionError(f"{export.folder}: no float format to compare int8 against")
 
 
+def run_in_chunks(runner: Runner, x: np.ndarray, desc: str) -> dict[str, np.ndarray]:
+    """runner.run over many faces with a progress report (verification pairs can name thousands)."""
+    if len(x) <= INT8_RUN_CHUNK:
+        return runner.run(x)
+    parts = [runner.run(x[i:i + INT8_RUN_CHUNK])
+             for i in progress(range(0, len(x), INT8_RUN_CHUNK), desc=desc, unit="chunk", leave=False)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 def check_int8(export_dir: Path, images: Path | None = None, calib: Path | None = None, n: int = 64,
-               seed: int = 0, threads: int = 1, write: bool = True) -> Int8Report:
+               seed: int = 0, threads: int = 1, write: bool = True, pairs: Path | None = None) -> Int8Report:
+    """Every int8 stage of the export against its float model on held-out faces, judged on the model's budget
+    (budget_of); `pairs`: a recognition model's LFW-format pairs file (images under its folder), which makes the
+    verdict one of verification accuracy."""
     export = ExportFolder.open(Path(export_dir))
     contract, spec = export.contract, export.spec
-    budget = budget_of(spec)
-    faces = heldout_faces(contract, images, n, seed)
+    recognition = spec.output_of_kind("embedding") is not None
+    if pairs is not None and not recognition:
+        raise InputError(f"{pairs}: a pairs file verifies a recognition model; {spec.name} has no embedding output "
+                         f"(its outputs: {', '.join(spec.output_names)})")
+    budget = budget_of(spec, pairs=pairs is not None)
+    faces = (heldout_aligned_faces(contract, images, pairs, n, seed) if recognition else
+             heldout_faces(contract, images, n, seed))
     if budget.metric == "pose_mae_deg" and not pose_faces(faces).any():
         raise InputError(f"{faces.source}: no held-out face has a pose label within +-99 degrees; the int8 estimate of "
                          f"a pose model needs them (a prepared dataset from 300W-LP or AFLW2000, or the synthetic "
@@ -351,16 +521,17 @@ def check_int8(export_dir: Path, images: Path | None = None, calib: Path | None 
     calib_x = read_calibration_set(calib, contract).inputs(contract) if calib is not None else None
     options = RunOptions(threads=threads)
     float_stage = float_format(export)
-    reference = export.runner(float_stage, options).run(faces.x)
+    reference = run_in_chunks(export.runner(float_stage, options), faces.x, float_stage)
     report = Int8Report(folder=export.folder, faces=faces.source, n_faces=len(faces.x), float_stage=float_stage,
                         float_metrics=face_metrics(reference, faces, spec), budget=budget,
                         n_pose_faces=int(pose_faces(faces).sum()),
+                        n_pairs=len(faces.pairs.same) if faces.pairs is not None else None,
                         checked=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def run_row(row: Int8Row, make_runner) -> None:
         start = time.perf_counter()
         try:
-            outputs = make_runner().run(faces.x)
+            outputs = run_in_chunks(make_runner(), faces.x, row.stage)
             _compare(row, outputs, reference, report.float_metrics, faces, spec, budget)
         except Exception as exc:     # one stage that cannot run is a row saying so, not a crash
             row.verdict, row.error = "ERROR", one_line(exc, 300)

@@ -626,11 +626,14 @@ def nnie_entry(inst_cfg: str, input_blob: str, planes: str, outputs: dict[str, s
 
 def swapped_planes_key(spec: ModelSpec) -> str | None:
     """The test JSON's measure of how far the swapped-planes outputs are from the right ones: landmark NME for a model
-    with landmarks, the largest pose difference in degrees for a pose model."""
+    with landmarks, the largest pose difference in degrees for a pose model, the embedding cosine for a recognition
+    model (what it is compared by: far below 1 when the board is fed the wrong plane order)."""
     landmarks = spec.output_of_kind("landmarks")
     if landmarks is not None and landmarks.norm_points is not None:
         return "swapped_planes_nme"
-    return "swapped_planes_pose_deg" if spec.pose_output() is not None else None
+    if spec.pose_output() is not None:
+        return "swapped_planes_pose_deg"
+    return "swapped_planes_embedding_cosine" if spec.output_of_kind("embedding") is not None else None
 
 
 def swapped_planes_distance(spec: ModelSpec, ref: dict, swapped: dict) -> dict:
@@ -644,6 +647,11 @@ def swapped_planes_distance(spec: ModelSpec, ref: dict, swapped: dict) -> dict:
         pose = spec.pose_output()
         value = np.degrees(np.abs(pose_radians(pose, np.asarray(swapped[pose.name], dtype=np.float64))
                                   - pose_radians(pose, np.asarray(ref[pose.name], dtype=np.float64))).max())
+    elif key == "swapped_planes_embedding_cosine":
+        from convert.parity import one_minus_cosine
+        embedding = spec.output_of_kind("embedding")
+        value = 1.0 - one_minus_cosine(np.reshape(ref[embedding.name], (1, -1)),
+                                       np.reshape(swapped[embedding.name], (1, -1)))[0]
     else:
         return {}
     return {key: round(float(value), 6)}

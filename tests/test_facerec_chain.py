@@ -1,0 +1,218 @@
+"""The recognition model `facerec` (MobileFaceNet-style, 112x112 aligned face -> 512-d embedding) through the
+conversion chain: exported with random weights at width 0.5 through onnx, onnxsim, caffe, ncnn, NNIE and the int8
+formats as a user runs it; parity judged as embedding cosine on aligned faces (and a Caffe file with one weight
+changed failing it); a clean NNIE preflight naming the embedding output; calibration spread over identities; and
+the int8 estimate in verification terms on a tiny identity set made by pfpld.data.identities."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from caffe_parity import EXPORT_WARNINGS
+from cli_run import run
+from convert.onnx2caffe import caffe_pb2
+from convert.parity import check_parity, one_minus_cosine, synthetic_aligned_faces
+from convert.stages import FP16_EMBEDDING_1MCOS, FP32_EMBEDDING_1MCOS
+from quant.int8 import BUDGET_EMBEDDING_COSINE, BUDGET_VERIFICATION_POINTS, check_int8
+from quant.nnie import NNIE_DOCUMENTED_LAYERS, parse_cfg, preflight
+
+pytestmark = EXPORT_WARNINGS
+SEED = 3
+
+
+def facerec_contract():
+    from pfpld.models import build_model
+    return build_model("facerec", width=0.5)[2]
+
+
+@pytest.fixture(scope="module")
+def identities(tmp_path_factory):
+    """A tiny identity set: 3 training identities (ImageFolder) and 4 held-out ones (LFW layout, pairs.txt in 2
+    folds of 2 same + 2 different pairs)."""
+    from pfpld.data.identities import generate_identities
+    out = tmp_path_factory.mktemp("facerec_ids") / "ids"
+    generate_identities(out, identities=3, per_identity=3, heldout=4, pairs_per_fold=2, folds=2, seed=0,
+                        progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def prepared(identities, tmp_path_factory):
+    from pfpld.data.prepare import prepare_dataset
+    out = tmp_path_factory.mktemp("facerec_prepared") / "data"
+    prepare_dataset(out, imagefolder=identities / "imagefolder", contract=facerec_contract(), progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def calib(prepared, tmp_path_factory):
+    """`pfpld calib` on the prepared ImageFolder set, as a user runs it."""
+    out = tmp_path_factory.mktemp("facerec_calib") / "set"
+    proc = run("calib", prepared, "--out", out, "--n", 6)
+    assert proc.returncode == 0, proc.stderr
+    assert "over 3 identities" in proc.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def export(calib, tmp_path_factory):
+    out = tmp_path_factory.mktemp("facerec_export") / "export"
+    proc = run("export", "--model", "facerec", "--width", "0.5", "--init", "random", "--seed", SEED, "--target", "all",
+               "--target", "nnie", "--int8", "--calib", calib, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_calibration_is_spread_over_identities(calib, prepared):
+    manifest = json.loads((calib / "calib.json").read_text())
+    assert manifest["spread_over"] == "identities" and manifest["bins"]["identities"] == ["id_00000", "id_00001",
+                                                                                        "id_00002"]
+    picked = [image["identity"] for image in manifest["images"]]
+    assert len(picked) == 6 and {picked.count(k) for k in set(picked)} == {2}     # round-robin: 2 each
+    assert "spread over identities" in (calib / "report.md").read_text()
+    crops = [cv2.imread(str(calib / image["file"])) for image in manifest["images"]]
+    assert all(c.shape == (112, 112, 3) for c in crops)
+
+
+def test_calibration_from_a_folder_of_aligned_images(identities, tmp_path):
+    out = tmp_path / "set"
+    proc = run("calib", identities / "lfw", "--model", "facerec", "--out", out, "--n", 4)
+    assert proc.returncode == 0, proc.stderr
+    picked = [image["identity"] for image in json.loads((out / "calib.json").read_text())["images"]]
+    assert sorted(picked) == ["id_00003", "id_00004", "id_00005", "id_00006"]
+    # the images are the LFW files resized whole: the first one equals its source
+    source = cv2.imread(str(identities / "lfw" / json.loads((out / "calib.json").read_text())["images"][0]["origin"]))
+    first = cv2.imread(str(out / "images" / "000.png"))
+    assert np.array_equal(first, source)
+
+
+def test_every_fp32_stage_passes_parity_as_embedding_cosine(export):
+    report = check_parity(export)
+    assert report.verdict == "pass", report.table()
+    stages = {r.stage: r for r in report.rows}
+    assert list(stages) == ["torch", "onnx", "onnxsim", "caffe", "ncnn"]
+    torch_embeddings = stages["torch"].outputs["embedding"]
+    assert torch_embeddings.shape == (16, 512)
+    for row in report.rows[1:]:
+        assert row.cosine_tolerance == FP32_EMBEDDING_1MCOS and row.per_output_limit["embedding"] == FP32_EMBEDDING_1MCOS
+        worst = one_minus_cosine(torch_embeddings, row.outputs["embedding"]).max()
+        assert row.embedding_1mcos == pytest.approx(worst) and worst <= FP32_EMBEDDING_1MCOS, row.stage
+        assert row.max_abs is not None and row.max_abs > 0
+    # the face inputs are aligned faces (not landmark-box crops), and the report says how it judges
+    assert "aligned on their five points" in report.inputs
+    expected, _ = synthetic_aligned_faces(facerec_contract(), 8, seed=0)
+    contract = facerec_contract()
+    from convert.artifacts import ExportFolder
+    runner = ExportFolder.open(export).runner("torch")
+    again = runner.run(np.stack([contract.to_tensor_layout(c) for c in expected]))["embedding"]
+    assert np.allclose(again, torch_embeddings[8:], atol=1e-5)
+    text = (export / "parity.md").read_text()
+    assert "1 - embedding cosine (worst)" in text and "judged on embedding cosine" in text
+    assert json.loads((export / "manifest.json").read_text())["parity"]["judged_on"] == "embedding cosine"
+    assert FP16_EMBEDDING_1MCOS > FP32_EMBEDDING_1MCOS
+
+
+def test_parity_takes_aligned_faces_of_a_folder_spread_over_identities(export, identities):
+    report = check_parity(export, images=identities / "lfw", n=4, write=False)
+    assert report.verdict == "pass" and report.n_faces == 4
+    assert "4 aligned faces of 4 identities" in report.inputs
+
+
+def test_a_caffe_file_with_one_weight_changed_fails_the_cosine_verdict(export, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(export, broken)
+    net = caffe_pb2.NetParameter()
+    path = broken / "facerec.caffemodel"
+    net.ParseFromString(path.read_bytes())
+    first = next(layer for layer in net.layer if layer.type == "Convolution")
+    weights = np.array(first.blobs[0].data, dtype=np.float32)
+    weights[len(weights) // 2] *= 1.01              # one weight of the first conv (of 864), 1 % off
+    del first.blobs[0].data[:]
+    first.blobs[0].data.extend(weights.tolist())
+    path.write_bytes(net.SerializeToString())
+    manifest = json.loads((broken / "manifest.json").read_text())        # re-hash: judge the numbers, not the file
+    from convert.artifacts import sha256_of
+    manifest["files"][path.name]["sha256"] = sha256_of(path)
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    report = check_parity(broken, write=False)
+    stages = {r.stage: r for r in report.rows}
+    assert report.verdict == "fail" and stages["caffe"].verdict == "FAIL"
+    assert stages["caffe"].embedding_1mcos > FP32_EMBEDDING_1MCOS > stages["ncnn"].embedding_1mcos
+    assert stages["caffe"].embedding_1mcos < 1e-6          # a cosine of 0.999999 would have passed it
+    assert stages["caffe"].first_divergence.startswith("first diverging layer: Caffe layer '/features/features.0/")
+
+
+def test_nnie_preflight_is_clean_and_names_the_embedding_output(export):
+    info = next(s["info"] for s in json.loads((export / "manifest.json").read_text())["stages"] if s["name"] == "nnie")
+    assert info["preflight"] == "pass" and info["documented_layers_used"] == ["PReLU"]
+    assert preflight(export / "facerec.nnie.prototxt", export / "facerec.nnie.caffemodel",
+                     allow_layers=NNIE_DOCUMENTED_LAYERS) == []
+    types = {line.split('"')[1] for line in (export / "facerec.nnie.prototxt").read_text().splitlines()
+             if line.strip().startswith("type:")}
+    assert {"Convolution", "PReLU", "Eltwise"} <= types and "BatchNorm" not in types
+    names = json.loads((export / "facerec.nnie.names.json").read_text())
+    assert names["outputs"] == {"embedding": "embedding_hp"}
+    model_dir = export / "nnie_sdk" / "data" / "nnie_model" / "facerec"
+    cfg = parse_cfg((model_dir / "facerec_inst.cfg").read_text())
+    assert cfg["RGB_order"] == "RGB" and cfg["norm_type"] == "5" and float(cfg["data_scale"]) == 1 / 128
+    readme = (export / "nnie_sdk" / "README.md").read_text()
+    assert "| `embedding` | embedding | `embedding_hp` |" in readme
+    deploy = json.loads((model_dir / "deploy.json").read_text())
+    assert [(o["name"], o["kind"]) for o in deploy["outputs"]] == [("embedding", "embedding")]
+    test = json.loads(next((export / "nnie_sdk" / "data" / "nnie_image" / "rgb_planar").glob("*.json")).read_text())
+    assert 0 < test["swapped_planes_embedding_cosine"] < 1
+
+
+def test_int8_report_is_in_verification_terms(export, identities):
+    from pfpld.verification import cosine_scores, verify
+    from pfpld.data.sources.lfw import read_pairs
+    from pfpld.recognition import read_aligned
+    report = check_int8(export, pairs=identities / "pairs.txt")
+    result = report.to_dict()
+    assert result["judged_on"] == "verification" and result["budget_verification_points"] == BUDGET_VERIFICATION_POINTS
+    assert result["n_pairs"] == 8 and result["pair_resolution_points"] == pytest.approx(12.5)
+    # the float accuracy is the protocol's on the torch model's embeddings of the pairs' images
+    from convert.artifacts import ExportFolder
+    contract = facerec_contract()
+    pairs = read_pairs(identities / "pairs.txt", identities / "lfw")
+    torch_runner = ExportFolder.open(export).runner("torch")
+    embed = lambda path: torch_runner.run(contract.to_tensor_layout(read_aligned(path, contract))[None])  # noqa: E731
+    a = np.concatenate([embed(p.path_a)["embedding"] for p in pairs])
+    b = np.concatenate([embed(p.path_b)["embedding"] for p in pairs])
+    expected = verify(cosine_scores(a, b), np.array([p.same for p in pairs]), np.array([p.fold for p in pairs]))
+    assert report.float_metrics.verification_pct == pytest.approx(100 * expected.accuracy_mean)
+    stages = {r.stage: r for r in report.rows}
+    assert set(stages) == {"nnie", "onnx-int8", "ncnn-int8", "nnie-sim int8", "nnie-sim int16"}
+    for row in report.rows:
+        assert row.error is None, (row.stage, row.error)
+        assert 0 <= row.verification_pct <= 100
+        assert row.delta_verification_points == pytest.approx(row.verification_pct - expected.accuracy_mean * 100)
+        assert -1 < row.cosine_worst <= row.cosine_mean < 1
+        if row.deployed:
+            assert row.verdict == ("ok" if -row.delta_verification_points <= BUDGET_VERIFICATION_POINTS else "OVER")
+    # int16 keeps the embedding closer to float than int8 does
+    assert stages["nnie-sim int16"].cosine_mean > stages["nnie-sim int8"].cosine_mean
+    assert "verification accuracy lost <= 1 points" in report.table() and "one pair weighs 12" in report.table()
+    assert "verification acc %" in (export / "int8.md").read_text()
+
+
+def test_int8_without_pairs_judges_the_mean_embedding_cosine(export):
+    report = check_int8(export, n=4, write=False)
+    assert report.to_dict()["budget_embedding_cosine"] == BUDGET_EMBEDDING_COSINE
+    for row in report.rows:
+        assert row.verification_pct is None and row.cosine_mean is not None
+        if row.deployed:
+            assert row.verdict == ("ok" if row.cosine_mean >= BUDGET_EMBEDDING_COSINE else "OVER")
+
+
+def test_pairs_for_a_model_without_embeddings_is_one_line(identities, tmp_path):
+    from cli_run import assert_user_error
+    out = tmp_path / "lm5"
+    proc = run("export", "--model", "landmark5", "--init", "random", "--target", "onnx", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    proc = run("check-parity", out, "--int8", "--pairs", identities / "pairs.txt")
+    assert_user_error(proc, "pairs.txt", "no embedding output")
