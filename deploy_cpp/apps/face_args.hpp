@@ -1,6 +1,7 @@
-// What pfpld_predict and pfpld_bench share: the command line `DEPLOY IMAGE --box X1,Y1,X2,Y2 [--runtime NAME]
+// What pfpld_predict and pfpld_bench share: the command line `DEPLOY IMAGE [--box X1,Y1,X2,Y2] [--runtime NAME]
 // [--threads N] [--winograd]` plus each program's own options, the inputs it names (deploy.json, image, box checked
-// against it), and main's error rule (a user's mistake: one line on stderr, exit code 2).
+// against it; no box for an aligned face: the whole image), and main's error rule (a user's mistake: one line on
+// stderr, exit code 2).
 #pragma once
 #include <cstdlib>
 #include <functional>
@@ -44,8 +45,8 @@ inline FaceArgs parse_face_args(int argc, char** argv, const ExtraOption& extra)
         else if (a.image.empty()) a.image = arg;
         else throw pfpld::Error("unexpected argument " + arg);
     }
-    if (!a.help && (a.deploy.empty() || a.image.empty() || a.box.empty()))
-        throw pfpld::Error("expected DEPLOY_JSON_OR_FOLDER IMAGE --box X1,Y1,X2,Y2 (see --help)");
+    if (!a.help && (a.deploy.empty() || a.image.empty()))
+        throw pfpld::Error("expected DEPLOY_JSON_OR_FOLDER IMAGE [--box X1,Y1,X2,Y2] (see --help)");
     if (a.threads < 1) throw pfpld::Error("--threads: expected a positive number");
     return a;
 }
@@ -56,10 +57,25 @@ struct FaceInputs {
     pfpld::Image image;
 };
 
-// Reads deploy.json, the box and the image, and checks the box overlaps the image, before any model is loaded.
+// The face box of `image`: `box_text` when given, else the whole image for an aligned contract (facerec's); a model
+// that crops around a face box needs one.
+inline pfpld::Box face_box(const pfpld::DeployConfig& config, const std::string& box_text, const pfpld::Image& image,
+                           const std::string& what) {
+    if (box_text.empty()) {
+        if (!config.contract.aligned())
+            throw pfpld::Error(what + ": model '" + config.model + "' crops around a face box (contract.crop.box_source '" +
+                               config.contract.crop.box_source + "'): give it as X1,Y1,X2,Y2");
+        return pfpld::aligned_box(image);
+    }
+    pfpld::Box box = pfpld::parse_box(box_text, what);
+    pfpld::check_box(box, image.width, image.height);
+    return box;
+}
+
+// Reads deploy.json, the image and the box (checked to overlap the image), before any model is loaded.
 inline FaceInputs load_face_inputs(const FaceArgs& a) {
-    FaceInputs in{pfpld::DeployConfig::load(a.deploy), pfpld::parse_box(a.box, "--box"), pfpld::read_image(a.image)};
-    pfpld::check_box(in.box, in.image.width, in.image.height);
+    FaceInputs in{pfpld::DeployConfig::load(a.deploy), {}, pfpld::read_image(a.image)};
+    in.box = face_box(in.config, a.box, in.image, "--box");
     return in;
 }
 

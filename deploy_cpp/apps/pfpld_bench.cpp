@@ -23,7 +23,7 @@
 namespace {
 
 const char* kUsage =
-    "usage: pfpld_bench DEPLOY_JSON_OR_FOLDER IMAGE --box X1,Y1,X2,Y2 [--runtime ncnn] [--threads N] [--winograd]\n"
+    "usage: pfpld_bench DEPLOY_JSON_OR_FOLDER IMAGE [--box X1,Y1,X2,Y2] [--runtime ncnn] [--threads N] [--winograd]\n"
     "                   [--seconds S]\n"
     "  S: timing budget of the inference (default 1.5); the preprocessing gets a quarter of it\n";
 

@@ -1,6 +1,7 @@
-// pfpld_predict: one image (PPM/PGM/BMP) and a face box -> landmarks in image pixels and/or the head pose, as JSON
-// with the keys of `pfpld predict --json`. The model comes from the deploy.json of an export folder (or NNIE
-// bundle). A user's mistake is one line on stderr and exit code 2.
+// pfpld_predict: one image (PPM/PGM/BMP) and a face box -> landmarks in image pixels and/or the head pose, or a
+// recognition model's embedding of an aligned face (no box: the whole image), as JSON with the keys of `pfpld predict
+// --json`; --compare IMAGE2 adds the cosine of two aligned faces' embeddings. The model comes from the deploy.json of
+// an export folder (or NNIE bundle). A user's mistake is one line on stderr and exit code 2.
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -24,9 +25,11 @@
 namespace {
 
 const char* kUsage =
-    "usage: pfpld_predict DEPLOY_JSON_OR_FOLDER IMAGE --box X1,Y1,X2,Y2 [--runtime NAME] [--threads N] [--winograd]\n"
-    "                     [--init-mpp]   (NNIE builds: set up the MPP system as the SDK samples do, for a board\n"
-    "                                     where no other program has)\n";
+    "usage: pfpld_predict DEPLOY_JSON_OR_FOLDER IMAGE [--box X1,Y1,X2,Y2] [--runtime NAME] [--threads N] [--winograd]\n"
+    "                     [--compare IMAGE2] [--init-mpp]\n"
+    "  --box        the detector's face box; not needed for an aligned face (facerec: the whole image is the face)\n"
+    "  --compare    a second aligned face: adds \"compare\": {\"box\": ..., \"cosine\": C} (embedding models)\n"
+    "  --init-mpp   NNIE builds: set up the MPP system as the SDK samples do, for a board where no other program has\n";
 
 std::string number(double v) {
     char buf[32];
@@ -53,14 +56,26 @@ std::unique_ptr<pfpld::Backend> make_backend(const pfpld::DeployConfig& config, 
 int main(int argc, char** argv) {
     return pfpld_app::run_main([&] {
         bool init_mpp = false;
-        const pfpld_app::FaceArgs args = pfpld_app::parse_face_args(argc, argv, [&](const std::string& arg, auto&) {
-            return arg == "--init-mpp" && (init_mpp = true);
+        std::string compare_image;
+        const pfpld_app::FaceArgs args = pfpld_app::parse_face_args(argc, argv, [&](const std::string& arg, auto& value) {
+            if (arg == "--compare") compare_image = value();
+            return arg == "--compare" || (arg == "--init-mpp" && (init_mpp = true));
         });
         if (args.help) {
             std::cout << kUsage;
             return 0;
         }
         pfpld_app::FaceInputs in = pfpld_app::load_face_inputs(args);
+        pfpld::Image second;
+        pfpld::Box second_box;
+        if (!compare_image.empty()) {   // checked before any model is loaded, as the first face
+            bool has_embedding = false;
+            for (const auto& o : in.config.outputs) has_embedding |= o.kind == "embedding";
+            if (!has_embedding)
+                throw pfpld::Error("--compare: model '" + in.config.model + "' has no embedding output (" + in.config.path + ")");
+            second = pfpld::read_image(compare_image);
+            second_box = pfpld_app::face_box(in.config, "", second, "--compare");
+        }
         std::string runtime = args.runtime;
         if (runtime.empty()) {
             if (in.config.runtimes.empty()) throw pfpld::Error(in.config.path + ": no runtime this program can run");
@@ -74,11 +89,12 @@ int main(int argc, char** argv) {
 #endif
         pfpld::FacePipeline pipeline(in.config, make_backend(in.config, runtime, args.threads, args.winograd));
         const pfpld::FaceResult r = pipeline.predict(in.image, in.box);
-        const pfpld::Box& box = in.box;
+        const auto box_json = [](const pfpld::Box& b) {
+            return "[" + number(b.x1) + ", " + number(b.y1) + ", " + number(b.x2) + ", " + number(b.y2) + "]";
+        };
 
         std::ostringstream out;
-        out << "{\"box\": [" << number(box.x1) << ", " << number(box.y1) << ", " << number(box.x2) << ", " << number(box.y2)
-            << "], \"runtime\": \"" << runtime << "\"";
+        out << "{\"box\": " << box_json(in.box) << ", \"runtime\": \"" << runtime << "\"";
         if (r.has_landmarks) {   // the keys of `pfpld predict --json`: only what the model has
             out << ", \"landmarks_px\": [";
             for (size_t i = 0; i < r.landmarks_px.size(); ++i)
@@ -92,6 +108,16 @@ int main(int argc, char** argv) {
             out << "}, \"pose_deg\": {";
             for (int k = 0; k < 3; ++k) out << (k ? ", " : "") << "\"" << names[k] << "\": " << number(r.pose_deg[k]);
             out << "}";
+        }
+        if (r.has_embedding) {   // as the network gives it, not normalised (as `pfpld predict --json`)
+            out << ", \"embedding\": [";
+            for (size_t i = 0; i < r.embedding.size(); ++i) out << (i ? ", " : "") << number(r.embedding[i]);
+            out << "]";
+        }
+        if (!compare_image.empty()) {
+            const pfpld::FaceResult other = pipeline.predict(second, second_box);
+            out << ", \"compare\": {\"box\": " << box_json(second_box) << ", \"cosine\": "
+                << number(pfpld::cosine(r.embedding, other.embedding)) << "}";
         }
         out << "}\n";
         std::cout << out.str();

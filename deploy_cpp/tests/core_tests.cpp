@@ -61,15 +61,23 @@ void warp(const json& index, const std::string&) {
     std::cout << "  " << index.at("warps").size() << " warps, " << total << " bytes, " << bad << " differ from cv2.warpAffine\n";
 }
 
-// The contract's matrix bit for bit and the crop byte for byte, for every model's contract on the face pictures;
-// then the matrix alone for every branch of the crop rule (loose or not, side max or min, shifted).
+// The contract's matrix bit for bit and the crop byte for byte, for every model's contract on the face pictures (an
+// aligned contract's box made here from the picture alone: the whole image); then the matrix alone for every branch
+// of the crop rule (loose or not, side max or min, shifted) and for the aligned rule on pictures of several sizes.
 void crop(const json& index, const std::string&) {
     for (const auto& model : index.at("models")) {
         const pfpld::Contract contract = model_config(model).contract;
         for (const auto& rec : model.at("faces")) {
             const pfpld::Image image = pfpld::read_image(rec.at("image").get<std::string>());
+            pfpld::Box box = box_of(rec.at("box"));
+            if (contract.aligned()) {
+                box = pfpld::aligned_box(image);
+                CHECK_MSG(box.x1 == 0 && box.y1 == 0 && box.x2 == image.width && box.y2 == image.height &&
+                              box.x2 == rec.at("box")[2].get<double>() && box.y2 == rec.at("box")[3].get<double>(),
+                          rec.at("image") << ": aligned box differs from PreprocessContract.aligned_box " << rec.at("box"));
+            }
             pfpld::Affine matrix;
-            const pfpld::Image out = pfpld::crop_face(contract, image, box_of(rec.at("box")), &matrix);
+            const pfpld::Image out = pfpld::crop_face(contract, image, box, &matrix);
             const pfpld::Affine expected = affine_of(rec.at("matrix"));
             for (size_t k = 0; k < 6; ++k)
                 CHECK_MSG(matrix.m[k] == expected.m[k], model.at("model") << " " << rec.at("image") << ": matrix[" << k << "] "
@@ -81,16 +89,23 @@ void crop(const json& index, const std::string&) {
                       << ": matrix bit-equal, " << out.pixels.size() << " crop bytes, " << n << " differ\n";
         }
     }
-    size_t differ = 0;
+    size_t differ = 0, aligned = 0;
     for (const auto& rec : index.at("crop_rules")) {
         pfpld::Contract contract;
         contract.input_size = rec.at("input_size");
         const json& rule = rec.at("crop");
+        contract.crop.box_source = rule.at("box_source");
         contract.crop.expand = rule.at("expand");
         contract.crop.shift_y = rule.at("shift_y");
         contract.crop.loose_k = rule.at("loose_k");
         contract.crop.side = rule.at("side");
-        const pfpld::Affine matrix = pfpld::crop_matrix(contract, box_of(rec.at("box")));
+        pfpld::Box box = box_of(rec.at("box"));
+        if (contract.aligned()) {   // only the picture's size: the box is the whole of it
+            box = pfpld::aligned_box(pfpld::Image(rec.at("image_size")[0], rec.at("image_size")[1], 3));
+            CHECK_MSG(box.x2 == rec.at("box")[2].get<double>() && box.y2 == rec.at("box")[3].get<double>(), rec.at("box"));
+            ++aligned;
+        }
+        const pfpld::Affine matrix = pfpld::crop_matrix(contract, box);
         const pfpld::Affine expected = affine_of(rec.at("matrix"));
         for (size_t k = 0; k < 6; ++k) {
             differ += matrix.m[k] != expected.m[k];
@@ -98,8 +113,9 @@ void crop(const json& index, const std::string&) {
                                                             << k << "] " << matrix.m[k] << " != " << expected.m[k]);
         }
     }
-    std::cout << "  " << index.at("crop_rules").size() << " matrices of CropRule variants, " << differ
-              << " values differ from PreprocessContract.crop_matrix\n";
+    CHECK(aligned > 0);
+    std::cout << "  " << index.at("crop_rules").size() << " matrices of CropRule variants (" << aligned
+              << " of the aligned rule on whole pictures), " << differ << " values differ from PreprocessContract.crop_matrix\n";
 }
 
 void pack(const json& index, const std::string&) {
@@ -138,7 +154,8 @@ void decode(const json& index, const std::string&) {
                 outputs.values[it.key()] = check::read_array<float>(it.value().get<std::string>());
             const pfpld::FaceResult r = pfpld::decode(config, outputs, affine_of(rec.at("matrix")));
             const auto& expected = rec.at("decoded");
-            CHECK_MSG(r.has_landmarks == expected.contains("landmarks_px") && r.has_pose == expected.contains("pose_rad"),
+            CHECK_MSG(r.has_landmarks == expected.contains("landmarks_px") && r.has_pose == expected.contains("pose_rad") &&
+                          r.has_embedding == expected.contains("embedding"),
                       model.at("model") << ": landmarks " << r.has_landmarks << ", pose " << r.has_pose << "; Python decoded "
                                         << expected.size() << " things");
             double worst_px = 0, worst_rad = 0, worst_deg = 0;
@@ -162,9 +179,69 @@ void decode(const json& index, const std::string&) {
             else std::cout << "no landmarks";
             if (r.has_pose) std::cout << ", pose within " << worst_rad << " rad, " << worst_deg << " deg";
             else std::cout << ", no pose";
+            if (expected.contains("embedding")) {   // untouched: the very floats Python read
+                const auto want = expected.at("embedding").get<std::vector<double>>();
+                size_t differ = want.size() != r.embedding.size();
+                for (size_t i = 0; i < std::min(want.size(), r.embedding.size()); ++i) differ += double(r.embedding[i]) != want[i];
+                CHECK_MSG(differ == 0, model.at("model") << " " << rec.at("image") << ": " << differ << " embedding values differ");
+                std::cout << ", embedding of " << r.embedding.size() << " values, " << differ << " differ";
+            }
             std::cout << " of Python's decoding\n";
         }
+        // cosine() against pfpld.verification.cosine_scores on every pair of the faces' embeddings
+        if (!model.contains("cosines")) continue;
+        double worst = 0;
+        for (const auto& pair : model.at("cosines")) {
+            const auto& faces = model.at("faces");
+            const auto embedding = [&](size_t i) {
+                const auto values = faces.at(i).at("decoded").at("embedding").get<std::vector<double>>();
+                return std::vector<float>(values.begin(), values.end());
+            };
+            const double c = pfpld::cosine(embedding(pair.at("faces")[0]), embedding(pair.at("faces")[1]));
+            worst = std::max(worst, std::fabs(c - pair.at("cosine").get<double>()));
+        }
+        CHECK_MSG(worst <= 1e-12, model.at("model") << ": cosine " << worst << " from cosine_scores");
+        std::cout << "  " << model.at("model").get<std::string>() << ": cosine of " << model.at("cosines").size()
+                  << " face pairs within " << worst << " of pfpld.verification.cosine_scores\n";
     }
+}
+
+// A recognition model's deploy.json: the aligned crop rule and the embedding kind load; a box_source or an embedding
+// this library does not know is one line naming the file and the value.
+void config(const json& index, const std::string& folder) {
+    using pfpld::Error;
+    const json& facerec = model_fixtures(index, "facerec");
+    const pfpld::DeployConfig config = model_config(facerec);
+    CHECK(config.contract.aligned() && config.contract.crop.box_source == "aligned" && config.contract.crop.expand == 1.0);
+    CHECK(config.outputs.size() == 1 && config.outputs[0].kind == "embedding" && config.outputs[0].count() == 512);
+    CHECK(!model_config(model_fixtures(index, "pfpld")).contract.aligned());
+    std::cout << "  " << config.path << ": box_source " << config.contract.crop.box_source << ", output '"
+              << config.outputs[0].name << "' of kind " << config.outputs[0].kind << ", " << config.outputs[0].count() << " values\n";
+
+    const std::string tmp = folder + "/bad";
+    std::system(("mkdir -p '" + tmp + "'").c_str());
+    std::ifstream in(facerec.at("deploy").get<std::string>());
+    const json good = json::parse(in);
+    const auto load = [&](const std::string& name, const json& j) {
+        std::ofstream(tmp + "/" + name, std::ios::binary) << j.dump();
+        return pfpld::DeployConfig::load(tmp + "/" + name);
+    };
+    json detector = good;
+    detector["contract"]["crop"]["box_source"] = "detector";
+    check::expect_error<Error>([&] { load("deploy_box_source.json", detector); },
+                               "deploy_box_source.json: contract.crop.box_source 'detector', expected landmark_extent or aligned");
+    json one_value = good;
+    one_value["outputs"][0]["shape"] = {1};
+    check::expect_error<Error>([&] { load("deploy_embedding.json", one_value); },
+                               "deploy_embedding.json: outputs[0] is embedding but has 1 value(s), expected at least 2");
+    json two_values = good;   // any count from 2 up
+    two_values["outputs"][0]["shape"] = {2};
+    CHECK(load("deploy_embedding2.json", two_values).outputs[0].count() == 2);
+    check::expect_error<Error>([&] { pfpld::cosine({1, 2}, {1, 2, 3}); }, "embeddings of 2 and 3 values");
+    check::expect_error<Error>([&] { pfpld::cosine({0, 0}, {1, 2}); }, "norm 0");
+    // by hand: parallel (double rounding may put it a step off 1), orthogonal, opposite (clipped to [-1, 1])
+    CHECK(std::fabs(pfpld::cosine({1, 2}, {2, 4}) - 1.0) <= 1e-15 && pfpld::cosine({1, 0}, {0, 3}) == 0.0 &&
+          pfpld::cosine({1, 1}, {-1, -1}) >= -1.0 && std::fabs(pfpld::cosine({3, 4}, {4, 3}) - 0.96) <= 1e-15);
 }
 
 void s32(const json& index, const std::string&) {
@@ -264,5 +341,6 @@ void errors(const json& index, const std::string& folder) {
 
 int main(int argc, char** argv) {
     return check::run(argc, argv, {{"images", images}, {"warp", warp}, {"crop", crop}, {"pack", pack},
-                                   {"decode", decode}, {"s32", s32}, {"errors", errors}});
+                                   {"decode", decode}, {"s32", s32}, {"errors", errors},
+                                   {"config", config}});
 }

@@ -4,10 +4,11 @@
 
 Everything the C++ tests compare with comes from the same Python code users run: images written by OpenCV
 (PPM, PGM, BMP), cv2.warpAffine on random and contract matrices, CropRule / PreprocessContract's crop matrices on
-every branch of the rule, S32 blobs with padded strides, and for each model of FIXTURE_MODELS (random weights,
-exported by `pfpld export --target ncnn`): its contract's crops and network inputs on face pictures, the NNIE
-bundle's planar packing, Python ncnn's outputs on those inputs, their decoding by the spec, and `pfpld predict
---json` on some of the pictures. index.json lists it all.
+every branch of the rule (and the aligned rule's whole-image box), S32 blobs with padded strides, and for each model
+of FIXTURE_MODELS (random weights, exported by `pfpld export --target ncnn`): its contract's crops and network inputs
+on face pictures (aligned faces for a recognition model), the NNIE bundle's planar packing, Python ncnn's outputs on
+those inputs, their decoding by the spec, and `pfpld predict --json` on some of the pictures. index.json lists it
+all.
 """
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ from convert.deploy import DEPLOY_FILE
 from convert.export import source_from_random_init
 from convert.runtimes import NcnnRunner
 from pfpld.checkpoint import load_checkpoint, save_checkpoint
+from pfpld.align import TEMPLATE_SIZE, align_face, five_points
 from pfpld.contract import CropRule, PreprocessContract, landmark_box
 from pfpld.data.synthetic import render_face
+from pfpld.verification import cosine_scores
 from quant.nnie import board_plane_order, planar_bytes
 from quant.nnie_sim import OUTPUT_FRACTION_BITS
 
@@ -37,12 +40,18 @@ FACES = 6                            # face pictures, each cropped by every mode
 # The models checked end to end: registry name, options (tiny widths: the fixtures are written in every test run),
 # and the faces also run through `pfpld predict --json` (a CLI start each: keep few). pfpld: 98 points + pose in
 # radians; landmark5: 5 points at 48x48 in BGR; hopenet: pose in degrees (+ bin logits) only, loose crop with side
-# min, ImageNet mean and scale.
+# min, ImageNet mean and scale; facerec: a 512-d embedding of an aligned face (the whole image, resampled to 64x64),
+# RGB, (pixel - 127.5) / 128, two predictions for the cosine of two faces. A model with an aligned contract runs on
+# the aligned pictures (aligned_faces), the others on the face pictures with a box (render_faces).
 FIXTURE_MODELS = {
     "pfpld": ({"width": 0.25}, (0, 5)),
     "landmark5": ({"input_size": 48, "width": 0.25}, (1,)),
     "hopenet": ({"backbone": "mobilenetv2", "input_size": 112, "width": 0.5}, (5,)),
+    "facerec": ({"input_size": 64, "width": 0.5}, (0, 2)),
 }
+# Aligned faces (file name, width): ArcFace's 112x112 alignment, and 96 columns of it (SphereFace's 96x112 shape), whose
+# square crop pads the sides.
+ALIGNED = (("aligned0.ppm", 112), ("aligned1.bmp", 112), ("aligned2.ppm", 96))
 # Crop rules beside the models' own (input size, CropRule fields): every branch of CropRule.square.
 CROP_RULES = (
     (112, {"expand": 1.2}),
@@ -50,6 +59,9 @@ CROP_RULES = (
     (112, {"expand": 224.0 / 240.0, "loose_k": 0.3, "side": "min"}),
     (64, {"expand": 1.1, "shift_y": -0.05, "loose_k": 0.2, "side": "max"}),
 )
+# The aligned rule (facerec's): the box is the whole image of each of these sizes (width, height).
+ALIGNED_RULE = (64, {"box_source": "aligned", "expand": 1.0})
+ALIGNED_SIZES = ((112, 112), (96, 112), (112, 96), (250, 250), (37, 53), (640, 480))
 
 
 def write_raw(path: Path, array: np.ndarray) -> str:
@@ -155,6 +167,22 @@ def render_faces(out: Path, rng: np.random.Generator) -> list[tuple[str, list[fl
     return faces
 
 
+def aligned_faces(out: Path, rng: np.random.Generator) -> list[tuple[str, list[float]]]:
+    """Faces aligned by pfpld.align from their five points (as `pfpld synth --identities` makes them), each with its
+    box: the whole picture (PreprocessContract.aligned_box)."""
+    faces = []
+    for name, width in ALIGNED:
+        face = render_face(rng, image_size=(int(rng.integers(200, 320)), int(rng.integers(200, 320))))
+        aligned, _ = align_face(face.image, five_points(face.points_98))
+        left = (TEMPLATE_SIZE - width) // 2
+        aligned = np.ascontiguousarray(aligned[:, left:left + width])
+        path = out / "aligned" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), aligned)
+        faces.append((str(path), list(PreprocessContract.aligned_box(aligned))))
+    return faces
+
+
 def crop_rule_fixtures(faces: list[tuple[str, list[float]]], rng: np.random.Generator) -> list[dict]:
     """CropRule.square and PreprocessContract.crop_matrix on every branch of the rule (loose or not, side max or
     min, a vertical shift), on the faces' boxes and on random boxes with unround corners."""
@@ -168,6 +196,12 @@ def crop_rule_fixtures(faces: list[tuple[str, list[float]]], rng: np.random.Gene
         for box in boxes:
             records.append({"input_size": input_size, "crop": dataclasses.asdict(contract.crop), "box": box,
                             "matrix": contract.crop_matrix(box).reshape(-1).tolist()})
+    input_size, rule = ALIGNED_RULE
+    contract = PreprocessContract(input_size=input_size, crop=CropRule(**rule))
+    for width, height in ALIGNED_SIZES:     # the C++ side derives the box from the image size alone
+        box = contract.aligned_box(np.zeros((height, width, 3), np.uint8))
+        records.append({"input_size": input_size, "crop": dataclasses.asdict(contract.crop), "image_size": [width, height],
+                        "box": list(box), "matrix": contract.crop_matrix(box).reshape(-1).tolist()})
     return records
 
 
@@ -210,9 +244,19 @@ def model_fixtures(out: Path, model: str, faces: list[tuple[str, list[float]]]) 
         if pose_rad is not None:
             decoded["pose_rad"] = pose_rad[0].tolist()
             decoded["pose_deg"] = np.degrees(pose_rad[0]).tolist()
+        embedding = next((outputs[o.name].reshape(-1) for o in spec.outputs if o.kind == "embedding"), None)
+        if embedding is not None:     # as predict_face reads it: the first embedding output, untouched
+            decoded["embedding"] = embedding.astype(np.float64).tolist()
         face["decoded"] = decoded
         records.append(face)
-    return {"model": model, "options": FIXTURE_MODELS[model][0], "deploy": str(deploy), "faces": records}
+    result = {"model": model, "options": FIXTURE_MODELS[model][0], "deploy": str(deploy), "faces": records}
+    if "embedding" in records[0]["decoded"]:
+        # pfpld.verification.cosine_scores of every pair of faces' Python ncnn embeddings, for the C++ cosine
+        pairs = [(i, j) for i in range(len(records)) for j in range(i + 1, len(records))]
+        scores = cosine_scores([records[i]["decoded"]["embedding"] for i, _ in pairs],
+                               [records[j]["decoded"]["embedding"] for _, j in pairs])
+        result["cosines"] = [{"faces": [i, j], "cosine": float(c)} for (i, j), c in zip(pairs, scores)]
+    return result
 
 
 def main() -> None:
@@ -233,14 +277,17 @@ def main() -> None:
         (tmp / model).mkdir()
         random_checkpoint(tmp / model / "model.pt", model, FIXTURE_MODELS[model][0], seed=3)
     faces = render_faces(tmp, rng)
+    # the aligned pictures from their own generator: the other fixtures stay as they were
+    aligned = aligned_faces(tmp, np.random.default_rng(20261204))
+    pictures = {m: aligned if load_checkpoint(tmp / m / "model.pt").contract.aligned else faces for m in models}
     # Every CLI call at once (exports and predictions only need the checkpoints and the pictures).
     exports = [("export", str(tmp / m / "model.pt"), "--target", "ncnn", "--out", str(tmp / m / "export"), "--force")
                for m in models]
     predicted = [(m, i) for m in models for i in FIXTURE_MODELS[m][1]]
-    predictions = [("predict", str(tmp / m / "model.pt"), faces[i][0], "--box", ",".join(str(v) for v in faces[i][1]),
-                    "--json") for m, i in predicted]
+    predictions = [("predict", str(tmp / m / "model.pt"), pictures[m][i][0], "--box",
+                    ",".join(str(v) for v in pictures[m][i][1]), "--json") for m, i in predicted]
     answers = run_cli_calls(exports + predictions)[len(exports):]
-    records = {model: model_fixtures(tmp, model, faces) for model in models}
+    records = {model: model_fixtures(tmp, model, pictures[model]) for model in models}
     for (model, i), answer in zip(predicted, answers):
         records[model]["faces"][i]["predict"] = json.loads(answer)
     index = {"images": image_fixtures(tmp, rng), "warps": warp_fixtures(tmp, rng), "s32": s32_fixtures(tmp, rng),
@@ -249,7 +296,7 @@ def main() -> None:
     (tmp / "index.json").write_text(text)
     shutil.rmtree(args.out, ignore_errors=True)
     tmp.rename(args.out)
-    print(f"fixtures: {args.out} ({len(faces)} faces, {len(index['warps'])} warps, {len(index['crop_rules'])} crop "
+    print(f"fixtures: {args.out} ({len(faces)} faces, {len(aligned)} aligned, {len(index['warps'])} warps, {len(index['crop_rules'])} crop "
           f"matrices, models {', '.join(models)})")
 
 

@@ -23,6 +23,9 @@ class FacePipeline {
 public:
     FacePipeline(DeployConfig config, std::unique_ptr<Backend> backend);
     FaceResult predict(const Image& image, const Box& box);
+    // An aligned face (a contract with crop.box_source "aligned", e.g. facerec): the box is the whole image. Throws
+    // for a model that crops around a face box.
+    FaceResult predict(const Image& aligned_face);
     const DeployConfig& config() const { return config_; }
     Backend& backend() { return *backend_; }
 

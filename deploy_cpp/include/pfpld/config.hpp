@@ -11,7 +11,9 @@ namespace pfpld {
 
 // The square crop around a face box, as pfpld/contract.py's CropRule.square (crop_matrix applies it).
 struct CropRule {
-    std::string box_source;   // what the box was measured on in training ("landmark_extent")
+    std::string box_source;   // "landmark_extent": a face box (the landmarks' extent in training, a detector's box
+                              // at deployment); "aligned": the image is an aligned face and the box is the whole
+                              // image (aligned_box in preprocess.hpp)
     double expand = 0.0;      // side of the square = expand * max (or min, see side) of the box's w, h
     double shift_y = 0.0;     // centre shift, as a fraction of the side (down is +)
     double loose_k = 0.0;     // HopeNet's loose box before the square (0: none): x1 -= 0.6 k w, y1 -= 2 k h, then
@@ -26,6 +28,8 @@ struct Contract {
     std::array<double, 3> mean{};     // per network channel (in color_order)
     CropRule crop;
     std::string layout;               // "NCHW"
+
+    bool aligned() const { return crop.box_source == "aligned"; }   // no face box: the whole image is the face
 };
 
 struct OutputSpec {
@@ -33,7 +37,8 @@ struct OutputSpec {
     std::string kind;                 // "landmarks": K points x,y in [0,1] of the crop; "pose": yaw, pitch, roll
                                       // in radians; "pose_deg": the same in degrees; "pose_bins": one angle's bin
                                       // logits (HopeNet; decoded in the graph into its pose_deg output, so not
-                                      // here); "": anything else. Every output is also returned raw.
+                                      // here); "embedding": a face embedding (>= 2 values, compared by cosine);
+                                      // "": anything else. Every output is also returned raw.
     std::vector<int> shape;           // without the batch dimension
     std::string meaning;
     size_t count() const;             // number of values

@@ -1,7 +1,8 @@
 // From the network's outputs, looked up by the spec's names, to what a caller wants: landmarks in image pixels
 // (through the inverse of the crop matrix), the pose in radians and degrees, each only when the model has such an
-// output (ModelSpec.decode: the first output of kind "landmarks", the first of "pose" or "pose_deg");
-// and NNIE's S32 report blobs to float.
+// output (ModelSpec.decode: the first output of kind "landmarks", the first of "pose" or "pose_deg"); a
+// recognition model's embedding as the network gives it, and the cosine that compares two of them; and NNIE's S32
+// report blobs to float.
 #pragma once
 #include <array>
 #include <cstddef>
@@ -32,6 +33,10 @@ struct FaceResult {
     bool has_pose = false;                      // the model has a "pose" or "pose_deg" output
     std::array<double, 3> pose_rad{};           // yaw, pitch, roll
     std::array<double, 3> pose_deg{};
+    bool has_embedding = false;                 // the model has an "embedding" output
+    std::vector<float> embedding;               // the first "embedding" output exactly as the network gives it: not
+                                                // normalised (cosine() divides by the norms; `pfpld predict --json`
+                                                // prints it unnormalised too)
     Outputs raw;                                // every output, by name
 };
 
@@ -41,6 +46,11 @@ std::vector<Point> landmarks_to_image(const Contract& contract, const std::vecto
 std::array<double, 3> radians_to_degrees(const std::array<double, 3>& radians);
 // A "pose" or "pose_deg" output's 3 values -> radians, in double (pfpld.models.spec.pose_radians).
 std::array<double, 3> pose_radians(const OutputSpec& spec, const std::vector<float>& values);
+
+// Cosine of two embeddings (two faces: the same person scores near 1), in double as
+// pfpld.verification.cosine_scores: a.b / (|a| |b|), clipped to [-1, 1]. Throws for different lengths or a zero
+// vector (no direction to compare).
+double cosine(const std::vector<float>& a, const std::vector<float>& b);
 
 // Checks every output has the spec's size, then decodes each by its kind.
 FaceResult decode(const DeployConfig& config, Outputs outputs, const Affine& crop_matrix);

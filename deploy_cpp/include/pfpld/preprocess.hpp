@@ -33,6 +33,9 @@ struct Affine {
 Box parse_box(const std::string& text, const std::string& what);
 // Checks the box is not empty and overlaps the image (a box partly outside is fine: the crop is padded with zero).
 void check_box(const Box& box, int image_width, int image_height);
+// The box of an aligned face (a contract whose crop.box_source is "aligned"): the whole image, (0, 0, width,
+// height), as PreprocessContract.aligned_box; the crop rule then squares it (side max) and resamples it.
+Box aligned_box(const Image& image);
 // Image pixels -> crop pixels. With context > 1 the crop keeps the pixel scale but covers context x the square.
 Affine crop_matrix(const Contract& contract, const Box& box, double context = 1.0);
 // dst(x, y) = src(M^-1 (x, y)), bilinear, zero outside: OpenCV's warpAffine on uint8, bit for bit.

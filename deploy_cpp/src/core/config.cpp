@@ -109,6 +109,9 @@ DeployConfig DeployConfig::parse(const std::string& json_text, const std::string
     cfg.contract.crop.shift_y = r.get<double>(crop, "contract.crop", "shift_y");
     cfg.contract.crop.loose_k = r.get_or<double>(crop, "contract.crop", "loose_k", 0.0);
     cfg.contract.crop.side = r.get_or<std::string>(crop, "contract.crop", "side", "max");
+    const std::string& source = cfg.contract.crop.box_source;
+    if (source != "landmark_extent" && source != "aligned")
+        throw Error(where + ": contract.crop.box_source '" + source + "', expected landmark_extent or aligned");
     if (cfg.contract.color_order != "RGB" && cfg.contract.color_order != "BGR")
         throw Error(where + ": contract.color_order '" + cfg.contract.color_order + "', expected RGB or BGR");
     if (cfg.contract.layout != "NCHW") throw Error(where + ": contract.layout '" + cfg.contract.layout + "', expected NCHW");
@@ -136,6 +139,9 @@ DeployConfig DeployConfig::parse(const std::string& json_text, const std::string
             throw Error(where + ": " + path + " is landmarks with an odd number of values");
         if ((o.kind == "pose" || o.kind == "pose_deg") && o.count() != 3)
             throw Error(where + ": " + path + " is " + o.kind + " but has not 3 values");
+        if (o.kind == "embedding" && o.count() < 2)
+            throw Error(where + ": " + path + " is embedding but has " + std::to_string(o.count()) +
+                        " value(s), expected at least 2");
         cfg.outputs.push_back(o);
     }
 

@@ -1,5 +1,6 @@
 #include "pfpld/decode.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "pfpld/error.hpp"
@@ -39,6 +40,22 @@ std::array<double, 3> pose_radians(const OutputSpec& spec, const std::vector<flo
     throw Error("output '" + spec.name + "' of kind '" + spec.kind + "' holds no pose");
 }
 
+double cosine(const std::vector<float>& a, const std::vector<float>& b) {
+    if (a.size() != b.size() || a.empty())
+        throw Error("cosine: embeddings of " + std::to_string(a.size()) + " and " + std::to_string(b.size()) +
+                    " values, expected two of the same non-zero length");
+    double dot = 0, norm_a = 0, norm_b = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+        dot += double(a[i]) * double(b[i]);
+        norm_a += double(a[i]) * double(a[i]);
+        norm_b += double(b[i]) * double(b[i]);
+    }
+    if (!(std::isfinite(dot) && std::isfinite(norm_a) && std::isfinite(norm_b)))
+        throw Error("cosine: an embedding is not finite (NaN or inf)");
+    if (norm_a == 0 || norm_b == 0) throw Error("cosine: an embedding has norm 0: a zero vector has no direction to compare");
+    return std::min(1.0, std::max(-1.0, dot / (std::sqrt(norm_a) * std::sqrt(norm_b))));
+}
+
 FaceResult decode(const DeployConfig& config, Outputs outputs, const Affine& crop_matrix) {
     FaceResult result;
     for (const auto& spec : config.outputs) {
@@ -54,6 +71,9 @@ FaceResult decode(const DeployConfig& config, Outputs outputs, const Affine& cro
             result.has_pose = true;
             result.pose_rad = pose_radians(spec, v);
             result.pose_deg = radians_to_degrees(result.pose_rad);
+        } else if (spec.kind == "embedding" && !result.has_embedding) {
+            result.has_embedding = true;
+            result.embedding = v;   // untouched: normalising is the comparison's business (cosine)
         }   // "pose_bins" and "": only in raw
     }
     result.raw = std::move(outputs);

@@ -66,6 +66,8 @@ void check_box(const Box& box, int image_width, int image_height) {
                     std::to_string(image_height) + " image (expected x1 < width, y1 < height, x2 > 0 and y2 > 0)");
 }
 
+Box aligned_box(const Image& image) { return Box{0.0, 0.0, double(image.width), double(image.height)}; }
+
 Affine crop_matrix(const Contract& contract, const Box& box, double context) {
     if (!(box.x2 > box.x1 && box.y2 > box.y1))
         throw Error("face box " + box_text(box) + " is empty: expected x1 < x2 and y1 < y2");
