@@ -216,3 +216,16 @@ def test_pairs_for_a_model_without_embeddings_is_one_line(identities, tmp_path):
     assert proc.returncode == 0, proc.stderr
     proc = run("check-parity", out, "--int8", "--pairs", identities / "pairs.txt")
     assert_user_error(proc, "pairs.txt", "no embedding output")
+
+
+def test_bench_takes_facerec_at_its_demo_options_with_an_aligned_calibration_set():
+    from convert.export import source_from_random_init
+    from pfpld.models import MODELS
+    from pfpld_app.bench import BenchSettings, run_format_benchmark
+    source = source_from_random_init("facerec", None, seed=0, options=dict(MODELS["facerec"].demo_options))
+    settings = BenchSettings(threads=(1,), budget_s=0.05, min_runs=3, formats=("onnx",))
+    results, _, _ = run_format_benchmark([(source, "facerec", False)], settings, log=lambda line: None)
+    rows = {r.format: r for r in results[0].rows}
+    assert set(rows) == {"reference", "torch", "onnx"}
+    assert rows["onnx"].parity.startswith("pass (1-cos ") and rows["onnx"].latency_ms[1] > 0
+    assert results[0].macs > 0 and "aligned synthetic identities" in settings.calibration
