@@ -208,7 +208,8 @@ def bench_model(source, label: str, work: Path, calib: Path, settings: BenchSett
     reference_path = plain_onnx_reference(source.module, source.spec, work)
     macs = count_macs(reference_path)
 
-    faces = heldout_faces(exported.contract, data, settings.heldout, seed=0) if trained else None
+    recognition = exported.spec.output_of_kind("embedding") is not None
+    faces = heldout_faces(exported.contract, data, settings.heldout, seed=0) if trained and not recognition else None
     float_metrics = None
     if faces is not None:
         float_metrics = face_metrics(exported.runner(float_format(exported)).run(faces.x), faces, exported.spec)
@@ -224,7 +225,10 @@ def bench_model(source, label: str, work: Path, calib: Path, settings: BenchSett
                        size_mb=exported.size_bytes(name) / 1e6)
         if name in parity and parity[name].verdict != "reference":
             p = parity[name]
-            row.parity = f"{p.verdict} ({p.max_abs:.1e})" if p.max_abs is not None else p.verdict
+            if p.embedding_1mcos is not None:       # an embedding is judged by its cosine (convert/parity.py)
+                row.parity = f"{p.verdict} (1-cos {p.embedding_1mcos:.1e})"
+            else:
+                row.parity = f"{p.verdict} ({p.max_abs:.1e})" if p.max_abs is not None else p.verdict
         elif fmt.reference:
             row.parity = "reference"
         rows.append(row)
@@ -255,6 +259,8 @@ def bench_model(source, label: str, work: Path, calib: Path, settings: BenchSett
                 row.status = f"error: {one_line(exc, 120)}"
     note = (f"accuracy delta: NME points against the float model on {len(faces.x)} held-out faces ({faces.source}); "
             f"float NME {float_metrics.nme_pct:.2f}%" if faces is not None else
+            "accuracy delta not measured: a recognition model is judged in verification terms by `pfpld check-parity "
+            "--int8 --pairs`" if trained and recognition else
             "accuracy delta not measured: random weights (give a trained --ckpt and --data)")
     cpp = compare_cpp_ncnn(exported, label, face, settings, log) if exported.has(CPP_FORMAT) else None
     return ModelBench(label, macs, rows, note, cpp)
@@ -282,9 +288,18 @@ class BenchFace:
     box: tuple[float, float, float, float]      # its landmark box: what the crop rule is measured on
 
 
-def bench_face(folder: Path, seed: int = 0) -> BenchFace:
-    """One synthetic face on a 640 x 480 picture, written as PPM, and its landmark box."""
+def bench_face(folder: Path, seed: int = 0, contract=None) -> BenchFace:
+    """One synthetic face on a 640 x 480 picture, written as PPM, and its landmark box; for an aligned contract (a
+    recognition model) one synthetic aligned face (convert.parity.synthetic_aligned_faces) and the whole image."""
     import cv2
+    if contract is not None and contract.aligned:
+        from convert.parity import synthetic_aligned_faces
+        from pfpld.align import TEMPLATE_SIZE
+        from pfpld.contract import PreprocessContract
+        crops, _ = synthetic_aligned_faces(PreprocessContract(input_size=TEMPLATE_SIZE), 1, seed)
+        path = folder / "aligned_face.ppm"
+        cv2.imwrite(str(path), crops[0])
+        return BenchFace(path, contract.aligned_box(crops[0]))
     from pfpld.contract import landmark_box
     from pfpld.data.synthetic import render_face
     face = render_face(np.random.default_rng(seed), image_size=(640, 480))
@@ -376,7 +391,8 @@ def cpp_markdown(results: list[ModelBench], settings: BenchSettings) -> list[str
         return notes
     lines = ["", "### C++ ncnn (deploy_cpp) beside Python ncnn", "",
              f"The `{CPP_FORMAT}` files of each export (fp32), Winograd on as in the table above, on the crop of one "
-             f"synthetic face (640 x 480 picture, its landmark box). Python: the table's runner (`ncnn` wheel); C++: "
+             f"synthetic face (640 x 480 picture, its landmark box; for a recognition model one synthetic aligned "
+             f"face, the whole image). Python: the table's runner (`ncnn` wheel); C++: "
              f"`{CPP_BENCH}` (deploy_cpp's ncnn backend on ncnn's C++ library as deploy_cpp/tools/build_ncnn.sh builds "
              f"it: one x86 variant, AVX2 + FMA, where the wheel picks its kernels at run time), its backend's infer "
              f"on the crop, packing included. Each thread count: two rounds in the order Python, "
@@ -397,9 +413,13 @@ def run_format_benchmark(sources: list[tuple[object, str, bool]], settings: Benc
         log(f"FMA peak: {peak} GFLOP/s ({how})")
         calibrations = CalibrationSets(work / "calib", calib)
         face = bench_face(work)
-        results = [bench_model(source, label, work, calibrations.for_contract(source.contract), settings, data,
-                               trained, face, log)
-                   for source, label, trained in sources]
+        aligned_face = None
+        results = []
+        for source, label, trained in sources:
+            if source.contract.aligned and aligned_face is None:
+                aligned_face = bench_face(work, contract=source.contract)
+            results.append(bench_model(source, label, work, calibrations.for_contract(source.contract), settings, data,
+                                       trained, aligned_face if source.contract.aligned else face, log))
         settings.calibration = calibrations.describe()
         # Measured again at the end: a core shared with another process reads low once; the best of the two
         # is the closer bound.
@@ -445,17 +465,31 @@ class CalibrationSets:
         parts = [f"`{self.given}` (--calib)"] if self.used_given else []
         if self.made:
             parts.append(f"{SYNTHETIC_CALIBRATION} synthetic crops of the bench's own made with the model's contract "
-                         f"(for {'the other models' if parts else 'every model'}; the int8 deltas can differ from "
+                         f"(aligned synthetic identities for a recognition model; for "
+                         f"{'the other models' if parts else 'every model'}; the int8 deltas can differ from "
                          f"those of a checkpoint's own calibration set)")
         return "; ".join(parts)
 
 
+SYNTHETIC_CALIBRATION_IDENTITIES = 16   # an aligned contract's synthetic set: identities x 2 faces to choose from
+
+
 def synthetic_calibration(folder: Path, contract, n: int = SYNTHETIC_CALIBRATION, seed: int = 0) -> Path:
     """A calibration set of synthetic faces cropped with `contract` (prepared, then chosen by `pfpld calib`'s rules)
-    when none fits."""
+    when none fits; for an aligned contract, synthetic identities (pfpld.data.identities) chosen over identities."""
     from pfpld.data.prepare import prepare_dataset
     from pfpld.data.synthetic import generate_dataset
     from quant.calibration import make_calibration_set
+    if contract.aligned:
+        from pfpld.data.identities import generate_identities
+        per_identity = max(2, -(-2 * n // SYNTHETIC_CALIBRATION_IDENTITIES))
+        generate_identities(folder / "identities", identities=SYNTHETIC_CALIBRATION_IDENTITIES,
+                            per_identity=per_identity, heldout=2, pairs_per_fold=1, folds=1, seed=seed,
+                            progress=False)
+        prepare_dataset(folder / "prepared", imagefolder=folder / "identities" / "imagefolder", contract=contract,
+                        progress=False)
+        make_calibration_set(folder / "prepared", folder / "set", n=n, seed=seed, contract=contract)
+        return folder / "set"
     generate_dataset(folder / "synth", n=max(60, 2 * n), seed=seed, progress=False)
     prepare_dataset(folder / "prepared", wflw=folder / "synth" / "WFLW", w300lp=folder / "synth" / "300W_LP",
                     contract=contract, progress=False)
@@ -502,6 +536,9 @@ END_TO_END_TARGETS = {0.25: 0.85, 1.0: 0.95}
 END_TO_END_ROUNDS = 4           # pairs of (bare step, one epoch of the loop), after a start-up epoch
 
 
+BENCH_IDENTITIES = 1000         # classes of a recognition model's margin head in the bare step
+
+
 def train_images_per_s(model: str, width: float, batch_size: int = 64, steps: int = 8, warmup: int = 2,
                        device: str = "cpu") -> float:
     """Forward + backward + Adam step images/s of a registry model on random batches shaped by its spec: the
@@ -523,12 +560,18 @@ def train_images_per_s(model: str, width: float, batch_size: int = 64, steps: in
                            (torch.rand(batch_size, 3, device=device) - 0.5), torch.ones(batch_size, dtype=torch.bool,
                                                                                           device=device))
     image = torch.rand(batch_size, 3, size, size, device=device)
+    extra = {}
+    if task.identities:         # a recognition model learns through its margin head, here over 1,000 identities
+        head = task.head(spec, BENCH_IDENTITIES, LossConfig()).to(device).train()
+        opt.add_param_group({"params": list(head.parameters())})
+        targets = replace(targets, identity=torch.randint(0, BENCH_IDENTITIES, (batch_size,), device=device))
+        extra = {"head": head}
     for i in range(warmup + steps):
         if i == warmup:
             if device != "cpu":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-        loss, _ = task.loss(module(image), targets, size, LossConfig())
+        loss, _ = task.loss(module(image), targets, size, LossConfig(), **extra)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -596,9 +639,11 @@ def end_to_end(model: str, width: float, data: Path, work: Path, device: str, ba
 
 
 def training_markdown(model: str, widths: tuple[float, ...], log: Callable[[str], None] = print,
-                      faces: int = 600) -> str:
+                      faces: int = 2000) -> str:
     """The training-throughput section: per width (and on the GPU too when there is one), the bare step and the
-    end-to-end `pfpld train` rate measured in the same run, their ratio and the issue's target."""
+    end-to-end `pfpld train` rate measured in the same run, their ratio and the issue's target. The demo's 2,000
+    synthetic faces (about 1,380 training faces, 21 batches an epoch): with 600 (6 batches) each resumed epoch's
+    start (a new process state, the first batch) weighed on the loop's rate as it never does in a real epoch."""
     import torch
     from pfpld.data.prepare import prepare_dataset
     from pfpld.data.synthetic import generate_dataset
