@@ -1,7 +1,8 @@
 // pfpld_predict: one image (PPM/PGM/BMP) and a face box -> landmarks in image pixels and/or the head pose, or a
 // recognition model's embedding of an aligned face (no box: the whole image), as JSON with the keys of `pfpld predict
-// --json`; --compare IMAGE2 adds the cosine of two aligned faces' embeddings. The model comes from the deploy.json of
-// an export folder (or NNIE bundle). A user's mistake is one line on stderr and exit code 2.
+// --json`; with --compare IMAGE2, the cosine of two aligned faces' embeddings instead, as `pfpld predict --compare`.
+// The model comes from the deploy.json of an export folder (or NNIE bundle). A user's mistake is one line on stderr
+// and exit code 2.
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -28,7 +29,7 @@ const char* kUsage =
     "usage: pfpld_predict DEPLOY_JSON_OR_FOLDER IMAGE [--box X1,Y1,X2,Y2] [--runtime NAME] [--threads N] [--winograd]\n"
     "                     [--compare IMAGE2] [--init-mpp]\n"
     "  --box        the detector's face box; not needed for an aligned face (facerec: the whole image is the face)\n"
-    "  --compare    a second aligned face: adds \"compare\": {\"box\": ..., \"cosine\": C} (embedding models)\n"
+    "  --compare    a second aligned face: print {\"cosine\": C, ...} of the two embeddings (embedding models)\n"
     "  --init-mpp   NNIE builds: set up the MPP system as the SDK samples do, for a board where no other program has\n";
 
 std::string number(double v) {
@@ -68,7 +69,7 @@ int main(int argc, char** argv) {
         pfpld_app::FaceInputs in = pfpld_app::load_face_inputs(args);
         pfpld::Image second;
         pfpld::Box second_box;
-        if (!compare_image.empty()) {   // checked before any model is loaded, as the first face
+        if (!compare_image.empty()) {   // read and checked before any model is loaded, as the first face
             bool has_embedding = false;
             for (const auto& o : in.config.outputs) has_embedding |= o.kind == "embedding";
             if (!has_embedding)
@@ -89,12 +90,17 @@ int main(int argc, char** argv) {
 #endif
         pfpld::FacePipeline pipeline(in.config, make_backend(in.config, runtime, args.threads, args.winograd));
         const pfpld::FaceResult r = pipeline.predict(in.image, in.box);
-        const auto box_json = [](const pfpld::Box& b) {
-            return "[" + number(b.x1) + ", " + number(b.y1) + ", " + number(b.x2) + ", " + number(b.y2) + "]";
-        };
+        if (!compare_image.empty()) {   // as `pfpld predict IMAGE --compare IMAGE2 --json`: the cosine alone
+            const pfpld::FaceResult other = pipeline.predict(second, second_box);
+            std::cout << "{\"cosine\": " << number(pfpld::cosine(r.embedding, other.embedding)) << ", \"runtime\": \""
+                      << runtime << "\"}\n";
+            return 0;
+        }
+        const pfpld::Box& box = in.box;
 
         std::ostringstream out;
-        out << "{\"box\": " << box_json(in.box) << ", \"runtime\": \"" << runtime << "\"";
+        out << "{\"box\": [" << number(box.x1) << ", " << number(box.y1) << ", " << number(box.x2) << ", " << number(box.y2)
+            << "], \"runtime\": \"" << runtime << "\"";
         if (r.has_landmarks) {   // the keys of `pfpld predict --json`: only what the model has
             out << ", \"landmarks_px\": [";
             for (size_t i = 0; i < r.landmarks_px.size(); ++i)
@@ -113,11 +119,6 @@ int main(int argc, char** argv) {
             out << ", \"embedding\": [";
             for (size_t i = 0; i < r.embedding.size(); ++i) out << (i ? ", " : "") << number(r.embedding[i]);
             out << "]";
-        }
-        if (!compare_image.empty()) {
-            const pfpld::FaceResult other = pipeline.predict(second, second_box);
-            out << ", \"compare\": {\"box\": " << box_json(second_box) << ", \"cosine\": "
-                << number(pfpld::cosine(r.embedding, other.embedding)) << "}";
         }
         out << "}\n";
         std::cout << out.str();

@@ -41,7 +41,7 @@ FACES = 6                            # face pictures, each cropped by every mode
 # and the faces also run through `pfpld predict --json` (a CLI start each: keep few). pfpld: 98 points + pose in
 # radians; landmark5: 5 points at 48x48 in BGR; hopenet: pose in degrees (+ bin logits) only, loose crop with side
 # min, ImageNet mean and scale; facerec: a 512-d embedding of an aligned face (the whole image, resampled to 64x64),
-# RGB, (pixel - 127.5) / 128, two predictions for the cosine of two faces. A model with an aligned contract runs on
+# RGB, (pixel - 127.5) / 128, two predictions without --box and `pfpld predict A --compare B --json` of those two. A model with an aligned contract runs on
 # the aligned pictures (aligned_faces), the others on the face pictures with a box (render_faces).
 FIXTURE_MODELS = {
     "pfpld": ({"width": 0.25}, (0, 5)),
@@ -284,12 +284,19 @@ def main() -> None:
     exports = [("export", str(tmp / m / "model.pt"), "--target", "ncnn", "--out", str(tmp / m / "export"), "--force")
                for m in models]
     predicted = [(m, i) for m in models for i in FIXTURE_MODELS[m][1]]
-    predictions = [("predict", str(tmp / m / "model.pt"), pictures[m][i][0], "--box",
-                    ",".join(str(v) for v in pictures[m][i][1]), "--json") for m, i in predicted]
-    answers = run_cli_calls(exports + predictions)[len(exports):]
+    # an aligned face goes without --box (the whole picture), as a user runs it
+    predictions = [("predict", str(tmp / m / "model.pt"), pictures[m][i][0], "--json") +
+                   (() if pictures[m] is aligned else ("--box", ",".join(str(v) for v in pictures[m][i][1])))
+                   for m, i in predicted]
+    compared = [(m, FIXTURE_MODELS[m][1][:2]) for m in models if pictures[m] is aligned]
+    comparisons = [("predict", str(tmp / m / "model.pt"), pictures[m][i][0], "--compare", pictures[m][j][0], "--json")
+                   for m, (i, j) in compared]
+    answers = run_cli_calls(exports + predictions + comparisons)[len(exports):]
     records = {model: model_fixtures(tmp, model, pictures[model]) for model in models}
     for (model, i), answer in zip(predicted, answers):
         records[model]["faces"][i]["predict"] = json.loads(answer)
+    for (model, faces_compared), answer in zip(compared, answers[len(predicted):]):
+        records[model]["compare"] = {"faces": list(faces_compared), "predict": json.loads(answer)}
     index = {"images": image_fixtures(tmp, rng), "warps": warp_fixtures(tmp, rng), "s32": s32_fixtures(tmp, rng),
              "crop_rules": crop_rule_fixtures(faces, rng), "models": list(records.values())}
     text = json.dumps(index, indent=1).replace(str(tmp), str(args.out))
