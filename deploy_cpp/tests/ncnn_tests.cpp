@@ -8,6 +8,7 @@
 #include "check.hpp"
 #include "pfpld/backend.hpp"
 #include "pfpld/config.hpp"
+#include "pfpld/error.hpp"
 #include "pfpld/image.hpp"
 #include "pfpld/ncnn_backend.hpp"
 #include "pfpld/preprocess.hpp"
@@ -120,6 +121,8 @@ void end_to_end(const json& index, const std::string&) {
             const pfpld::FaceResult r = config.contract.aligned() ? pipeline.predict(image) : pipeline.predict(image, box);
             const Gap gap = compare(r, box, rec.at("predict"), what);
             CHECK_MSG(gap.within(), what << ": " << gap << " from pfpld predict");
+            if (!config.contract.aligned())   // a face box model has no whole-picture predict
+                check::expect_error<pfpld::Error>([&] { pipeline.predict(image); }, "crops around a face box");
             std::cout << "  " << what << ": " << gap << " from pfpld predict\n";
             ++compared;
         }
