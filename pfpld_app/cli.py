@@ -331,7 +331,8 @@ def predict(ckpt, image, box, compare, out, as_json, device):
 @click.option("--out", type=click.Path(path_type=Path), help="Folder to write.  [default: runs/demo for the default "
               "model, runs/demo-MODEL for the others]")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="A registry model (`pfpld models`).")
-@click.option("--n", type=click.IntRange(min=20), help="Synthetic faces.  [default: DemoRecipe's]")
+@click.option("--n", type=click.IntRange(min=20), help="Synthetic faces (landmark and pose models; a recognition "
+              "model's demo renders DemoRecipe's identities).  [default: DemoRecipe's]")
 @click.option("--epochs", type=click.IntRange(min=1), help="[default: DemoRecipe's]")
 @click.option("--width", type=float, help="[default: DemoRecipe's]")
 @click.option("--seed", type=int, help="[default: DemoRecipe's]")

@@ -58,6 +58,11 @@ class DemoRecipe:
     int8_faces: int = 256           # held-out test faces for the int8 estimate
     val_fraction: float = 0.0       # last.pt is what the demo reports: no best.pt, no faces held out for it
     loss: tuple[tuple[str, float], ...] = ()    # LossConfig fields the model's recipe changes
+    # recognition models (an identity task) train on synthetic identities instead of the n faces
+    identities: int = 100           # training identities (an ImageFolder set)
+    per_identity: int = 10          # aligned faces per identity
+    heldout_identities: int = 40    # other identities, verified on pairs.txt (LFW format)
+    pairs_per_fold: int = 30        # x 10 folds, same and different each
 
     @classmethod
     def for_model(cls, model: str, **given) -> "DemoRecipe":
@@ -154,7 +159,30 @@ def demo_report(out: Path, recipe: DemoRecipe, report, heldout: dict, exported, 
         "## Time per step (s)", "", *[f"- {k[:-2]}: {v:.1f}" for k, v in timings.items()], ""])
 
 
+def prepare_run_dir(run_dir: Path) -> None:
+    """Only a previous demo's training run is replaced."""
+    if run_dir.exists():
+        if not (run_dir / "metrics.csv").is_file():
+            raise InputError(f"{run_dir}: exists and is not a training run (no metrics.csv); pfpld never replaces "
+                             f"it: choose another --out")
+        shutil.rmtree(run_dir)
+
+
+def train_config(r: DemoRecipe, data_dir: Path, run_dir: Path) -> TrainConfig:
+    options = model_options(r)
+    return TrainConfig(data=str(data_dir), out=str(run_dir), model=r.model, width=options.get("width", 1.0),
+                       model_options={k: v for k, v in options.items() if k not in ("width", "input_size")},
+                       epochs=r.epochs, batch_size=r.batch_size, lr=r.lr, schedule=r.schedule,
+                       warmup_epochs=r.warmup_epochs, seed=r.seed, workers=r.workers, val_fraction=r.val_fraction,
+                       loss=LossConfig(**dict(r.loss)))
+
+
 def run_demo(out: Path, recipe: DemoRecipe = DemoRecipe()) -> dict:
+    """The demo of recipe.model: the landmark / pose chain, or for a recognition model run_recognition_demo."""
+    options = model_options(recipe)
+    _, spec, _ = build_model(recipe.model, **options)
+    if model_task(spec).identities:
+        return run_recognition_demo(out, recipe)
     out = Path(out)
     r = recipe
     seed = r.seed
@@ -179,17 +207,8 @@ def run_demo(out: Path, recipe: DemoRecipe = DemoRecipe()) -> dict:
     t = _step(f"3/9 train: {r.model} {describe_options(r)}, {r.epochs} epochs, batch {r.batch_size}, {r.schedule} "
               f"schedule")
     run_dir = out / "run"
-    if run_dir.exists():
-        if not (run_dir / "metrics.csv").is_file():      # only a previous demo's training run is replaced
-            raise InputError(f"{run_dir}: exists and is not a training run (no metrics.csv); pfpld never replaces "
-                             f"it: choose another --out")
-        shutil.rmtree(run_dir)
-    cfg = TrainConfig(data=str(data_dir), out=str(run_dir), model=r.model, width=options.get("width", 1.0),
-                      model_options={k: v for k, v in options.items() if k not in ("width", "input_size")},
-                      epochs=r.epochs, batch_size=r.batch_size,
-                      lr=r.lr, schedule=r.schedule, warmup_epochs=r.warmup_epochs, seed=seed, workers=r.workers,
-                      val_fraction=r.val_fraction, loss=LossConfig(**dict(r.loss)))
-    train(cfg)
+    prepare_run_dir(run_dir)
+    train(train_config(r, data_dir, run_dir))
     timings["train_s"] = time.perf_counter() - t
 
     ckpt = run_dir / "last.pt"
@@ -254,3 +273,110 @@ def run_demo(out: Path, recipe: DemoRecipe = DemoRecipe()) -> dict:
         click.echo(f"  {label:<40} {path}")
     click.echo(f"  total {sum(timings.values()):.0f} s")
     return result
+
+
+def recognition_report(out: Path, recipe: DemoRecipe, result, exported, parity, int8, timings: dict) -> str:
+    rel = lambda p: Path(p).relative_to(out).as_posix()   # noqa: E731
+    r = recipe
+    return "\n".join([
+        "# pfpld demo (recognition)", "",
+        f"Synthetic identities -> aligned faces (ImageFolder + LFW pairs) -> {r.model} training -> verification -> "
+        f"export -> parity, in {sum(timings.values()):.0f} s.", "",
+        f"Recipe: {r.identities} training identities x {r.per_identity} faces, {r.model} {describe_options(r)}, "
+        f"{r.epochs} epochs, batch {r.batch_size}, lr {r.lr:g} with a {r.warmup_epochs:g}-epoch warm-up and "
+        f"{r.schedule} decay, seed {r.seed}{loss_text(r)} (pfpld_app/demo.py, DemoRecipe; the model's demo_recipe).",
+        "", f"## Verification on {r.heldout_identities} held-out identities (LFW protocol)", "",
+        result.table(markdown=True), "",
+        f"![ROC]({rel(out / 'roc.png')})", "",
+        f"Training curves: ![curves]({rel(out / 'run' / 'curves.png')})", "",
+        "## Export", "", "```", exported.table(), "```", "",
+        f"## Parity (embedding cosine): **{parity.verdict.upper()}**", "",
+        *markdown_table(parity.HEADER, parity.table_rows()), "", *[f"- {n}" for n in parity.notes()], "",
+        "## int8 before the board", "", "```", int8.table(), "```", "",
+        f"NNIE bundle (copy into the SDK sample build): `{rel(out / 'export' / 'nnie_sdk')}`, see its README.md.", "",
+        "## Time per step (s)", "", *[f"- {k[:-2]}: {v:.1f}" for k, v in timings.items()], ""])
+
+
+def run_recognition_demo(out: Path, recipe: DemoRecipe) -> dict:
+    """synth identities -> prepare-data --imagefolder -> train with the margin head -> eval --pairs (beside raw
+    pixels) -> calibration set -> export -> check-parity (embedding cosine) -> int8 in verification terms."""
+    from pfpld.data.identities import generate_identities
+    from pfpld.plots import plot_roc
+    from pfpld.recognition import evaluate_pairs
+    out, r = Path(out), recipe
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+
+    t = _step(f"1/8 synth: {r.identities} + {r.heldout_identities} synthetic identities x {r.per_identity} aligned "
+              f"faces, LFW pairs")
+    synth_dir = out / "synth"
+    click.echo(generate_identities(synth_dir, r.identities, per_identity=r.per_identity,
+                                   heldout=r.heldout_identities, pairs_per_fold=r.pairs_per_fold, seed=r.seed,
+                                   force=True).table())
+    pairs = synth_dir / "pairs.txt"
+    timings["synth_s"] = time.perf_counter() - t
+
+    t = _step(f"2/8 prepare-data: {r.model}'s contract on the ImageFolder set")
+    data_dir = out / "prepared"
+    _, _, contract = build_model(r.model, **model_options(r))
+    click.echo(prepare_dataset(data_dir, imagefolder=synth_dir / "imagefolder", contract=contract,
+                               force=True).table())
+    timings["prepare_s"] = time.perf_counter() - t
+
+    t = _step(f"3/8 train: {r.model} {describe_options(r)}, {r.epochs} epochs, batch {r.batch_size}, {r.schedule} "
+              f"schedule{loss_text(r)}")
+    run_dir = out / "run"
+    prepare_run_dir(run_dir)
+    train(train_config(r, data_dir, run_dir))
+    timings["train_s"] = time.perf_counter() - t
+
+    ckpt = run_dir / "last.pt"
+    t = _step(f"4/8 eval: verification on {pairs} ({r.heldout_identities} identities never trained on)")
+    model, record = load_model(ckpt)
+    result = evaluate_pairs(model, record.spec, record.contract, pairs)
+    click.echo(result.table())
+    plot_roc(result.model, out / "roc.png", label=f"{r.model} (last.pt)", baseline=result.baseline)
+    write_text_atomic(out / "eval.json", json.dumps(result.to_dict(), indent=2))
+    timings["eval_s"] = time.perf_counter() - t
+
+    from convert.export import export, source_from_checkpoint    # the demo is the application layer
+    from convert.parity import check_parity
+    from quant.calibration import make_calibration_set
+    from quant.int8 import check_int8
+    from quant.nnie import NnieOptions
+    t = _step(f"5/8 calib: {r.calib_faces} calibration faces spread over identities (for NNIE and int8)")
+    calib_dir = out / "calib"
+    make_calibration_set(data_dir, calib_dir, n=r.calib_faces, seed=r.seed, contract=record.contract, force=True)
+    timings["calib_s"] = time.perf_counter() - t
+
+    t = _step("6/8 export: onnx -> onnxsim -> caffe (BatchNorm merged) -> ncnn, int8 models, NNIE bundle "
+              "(the embedding network alone: the margin head is training-only)")
+    export_dir = out / "export"
+    exported = export(source_from_checkpoint(ckpt), ["all", "nnie"], export_dir, force=True,
+                      with_int8=True, options={"calib": calib_dir, "nnie": NnieOptions(calib=calib_dir, force=True)})
+    click.echo(exported.table())
+    timings["export_s"] = time.perf_counter() - t
+
+    t = _step("7/8 check-parity: every fp32 stage's embedding against PyTorch's (cosine)")
+    parity = check_parity(export_dir, images=data_dir, n=r.parity_faces, seed=r.seed)
+    click.echo(parity.table())
+    timings["parity_s"] = time.perf_counter() - t
+
+    t = _step("8/8 int8 before the board: verification accuracy of each int8 stage against the float model")
+    int8 = check_int8(export_dir, calib=calib_dir, n=r.int8_faces, seed=r.seed, pairs=pairs)   # images: lfw/
+    click.echo(int8.table())
+    timings["int8_s"] = time.perf_counter() - t
+
+    summary = {"eval": result.to_dict(), "export": str(export_dir), "parity": parity.to_dict(),
+               "int8": int8.to_dict(), "timings_s": timings, "checkpoint": str(ckpt), "recipe": asdict(r)}
+    write_text_atomic(out / "demo.json", json.dumps(summary, indent=2))
+    write_text_atomic(out / "REPORT.md", recognition_report(out, r, result, exported, parity, int8, timings))
+    click.secho("\n== results", bold=True)
+    for label, path in [("synthetic identities + contact sheet", synth_dir / "preview.png"),
+                        ("LFW-format pairs", pairs), ("prepared dataset", data_dir / "index.jsonl"),
+                        ("checkpoint (evaluated, exported)", ckpt), ("training curves", run_dir / "curves.png"),
+                        ("verification + ROC", out / "roc.png"), ("export", export_dir / "manifest.json"),
+                        ("parity report", export_dir / "parity.md"), ("the whole story", out / "REPORT.md")]:
+        click.echo(f"  {label:<40} {path}")
+    click.echo(f"  total {sum(timings.values()):.0f} s")
+    return summary

@@ -139,7 +139,14 @@ FACEREC = ModelEntry(
                            head=build_facerec_head, augment=FACEREC_AUGMENT),
     summary="face recognition: MobileFaceNet-style embedding (512-d, compared by cosine) trained with an ArcFace, "
             "CosFace or SphereFace head on one folder per identity",
-    demo_options={"input_size": 112, "width": 0.5, "embedding_size": 512},
+    # 64x64 keeps the demo within minutes on 2 CPU cores (the model's cost falls with the square of the side); the
+    # synthetic identities are rendered and aligned at 112 and resized
+    demo_options={"input_size": 64, "width": 0.5, "embedding_size": 512},
+    # The demo's identities (DemoRecipe: 100 training identities x 10 faces, 40 held out), ArcFace s 64 m 0.5, batch
+    # 32, lr 3e-3, 1 warm-up epoch, cosine, 15 epochs (measured with 10 % of the faces held out for validation):
+    # 10-fold accuracy 84.83 % +- 6.89 on the 600 pairs of the held-out identities, against 62.33 % for raw pixels;
+    # AUC 0.925 (pixels 0.612)
+    demo_recipe={"epochs": 15},
 )
 
 __all__ = ["FACEREC", "MobileFaceNet", "facerec_spec"]
