@@ -303,9 +303,10 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                 lmk, pose_pred = predict_dataset(model, spec, val_set, batch_size=64)
                 report = evaluate_predictions(val_set, spec, lmk, pose_pred)
                 nan = float("nan")
-                val = {"val_nme": report.landmarks.get("nme", nan),
-                       "val_failure_rate": report.landmarks.get("failure_rate", nan),
-                       "val_auc": report.landmarks.get("auc", nan), "val_pose_mae_deg": report.pose.get("mean", nan)}
+                val.update({"val_nme": report.landmarks.get("nme", nan),
+                            "val_failure_rate": report.landmarks.get("failure_rate", nan),
+                            "val_auc": report.landmarks.get("auc", nan),
+                            "val_pose_mae_deg": report.pose.get("mean", nan)})
             images = float(sums[-1])
             row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(sums[0]) / images,
                    **{f"train_{p}_loss": float(sums[1 + i]) / images for i, p in enumerate(task.loss_parts)},

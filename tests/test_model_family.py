@@ -228,15 +228,16 @@ def test_an_option_of_another_model_is_one_line(family_data, tmp_path):
 def test_prepare_data_for_an_unknown_model_lists_the_known_ones(family_data, tmp_path):
     proc = run("prepare-data", "--model", "nosuch", "--out", tmp_path / "p", "--wflw",
                family_data["pfpld"].parent / "faces/WFLW")
-    assert_user_error(proc, "'nosuch'", "hopenet, landmark5, pfpld")
+    assert_user_error(proc, "'nosuch'", ", ".join(sorted(MODELS)))
     assert not (tmp_path / "p").exists()
 
 
-def test_models_lists_the_three_models_with_their_outputs():
+def test_models_lists_every_model_with_its_outputs():
     proc = run("models")
     assert proc.returncode == 0, proc.stderr
     blocks = {b.splitlines()[0].split()[-1]: b for b in proc.stdout.strip().split("\n\n")}
-    assert set(blocks) == {"pfpld", "hopenet", "landmark5"}
+    assert set(blocks) == {"pfpld", "hopenet", "landmark5", "facerec"} == set(MODELS)
+    assert "embedding: embedding [512]" in blocks["facerec"]
     assert "landmarks: landmarks [196], pose: pose [3]" in blocks["pfpld"]
     assert "yaw_logits: pose_bins [66]" in blocks["hopenet"] and "angles_deg: pose_deg [3]" in blocks["hopenet"]
     assert "landmarks: landmarks [10]" in blocks["landmark5"] and "pose" not in blocks["landmark5"].split(
