@@ -309,6 +309,16 @@ def identity_counts(cands: list[Candidate]) -> dict[str, int]:
     return counts
 
 
+def luma_panel(ax, candidates: list[Candidate], chosen: list[Candidate], rules: QualityRules) -> None:
+    """The mean luma of the candidates (grey) and of the chosen crops (blue), with the quality rules' limits."""
+    bins = np.linspace(0, 255, 52)
+    ax.hist([c.luma_mean for c in candidates], bins=bins, color="0.6")
+    ax.hist([c.luma_mean for c in chosen], bins=bins, color="tab:blue")
+    ax.axvline(rules.near_black_mean, color="tab:red", ls="--")
+    ax.axvline(rules.near_white_mean, color="tab:red", ls="--")
+    ax.set_title("mean luma (grey: candidates)")
+
+
 def write_identity_picture(path: Path, candidates: list[Candidate], chosen: list[Candidate],
                            rules: QualityRules) -> None:
     """Aligned faces: crops picked per identity (every identity with a candidate, grey: its candidates) and luma."""
@@ -322,11 +332,7 @@ def write_identity_picture(path: Path, candidates: list[Candidate], chosen: list
     axes[0].set_title(f"faces per identity ({len(picked)} of {len(names)} identities selected)")
     axes[0].set_xlabel("identity")
     axes[0].legend()
-    axes[1].hist([c.luma_mean for c in candidates], bins=np.linspace(0, 255, 52), color="0.6")
-    axes[1].hist([c.luma_mean for c in chosen], bins=np.linspace(0, 255, 52), color="tab:blue")
-    axes[1].axvline(rules.near_black_mean, color="tab:red", ls="--")
-    axes[1].axvline(rules.near_white_mean, color="tab:red", ls="--")
-    axes[1].set_title("mean luma (grey: candidates)")
+    luma_panel(axes[1], candidates, chosen, rules)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
 
@@ -358,12 +364,7 @@ def write_spread_picture(path: Path, candidates: list[Candidate], chosen: list[C
     keys = ["open", "closed", None]
     axes[2].bar(labels, [sum(c.eye == k for c in chosen) for k in keys], color="tab:blue")
     axes[2].set_title("eye state (selected)")
-    luma = [c.luma_mean for c in candidates]
-    axes[3].hist(luma, bins=np.linspace(0, 255, 52), color="0.6")
-    axes[3].hist([c.luma_mean for c in chosen], bins=np.linspace(0, 255, 52), color="tab:blue")
-    axes[3].axvline(rules.near_black_mean, color="tab:red", ls="--")
-    axes[3].axvline(rules.near_white_mean, color="tab:red", ls="--")
-    axes[3].set_title("mean luma (grey: candidates)")
+    luma_panel(axes[3], candidates, chosen, rules)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
 
