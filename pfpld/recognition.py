@@ -2,7 +2,7 @@
 identities (training's validation number) and verification on LFW-format pairs (`pfpld eval --pairs`).
 
 Verification follows the LFW protocol (pfpld/verification.py): each pair is scored by the cosine of the two faces'
-embeddings, the threshold is chosen on nine folds and applied to the tenth. Beside the model, the same protocol
+embeddings, each fold's threshold is chosen on the other folds and applied to it (LFW: nine and the tenth). Beside the model, the same protocol
 runs on the faces' raw pixels (the cosine of the mean-subtracted grey input crops): the trivial baseline a model
 must beat clearly, as the mean shape is for landmarks.
 """

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..contract import CropRule, PreprocessContract
 from ..data.augment import AugmentConfig
+from ..heads import build_head
 from .spec import ModelSpec, OutputSpec
 from .task import ModelEntry, Targets, Task
 
@@ -117,7 +118,6 @@ def facerec_contract(spec: ModelSpec) -> PreprocessContract:
 
 def build_facerec_head(spec: ModelSpec, num_identities: int, cfg) -> nn.Module:
     """The training-only margin head of LossConfig's choice (name, s, m) on the embedding."""
-    from ..heads import build_head
     return build_head(cfg.head, spec.outputs[0].shape[0], num_identities, s=cfg.head_s, m=cfg.head_m)
 
 
