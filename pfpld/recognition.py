@@ -2,9 +2,9 @@
 identities (training's validation number) and verification on LFW-format pairs (`pfpld eval --pairs`).
 
 Verification follows the LFW protocol (pfpld/verification.py): each pair is scored by the cosine of the two faces'
-embeddings, each fold's threshold is chosen on the other folds and applied to it (LFW: nine and the tenth). Beside the model, the same protocol
-runs on the faces' raw pixels (the cosine of the mean-subtracted grey input crops): the trivial baseline a model
-must beat clearly, as the mean shape is for landmarks.
+embeddings, each fold's threshold is chosen on the other folds and applied to it (LFW: nine and the tenth). Beside
+the model, the same protocol runs on the faces' raw pixels (the cosine of the mean-subtracted grey input crops): the
+trivial baseline a model must beat clearly, as the mean shape is for landmarks.
 """
 from __future__ import annotations
 
@@ -85,7 +85,8 @@ class PairsEvaluation:
     def rows(self) -> list[list[str]]:
         """The model's verification numbers beside the raw-pixel baseline's."""
         m, b = self.model, self.baseline
-        return [[f"{len(m.kfold.fold_ids)}-fold accuracy", f"{100 * m.accuracy_mean:.2f} % +- {100 * m.accuracy_std:.2f}",
+        return [[f"{len(m.kfold.fold_ids)}-fold accuracy",
+                 f"{100 * m.accuracy_mean:.2f} % +- {100 * m.accuracy_std:.2f}",
                  f"{100 * b.accuracy_mean:.2f} % +- {100 * b.accuracy_std:.2f}"],
                 [f"TAR @ FAR {m.far_point.far_target:g}", f"{100 * m.tar_at_far:.2f} %", f"{100 * b.tar_at_far:.2f} %"],
                 ["ROC AUC", f"{m.auc:.4f}", f"{b.auc:.4f}"],

@@ -6,8 +6,9 @@ torchrun (gloo on CPU, NCCL on GPU, one GPU per process by LOCAL_RANK): the glob
 processes and only rank 0 validates and writes. The loader hands over raw crops memory-mapped from the prepared
 folder with each face's augmentation draw; the augmentation itself runs batched on the training device once the
 batch is there (PreparedFaces.network_batch). Every epoch writes RUN/last.pt (and RUN/best.pt when the
-task's validation number improves: NME, pose MAE or identification error) atomically; `--resume` continues exactly, because every random draw of the data pipeline
-is seeded by (seed, epoch, index) and the shuffle by (seed, epoch).
+task's validation number improves: NME, pose MAE or identification error) atomically; `--resume` continues
+exactly, because every random draw of the data pipeline is seeded by (seed, epoch, index) and the shuffle by
+(seed, epoch). A recognition task's margin head trains beside the model and is saved beside its weights.
 """
 from __future__ import annotations
 
