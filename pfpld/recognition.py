@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from .contract import PreprocessContract
 from .data.dataset import PreparedFaces
-from .data.sources.lfw import read_pairs
+from .data.sources.lfw import parse_pairs, read_pairs
 from .devices import model_device
 from .errors import DatasetError, ModelError
 from .models.spec import ModelSpec
@@ -103,32 +103,58 @@ class PairsEvaluation:
                 "pixel_baseline": self.baseline.to_dict()}
 
 
-def default_images_root(pairs_file: Path) -> Path:
-    """Where LFW's images are when not given: the `lfw` folder beside pairs.txt (as the release unpacks and as
-    `pfpld synth --identities` writes), else the pairs file's own folder."""
-    beside = Path(pairs_file).parent / "lfw"
-    return beside if beside.is_dir() else Path(pairs_file).parent
+def pairs_images_root(pairs_file: Path, images: Path | None = None) -> Path:
+    """Where a pairs file's <name>/<name>_NNNN.jpg are: `images` when given, else the pairs file's folder, or its
+    lfw/ sub-folder when that holds them (LFW's release and pfpld.data.identities put pairs.txt beside lfw/)."""
+    if images is not None:
+        return Path(images)
+    folder = Path(pairs_file).parent
+    pairs = parse_pairs(pairs_file)
+    first = pairs[0][2] if pairs else None
+    name = getattr(first, "name", None) or getattr(first, "name_a", None)
+    beside = folder / "lfw"
+    return beside if name and not (folder / name).is_dir() and (beside / name).is_dir() else folder
+
+
+@dataclass(frozen=True)
+class PairImages:
+    """A pairs file's distinct images (each embedded once) and its pairs as rows of them: pair i compares
+    paths[a[i]] and paths[b[i]]."""
+    pairs_file: Path
+    paths: list[Path]
+    a: np.ndarray                   # (P,) row of the first face
+    b: np.ndarray                   # (P,) row of the second face
+    same: np.ndarray                # (P,) bool
+    folds: np.ndarray               # (P,) fold index
+
+    @classmethod
+    def read(cls, pairs_file: Path, images: Path | None = None) -> "PairImages":
+        """Read and check an LFW-format pairs file, its images under pairs_images_root."""
+        records = read_pairs(Path(pairs_file), pairs_images_root(pairs_file, images))
+        paths = sorted({p for r in records for p in (r.path_a, r.path_b)})
+        row = {p: i for i, p in enumerate(paths)}
+        return cls(pairs_file=Path(pairs_file), paths=paths, a=np.array([row[r.path_a] for r in records]),
+                   b=np.array([row[r.path_b] for r in records]),
+                   same=np.array([r.same for r in records], dtype=bool),
+                   folds=np.array([r.fold for r in records]))
+
+    def verify(self, embeddings: np.ndarray) -> VerificationReport:
+        """The LFW protocol on the cosines of the pairs' embeddings (rows in `paths` order)."""
+        return verify(cosine_scores(embeddings[self.a], embeddings[self.b]), self.same, self.folds)
 
 
 def evaluate_pairs(model: torch.nn.Module, spec: ModelSpec, contract: PreprocessContract, pairs_file: Path,
                    images_root: Path | None = None, batch_size: int = 64, progress: bool = True) -> PairsEvaluation:
     """LFW-protocol verification of a recognition model on a pairs file (images under `images_root`, default
-    default_images_root), with the raw-pixel baseline beside it."""
-    pairs_file = Path(pairs_file)
-    pairs = read_pairs(pairs_file, Path(images_root) if images_root is not None else default_images_root(pairs_file))
-    paths = sorted({p for pair in pairs for p in (pair.path_a, pair.path_b)})
-    row = {p: i for i, p in enumerate(paths)}
-    crops = [read_aligned(p, contract) for p in progress_bar(paths, desc="read", unit="image", enabled=progress,
-                                                                leave=False)]
+    pairs_images_root's), with the raw-pixel baseline beside it."""
+    pairs = PairImages.read(pairs_file, images_root)
+    crops = [read_aligned(p, contract) for p in progress_bar(pairs.paths, desc="read", unit="image",
+                                                                enabled=progress, leave=False)]
     device = model_device(model)
     inputs = np.stack([contract.to_tensor_layout(c) for c in crops])
     batches = (torch.from_numpy(inputs[i:i + batch_size]).to(device) for i in range(0, len(inputs), batch_size))
     emb = embed_batches(model, spec, batches, progress)
     grey = np.stack([cv2.cvtColor(c, cv2.COLOR_BGR2GRAY).astype(np.float64).ravel() for c in crops])
     grey -= grey.mean(1, keepdims=True)
-    a = np.array([row[p.path_a] for p in pairs])
-    b = np.array([row[p.path_b] for p in pairs])
-    same = np.array([p.same for p in pairs], dtype=bool)
-    folds = np.array([p.fold for p in pairs])
-    return PairsEvaluation(pairs_file=pairs_file, model=verify(cosine_scores(emb[a], emb[b]), same, folds),
-                           baseline=verify(cosine_scores(grey[a], grey[b]), same, folds), images=len(paths))
+    return PairsEvaluation(pairs_file=pairs.pairs_file, model=pairs.verify(emb), baseline=pairs.verify(grey),
+                           images=len(pairs.paths))

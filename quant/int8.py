@@ -41,6 +41,7 @@ from pfpld.metrics import nme_per_face, pose_mae_deg, pose_protocol_mask
 from pfpld.models import model_task
 from pfpld.models.spec import ModelSpec, OutputSpec, pose_radians
 from pfpld.progress import progress
+from pfpld.recognition import PairImages, read_aligned
 from pfpld.tables import markdown_table, text_table
 
 from .calibration import read_calibration_set
@@ -64,16 +65,6 @@ HELDOUT_SEED_OFFSET = 20_000        # synthetic held-out faces come from a gener
 
 
 @dataclass
-class VerificationPairs:
-    """A pairs file's pairs as rows of the held-out inputs: pair i compares faces a[i] and b[i]."""
-    pairs_file: Path
-    a: np.ndarray                   # (P,) row of the first face
-    b: np.ndarray                   # (P,) row of the second face
-    same: np.ndarray                # (P,) bool
-    folds: np.ndarray               # (P,) fold index
-
-
-@dataclass
 class HeldOut:
     x: np.ndarray                   # (N, 3, S, S) network inputs
     points: np.ndarray              # (N, 98, 2) ground truth in [0,1] of the crop
@@ -81,33 +72,19 @@ class HeldOut:
     pose: np.ndarray                # (N, 3) radians (zeros where unknown)
     has_pose: np.ndarray            # (N,)
     source: str
-    pairs: VerificationPairs | None = None      # recognition models: the verification pairs over these faces
+    pairs: PairImages | None = None     # recognition models: the verification pairs over these faces (rows)
 
 
-def unlabelled(x: np.ndarray, source: str, pairs: VerificationPairs | None = None) -> HeldOut:
+def unlabelled(x: np.ndarray, source: str, pairs: PairImages | None = None) -> HeldOut:
     """Held-out faces without landmark or pose labels (aligned faces of a recognition model): every mask False."""
     n = len(x)
     return HeldOut(x=x, points=np.zeros((n, NUM_POINTS, 2), np.float32), mask=np.zeros((n, NUM_POINTS), bool),
                    pose=np.zeros((n, 3), np.float32), has_pose=np.zeros(n, bool), source=source, pairs=pairs)
 
 
-def pairs_images_root(pairs_file: Path, images: Path | None = None) -> Path:
-    """Where a pairs file's <name>/<name>_NNNN.jpg are: `images` when given, else the pairs file's folder, or its
-    lfw/ sub-folder when that holds them (LFW's release and pfpld.data.identities put pairs.txt beside lfw/)."""
-    if images is not None:
-        return Path(images)
-    from pfpld.data.sources.lfw import parse_pairs
-    folder = Path(pairs_file).parent
-    pairs = parse_pairs(pairs_file)
-    first = pairs[0][2] if pairs else None
-    name = getattr(first, "name", None) or getattr(first, "name_a", None)
-    beside = folder / "lfw"
-    return beside if name and not (folder / name).is_dir() and (beside / name).is_dir() else folder
-
-
 def heldout_aligned_faces(contract: PreprocessContract, images: Path | None, pairs: Path | None, n: int,
                           seed: int) -> HeldOut:
-    """A recognition model's held-out faces: with a pairs file, every image its pairs name (under pairs_images_root,
+    """A recognition model's held-out faces: with a pairs file, every image its pairs name (PairImages.read,
     resized whole); else n aligned faces (convert.parity.face_crops: --images spread over identities, or synthetic
     faces aligned on five points from a seed no dataset uses)."""
     if pairs is None:
@@ -116,20 +93,13 @@ def heldout_aligned_faces(contract: PreprocessContract, images: Path | None, pai
             raise InputError(f"{images}: no aligned faces for the int8 estimate")
         return unlabelled(np.stack([contract.to_tensor_layout(c) for c in crops]).astype(np.float32),
                           f"held-out {source}")
-    from pfpld.data.sources.lfw import read_pairs
-    from pfpld.recognition import read_aligned
-    pairs = Path(pairs)
-    records = read_pairs(pairs, pairs_images_root(pairs, images))
-    paths = sorted({p for r in records for p in (r.path_a, r.path_b)})
-    row = {p: i for i, p in enumerate(paths)}
+    index = PairImages.read(pairs, images)
     x = np.stack([contract.to_tensor_layout(read_aligned(p, contract))
-                  for p in progress(paths, desc="read pairs' faces", unit="image", leave=False)]).astype(np.float32)
-    index = VerificationPairs(pairs_file=pairs, a=np.array([row[r.path_a] for r in records]),
-                              b=np.array([row[r.path_b] for r in records]),
-                              same=np.array([r.same for r in records], dtype=bool),
-                              folds=np.array([r.fold for r in records]))
+                  for p in progress(index.paths, desc="read pairs' faces", unit="image", leave=False)]
+                 ).astype(np.float32)
     folds = len(set(index.folds.tolist()))
-    return unlabelled(x, f"{pairs} ({len(records)} pairs in {folds} folds, {len(paths)} aligned faces)", index)
+    return unlabelled(x, f"{index.pairs_file} ({len(index.same)} pairs in {folds} folds, {len(index.paths)} aligned "
+                         f"faces)", index)
 
 
 def heldout_faces(contract: PreprocessContract, images: Path | None, n: int, seed: int) -> HeldOut:
@@ -257,10 +227,8 @@ def face_metrics(outputs: dict[str, np.ndarray], faces: HeldOut, spec: ModelSpec
     verification = None
     embedding = spec.output_of_kind("embedding")
     if embedding is not None and faces.pairs is not None:
-        from pfpld.verification import cosine_scores, verify
         emb = outputs[embedding.name].reshape(len(faces.x), -1)
-        p = faces.pairs
-        verification = 100 * verify(cosine_scores(emb[p.a], emb[p.b]), p.same, p.folds).accuracy_mean
+        verification = 100 * faces.pairs.verify(emb).accuracy_mean
     return FaceMetrics(nme, pose, verification)
 
 
