@@ -89,3 +89,17 @@ def five_points(points98: np.ndarray) -> np.ndarray:
     if p.shape != (w.shape[1], 2):
         raise ValueError(f"five_points needs ({w.shape[1]}, 2) points, got an array of shape {p.shape}")
     return w @ p
+
+
+def five_points_of(points: np.ndarray) -> np.ndarray:
+    """The 5 alignment points of a face from the points a landmark model outputs: 5 (landmark5's order, as they
+    are), 98 (WFLW: five_points) or 68 (iBUG, placed in the 98 scheme first; the 5 sources are all among them)."""
+    p = np.asarray(points, dtype=np.float64)
+    if p.shape == (5, 2):
+        return p.copy()
+    if p.shape == (68, 2):
+        from .landmarks import points_68_to_98
+        p, _ = points_68_to_98(p)
+    if p.shape == (98, 2):
+        return five_points(p)
+    raise ValueError(f"five alignment points come from 5, 68 or 98 (x, y) points, got an array of shape {p.shape}")

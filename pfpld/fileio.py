@@ -1,6 +1,7 @@
 """Atomic file writing: every artifact is written to a temporary sibling and renamed into place, so a crash or
 a user's mistake never leaves a half-written file behind. Output folders (synth, prepare-data, export, calib, the
-NNIE bundle) also share one rule for when an existing folder may be replaced: output_folder() below."""
+NNIE bundle, align) also share one rule for when an existing folder may be replaced: output_folder() below. The one
+reader of a user's picture (read_image) is here too."""
 from __future__ import annotations
 
 import contextlib
@@ -48,6 +49,16 @@ def write_json_atomic(path: Path, data) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+def read_image(path: Path):
+    """A picture as a BGR uint8 array (OpenCV decodes it), or an InputError naming the file. OpenCV is imported here,
+    not with the module: most users of this module write files and never decode one."""
+    import cv2
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(f"{path}: not a readable image (expected a file OpenCV can decode: jpg, png, bmp, ...)")
+    return image
+
+
 def swap_in_folder(tmp: Path, out: Path) -> None:
     """Move the finished folder `tmp` to `out`. A folder already at `out` (the caller has checked it may be
     replaced) is set aside first and deleted only once the new one is in place; on failure it is put back."""
@@ -87,6 +98,7 @@ OUTPUT_KINDS = {kind.name: kind for kind in (
     OutputKind("calib", "a calibration set", "pfpld calib", "calib.json", "format", "pfpld-calib"),
     OutputKind("nnie-bundle", "an NNIE bundle", "pfpld export --target nnie --sdk-dir", "manifest.json", "format",
                "pfpld-nnie-bundle"),
+    OutputKind("aligned", "an aligned face folder", "pfpld align", "align.json", "format", "pfpld-aligned"),
 )}
 
 NEVER_REPLACED = "pfpld never replaces it, even with --force: choose another path"

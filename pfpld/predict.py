@@ -16,7 +16,7 @@ import torch
 from .contract import PreprocessContract
 from .devices import model_device
 from .errors import InputError
-from .fileio import atomic_path
+from .fileio import atomic_path, read_image  # noqa: F401  (read_image: re-exported, the CLI reads it here)
 from .models.spec import ModelSpec
 from .pose import project_axes
 
@@ -62,13 +62,6 @@ def check_box_on_image(box, image_shape) -> None:
     if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
         raise InputError(f"face box {x1:g},{y1:g},{x2:g},{y2:g} does not overlap the {width}x{height} image "
                          f"(expected X1 < {width}, Y1 < {height}, X2 > 0 and Y2 > 0, in pixels)")
-
-
-def read_image(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise InputError(f"{path}: not a readable image (expected a file OpenCV can decode: jpg, png, bmp, ...)")
-    return image
 
 
 @torch.no_grad()

@@ -105,6 +105,53 @@ def prepare_data(out, wflw, lapa, w300lp, aflw2000, imagefolder, model, input_si
     click.echo(f"wrote {out}")
 
 
+@main.command("align")
+@click.argument("images", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write: every aligned face at "
+              "its path relative to IMAGES (a folder per identity stays one), align_report.txt (skipped images and "
+              "why), align_points.txt (the five points used) and align.json.")
+@click.option("--size", type=click.IntRange(min=16), default=112, show_default=True, help="Side of the aligned face; "
+              "the ArcFace 112x112 template is scaled to it.")
+@click.option("--points", "points_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Five points per image, one image a line: 'relative/path.jpg x1 y1 x2 y2 x3 y3 x4 y4 x5 y5' (tabs "
+              "or spaces; blank and # lines skipped; an integer label after the path, as in CASIA-WebFace's file, is "
+              "ignored): left eye centre, right eye centre, nose tip, left mouth corner, right mouth corner, in "
+              "0-based image pixels, LEFT = IMAGE LEFT (the subject's right eye), as MTCNN and SphereFace's "
+              "lfw_landmark.txt / casia_landmark.txt give them. Paths are relative to IMAGES.")
+@click.option("--landmarks", type=click.Path(path_type=Path), help="Instead of --points: a landmark checkpoint "
+              "(pfpld's 98 points or landmark5's 5; the five points of 98 are landmark5's: eye centres from the "
+              "eye corners, nose tip, mouth corners) run on a face box from --boxes or --box.")
+@click.option("--boxes", "boxes_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With --landmarks: a boxes.txt, 'file x1 y1 x2 y2' a line, files relative to its own folder (as "
+              "calib and check-parity read it), e.g. IMAGES/boxes.txt.")
+@click.option("--box", help="With --landmarks: one face box X1,Y1,X2,Y2 for every image (pixels, the landmark "
+              "extent the crop rule expects). LFW's 250x250 faces are centred: 69,99,181,175 (the project's face "
+              "template fitted to the mean five points of LFW's public five-point file).")
+@click.option("--force", is_flag=True, help=force_help("aligned"))
+@user_errors
+def align_cmd(images, out, size, points_file, landmarks, boxes_file, box, force):
+    """Align raw face photos (IMAGES: e.g. LFW's unaligned 250x250 lfw/ or CASIA-WebFace) to the ArcFace five-point
+    template, for `prepare-data --imagefolder` and `eval --pairs`. Images without points or box, listed but missing,
+    or unreadable are skipped and counted.
+
+    \b
+    pfpld align lfw --points lfw_landmark.txt --out lfw-aligned
+    pfpld align lfw --landmarks runs/pfpld/best.pt --box 69,99,181,175 --out lfw-aligned
+    pfpld align photos --landmarks runs/landmark5/best.pt --boxes photos/boxes.txt --out photos-aligned
+    """
+    from pfpld.align_images import align_images
+    from pfpld.predict import parse_box
+    if (points_file is None) == (landmarks is None):
+        raise click.UsageError("give either --points FILE or --landmarks CKPT (with --boxes FILE or --box X1,Y1,X2,Y2)")
+    if landmarks is None and (boxes_file is not None or box is not None):
+        raise click.UsageError("--boxes and --box go with --landmarks (a points file already places the faces)")
+    if landmarks is not None and (boxes_file is None) == (box is None):
+        raise click.UsageError("--landmarks needs either --boxes FILE or one --box X1,Y1,X2,Y2")
+    summary = align_images(images, out, points_file=points_file, landmarks=landmarks, boxes_file=boxes_file,
+                           box=parse_box(box) if box is not None else None, size=size, force=force)
+    click.echo(summary.line())
+
+
 @main.command("label-pose")
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="WFLW root "
               "(holds WFLW_annotations/ and WFLW_images/).")

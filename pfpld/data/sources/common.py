@@ -41,12 +41,21 @@ def read_text_lines(path: Path) -> list[str]:
 
 
 def write_jpeg(path: Path, image: np.ndarray) -> None:
-    """Write a BGR uint8 image as JPEG (quality 95, as the writers promise), creating parent folders.
-    imencode + write_bytes rather than imwrite: imwrite silently returns False on a bad path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    """Write a BGR uint8 image as JPEG (quality 95, as the writers promise), creating parent folders."""
+    write_image(path, image, ".jpg")
+
+
+def write_image(path: Path, image: np.ndarray, extension: str | None = None) -> None:
+    """Write a BGR uint8 image in the format its extension names (the path's, unless given): JPEG at quality 95,
+    anything else OpenCV encodes (png, bmp) losslessly; parent folders are created. imencode + write_bytes rather
+    than imwrite: imwrite silently returns False on a bad path."""
+    extension = (extension or path.suffix).lower()
+    jpeg = extension in (".jpg", ".jpeg")
+    ok, buf = cv2.imencode(".jpg" if jpeg else extension, image,
+                           [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if jpeg else [])
     if not ok:
-        raise ValueError(f"cannot encode image of shape {np.shape(image)} as JPEG for {path}")
+        raise ValueError(f"cannot encode image of shape {np.shape(image)} as {extension} for {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buf.tobytes())
 
 

@@ -35,7 +35,9 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def _images_under(folder: Path) -> list[Path]:
+def images_under(folder: Path) -> list[Path]:
+    """Every image file under `folder` (nested folders too), as ImageFolder finds them: sorted walk, hidden files
+    and folders skipped."""
     found = []
     for dirpath, dirnames, filenames in sorted(os.walk(folder, followlinks=True)):
         if any(part.startswith(".") for part in Path(dirpath).relative_to(folder).parts):
@@ -56,7 +58,7 @@ def read_imagefolder(root: Path) -> ImageFolderSet:
                            f"identity")
     items: list[tuple[Path, int]] = []
     for label, name in enumerate(classes):
-        images = _images_under(root / name)
+        images = images_under(root / name)
         if not images:
             raise DatasetError(f"{root / name}: class folder without images (expected "
                                f"{', '.join(IMAGE_EXTENSIONS)} files)")
