@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from pfpld.checkpoint import load_model, tool_versions
-from pfpld.contract import PreprocessContract
+from pfpld.contract import ALIGNED_CROP, PreprocessContract
 from pfpld.errors import ConversionError, PfpldError, one_line
 from pfpld.fileio import check_output_folder, commit_output_folder, temporary_sibling
 from pfpld.models import build_model
@@ -25,7 +25,7 @@ from . import stages as _builtin_formats  # noqa: F401  (registers convert's for
 from .artifacts import TOOL_PACKAGES, Manifest, StageRecord, file_records, sha256_of, write_manifest
 from .deploy import export_runtimes, write_deploy
 from .formats import ExportJob, ExportSource, Format, SourceRecord, missing_options, resolve_targets
-from .onnx_export import DEFAULT_OPSET, load_checked_onnx, read_metadata, spec_from_graph
+from .onnx_export import DEFAULT_OPSET, declare_outputs, load_checked_onnx, read_metadata, spec_from_graph
 from .runtimes import process_threads
 
 OUTPUT_KIND = "export"
@@ -128,6 +128,9 @@ def parse_scale(text: str) -> float:
         raise ConversionError(f"--scale {text!r}: expected a number or a fraction such as 1/255") from None
 
 
+CROP_OPTIONS = ("expand", "shift_y", "box_source")     # contract options that are fields of its CropRule
+
+
 def contract_for_onnx(path: Path, from_metadata: PreprocessContract | None, input_size: int,
                       options: dict) -> tuple[PreprocessContract, str]:
     """The contract of a user's ONNX: the file's metadata, with any option given on the command line replacing
@@ -138,14 +141,16 @@ def contract_for_onnx(path: Path, from_metadata: PreprocessContract | None, inpu
     if from_metadata is None and not {"color_order", "scale"} <= set(options):
         raise ConversionError(f"{path}: no pfpld contract in the ONNX metadata; give at least --color-order and "
                               f"--scale (and --mean, --crop-expand, --crop-shift-y where they differ from "
-                              f"0, 1.2 and 0)")
+                              f"0, 1.2 and 0; --crop-box-source aligned for a recognition model)")
     base = from_metadata or PreprocessContract(input_size=input_size)
-    crop = replace(base.crop, **{k: options.pop(k) for k in ("expand", "shift_y") if k in options})
+    crop_options = {k: options.pop(k) for k in CROP_OPTIONS if k in options}
     if "scale" in options:
         options["scale"] = parse_scale(str(options["scale"]))
     if "mean" in options:
         options["mean"] = tuple(options["mean"])
     try:
+        aligned = crop_options.get("box_source") == "aligned" and not base.aligned
+        crop = replace(ALIGNED_CROP if aligned else base.crop, **crop_options)   # aligned: expand 1 unless given
         contract = replace(base, crop=crop, **options)
     except PfpldError as exc:
         raise ConversionError(f"{path}: contract options: {exc}") from None
@@ -155,13 +160,20 @@ def contract_for_onnx(path: Path, from_metadata: PreprocessContract | None, inpu
     return contract, where
 
 
-def source_from_onnx(path: Path, contract_options: dict | None = None) -> ExportSource:
+def source_from_onnx(path: Path, contract_options: dict | None = None,
+                     output_kinds: dict[str, str] | None = None) -> ExportSource:
+    """A user's ONNX file: its spec and contract from our metadata when it has them, else from the graph and the
+    contract options; `output_kinds` ({output name: kind}, --output NAME=KIND) says what outputs mean, so parity
+    and the int8 check judge them in their task's terms (landmarks NME, pose MAE, embedding cosine)."""
     path = Path(path)
     model = load_checked_onnx(path)
     spec, contract = read_metadata(model)
     spec_from = "metadata" if spec is not None else "graph"
     if spec is None:
         spec = spec_from_graph(model, name=path.stem.split(".")[0] or "model")
+    if output_kinds:
+        spec = declare_outputs(spec, output_kinds, str(path))
+        spec_from += "+options"
     contract, contract_from = contract_for_onnx(path, contract, spec.input_size, contract_options or {})
     return ExportSource(spec, contract, onnx_model=model,
                         record=SourceRecord("onnx", path=str(path.resolve()), sha256=sha256_of(path),

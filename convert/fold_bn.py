@@ -1,5 +1,6 @@
 """Export chain stage after onnxsim, before onnx2caffe: merge every BatchNormalization that directly follows a
-Conv / ConvTranspose into that layer's weight and bias, then verify none is left. The NNIE-proven Caffe layer
+Conv / ConvTranspose / Gemm (the embedding layer of recognition networks: Linear -> BatchNorm1d) into that layer's
+weight and bias, then verify none is left. The NNIE-proven Caffe layer
 set has no BatchNorm, and a folded conv is also what onnxsim and the runtimes compute, so parity holds.
 
 Folding uses the inference semantics of BatchNormalization, Y = (X - running_mean) / sqrt(running_var + eps)
@@ -18,7 +19,7 @@ from pfpld.errors import ConversionError
 
 from .onnx_graph import GraphIndex, node_label, remove_dead_constants
 
-CONV_OPS = ("Conv", "ConvTranspose")
+CONV_OPS = ("Conv", "ConvTranspose", "Gemm")     # the layers a following BatchNormalization folds into
 
 
 def _attribute(node: onnx.NodeProto, name: str, default):
@@ -34,6 +35,10 @@ def _foldable_conv(index: GraphIndex, bn: onnx.NodeProto) -> onnx.NodeProto | No
     conv = index.producers.get(bn.input[0])
     if conv is None or conv.op_type not in CONV_OPS:
         return None
+    if conv.op_type == "Gemm" and len(conv.input) > 2 and conv.input[2]:
+        bias = index.constant(conv.input[2])     # a per-row C (M, N) depends on the batch: not a bias
+        if bias is not None and bias.ndim == 2 and bias.shape[0] != 1:
+            return None
     if len(index.consumers.get(bn.input[0], [])) != 1 or bn.input[0] in index.graph_outputs:
         return None
     return conv
@@ -69,6 +74,8 @@ def _bn_scale_shift(index: GraphIndex, bn: onnx.NodeProto) -> tuple[np.ndarray, 
 
 def _folded_weight(conv: onnx.NodeProto, weight: np.ndarray, a: np.ndarray) -> np.ndarray:
     w = weight.astype(np.float64)
+    if conv.op_type == "Gemm":   # Y = alpha A B' + beta C: B (N, K) with transB, else (K, N); alpha stays
+        return w * (a.reshape(-1, 1) if _attribute(conv, "transB", 0) else a.reshape(1, -1))
     if conv.op_type == "Conv":   # weight (out, in/group, k...): output channel is axis 0
         return w * a.reshape((-1,) + (1,) * (w.ndim - 1))
     # ConvTranspose weight (in, out/group, k...): input channel i of group i // (in/group) feeds output
@@ -80,14 +87,22 @@ def _folded_weight(conv: onnx.NodeProto, weight: np.ndarray, a: np.ndarray) -> n
     return (grouped * factor.reshape(factor.shape + (1,) * (w.ndim - 2))).reshape(w.shape)
 
 
+def _set_float_attribute(node: onnx.NodeProto, name: str, value: float) -> None:
+    kept = [attr for attr in node.attribute if attr.name != name]
+    del node.attribute[:]
+    node.attribute.extend(kept + [helper.make_attribute(name, value)])
+
+
 def _out_channels(conv: onnx.NodeProto, weight: np.ndarray) -> int:
+    if conv.op_type == "Gemm":
+        return weight.shape[0] if _attribute(conv, "transB", 0) else weight.shape[1]
     if conv.op_type == "Conv":
         return weight.shape[0]
     return weight.shape[1] * int(_attribute(conv, "group", 1))
 
 
 def fold_batchnorm_into_conv(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """A copy of `model` where each BatchNormalization fed only by a Conv / ConvTranspose is merged into it
+    """A copy of `model` where each BatchNormalization fed only by a Conv / ConvTranspose / Gemm is merged into it
     (weights as initializers or Constant nodes; a missing conv bias is created). Returns the new model and the
     names of the folded BN nodes. The conv takes over the BN's output name: downstream names do not change, and
     every tensor name that survives still holds the values it held before (the conv's own pre-BN output is
@@ -114,8 +129,12 @@ def fold_batchnorm_into_conv(model: onnx.ModelProto) -> tuple[onnx.ModelProto, l
             raise ConversionError(f"{node_label(bn)}: {a.size} channels but {node_label(conv)} "
                                   f"produces {_out_channels(conv, weight)}")
         has_bias = len(conv.input) > 2 and conv.input[2] != ""
-        bias = (_require_constant(index, conv, conv.input[2], "bias").astype(np.float64).reshape(-1)
+        bias = (_require_constant(index, conv, conv.input[2], "bias").astype(np.float64)
                 if has_bias else np.zeros(a.size))
+        if conv.op_type == "Gemm":      # C broadcasts (scalar, (N,), (1, N)) and is scaled by beta; beta becomes 1
+            bias = np.broadcast_to(bias * float(_attribute(conv, "beta", 1.0)), (1, a.size))
+            _set_float_attribute(conv, "beta", 1.0)
+        bias = bias.reshape(-1)
         new_weight = _folded_weight(conv, weight, a).astype(weight.dtype)
         new_bias = (bias * a + b).astype(weight.dtype)
 

@@ -37,7 +37,7 @@ class SourceRecord:
     options: dict | None = None
     seed: int | None = None
     batchnorm: str | None = None
-    spec_from: str | None = None                # ONNX: "metadata" | "graph"
+    spec_from: str | None = None                # ONNX: "metadata" | "graph", "+options" with --output
     contract_from: str | None = None            # ONNX: "metadata" | "options" | "metadata+options"
 
     def to_dict(self) -> dict:

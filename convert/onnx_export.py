@@ -6,6 +6,7 @@ then onnx.checker. From here on every stage reads a file and writes a file.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -18,7 +19,7 @@ import torch
 from pfpld.contract import PreprocessContract
 from pfpld.errors import ConversionError, one_line
 from pfpld.fileio import write_bytes_atomic
-from pfpld.landmarks import INTER_OCULAR, NUM_POINTS
+from pfpld.landmarks import POINT_LAYOUTS, layout_for
 from pfpld.models.spec import ModelSpec, OutputSpec
 
 from .onnx_graph import load_onnx
@@ -55,16 +56,63 @@ def read_metadata(model: onnx.ModelProto) -> tuple[ModelSpec | None, PreprocessC
 
 def output_spec_by_name(name: str, shape: tuple[int, ...]) -> OutputSpec:
     """What an output of a graph without our metadata means, judged by its name only: `landmarks` (x, y pairs in
-    [0,1] of the crop; NME normalised by the WFLW outer eye corners when it has the WFLW point count) and `pose`
-    (yaw, pitch, roll in radians) are the project's conventions; anything else is compared by value only."""
+    [0,1] of the crop) and `pose` (yaw, pitch, roll in radians) are the project's conventions; anything else is
+    compared by value only unless the user declares its kind (declare_outputs)."""
     size = int(np.prod(shape)) if shape and min(shape) > 0 else 0
     if name == "landmarks" and size and size % 2 == 0:
-        points = size // 2
-        return OutputSpec(name, shape, f"{points} points x0,y0,x1,y1,... in [0,1] of the square crop",
-                          kind="landmarks", norm_points=INTER_OCULAR if points == NUM_POINTS else None)
+        return declared_output(name, shape, "landmarks")
     if name == "pose" and size == 3:
-        return OutputSpec(name, shape, "yaw, pitch, roll in radians", kind="pose")
+        return declared_output(name, shape, "pose")
     return OutputSpec(name, shape, "unknown (read from the ONNX graph)")
+
+
+# The kinds a user can declare for an output of their ONNX file, with what each must hold.
+DECLARABLE_KINDS = {
+    "landmarks": "K points x0,y0,x1,y1,... in [0,1] of the square crop",
+    "pose": "yaw, pitch, roll in radians",
+    "pose_deg": "yaw, pitch, roll in degrees",
+    "embedding": "a face embedding compared by cosine",
+    "": "unknown: compared by value only",
+}
+
+
+def declared_output(name: str, shape: tuple[int, ...], kind: str) -> OutputSpec:
+    """The OutputSpec of graph output `name` (shape without the batch dimension) declared to be of `kind`; one
+    ConversionError naming the output when its shape cannot hold that kind. Landmarks are normalised (NME) by the
+    scheme their point count names (pfpld.landmarks.POINT_LAYOUTS: 98 WFLW, 68 iBUG, 5 points); another count is
+    still compared by value and point error, without NME."""
+    if kind not in DECLARABLE_KINDS:
+        raise ConversionError(f"output {name!r}: kind {kind!r}; expected one of "
+                              f"{', '.join(k or repr(k) for k in DECLARABLE_KINDS)}")
+    dims = [d for d in shape if d != 1]
+    size = int(np.prod(shape)) if shape and min(shape) > 0 else 0
+    if kind == "landmarks":
+        if not size or size % 2:
+            raise ConversionError(f"output {name!r} has shape {list(shape)}: landmarks need an even, fixed number of "
+                                  f"values (x, y pairs)")
+        layout = layout_for(size // 2)
+        known = f"{layout.name} order" if layout else \
+            f"no NME: a known scheme has {', '.join(str(k) for k in POINT_LAYOUTS)} points"
+        return OutputSpec(name, shape, f"{size // 2} points x0,y0,x1,y1,... in [0,1] of the square crop ({known})",
+                          kind="landmarks", norm_points=layout.norm_points if layout else None)
+    if kind in ("pose", "pose_deg") and size != 3:
+        raise ConversionError(f"output {name!r} has shape {list(shape)}: a pose is 3 values (yaw, pitch, roll)")
+    if kind == "embedding" and (len(dims) != 1 or not size):
+        raise ConversionError(f"output {name!r} has shape {list(shape)}: an embedding is one vector per face "
+                              f"([N, D] or [N, D, 1, 1])")
+    return OutputSpec(name, shape, DECLARABLE_KINDS[kind], kind=kind)
+
+
+def declare_outputs(spec: ModelSpec, kinds: dict[str, str], source: str) -> ModelSpec:
+    """`spec` with the outputs named in `kinds` re-declared (a user's --output NAME=KIND); an unknown name is one
+    ConversionError that lists the graph's outputs."""
+    names = spec.output_names
+    for name in kinds:
+        if name not in names:
+            raise ConversionError(f"{source}: --output {name}=...: the graph has no output {name!r}; its outputs are "
+                                  f"{', '.join(names)}")
+    outputs = tuple(declared_output(o.name, o.shape, kinds[o.name]) if o.name in kinds else o for o in spec.outputs)
+    return dataclasses.replace(spec, outputs=outputs)
 
 
 def spec_from_graph(model: onnx.ModelProto, name: str) -> ModelSpec:

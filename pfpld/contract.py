@@ -64,6 +64,10 @@ class CropRule:
         return (x1 + x2) / 2.0, (y1 + y2) / 2.0 + self.shift_y * side, side
 
 
+# The crop rule of an aligned face: the whole image, resized to the input size.
+ALIGNED_CROP = CropRule(box_source="aligned", expand=1.0)
+
+
 @dataclass(frozen=True)
 class PreprocessContract:
     input_size: int = 112

@@ -5,9 +5,11 @@ use these tables, so no module re-types an index.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from .arrays import namespace
+from .arrays import asarray_like, namespace
 
 NUM_POINTS = 98
 
@@ -51,6 +53,55 @@ LAPA_DROPPED_106 = np.array([55, 56, 57, 63, 64, 65, 74, 83], dtype=np.int64)
 LAPA_KEPT_106 = np.array([i for i in range(106) if i not in set(LAPA_DROPPED_106.tolist())], dtype=np.int64)
 
 CLOSED_EYE_EAR = 0.1
+
+
+@dataclass(frozen=True)
+class PointLayout:
+    """A landmark scheme a model can output, as a map from the 98 WFLW points every prepared face carries: each of
+    its K points a weighted mean of 98-points (from_98, rows summing to 1), and the two points whose distance
+    normalises its NME. Lets the chain judge a landmark output it did not train (a user's ONNX) by its point count."""
+    name: str
+    sources_98: tuple[tuple[int, ...], ...]     # the 98-indices each point is the mean of
+    norm_points: tuple[int, int]
+
+    @property
+    def num_points(self) -> int:
+        return len(self.sources_98)
+
+    @property
+    def from_98(self) -> np.ndarray:
+        """(K, 98) weights."""
+        w = np.zeros((self.num_points, NUM_POINTS))
+        for i, sources in enumerate(self.sources_98):
+            w[i, list(sources)] = 1.0 / len(sources)
+        return w
+
+
+WFLW_98 = PointLayout("WFLW 98", tuple((i,) for i in range(NUM_POINTS)), INTER_OCULAR)
+# iBUG 68 as placed in WFLW 98 (MAP_68_TO_98); NME by the outer eye corners 36 and 45 (98-points 60 and 72)
+IBUG_68 = PointLayout("iBUG 68", tuple((int(i),) for i in MAP_68_TO_98), (36, 45))
+# five points (left: image left, the subject's right): eye centres (mean of each eye's corners), nose tip, mouth
+# corners; NME by the distance between the eye centres
+FIVE_POINTS = PointLayout("5 points: eye centres, nose tip, mouth corners", ((60, 64), (68, 72), (54,), (76,), (82,)),
+                          (0, 1))
+POINT_LAYOUTS = {layout.num_points: layout for layout in (WFLW_98, IBUG_68, FIVE_POINTS)}
+
+
+def map_points_98(weights: np.ndarray, points98, mask98):
+    """(..., 98, 2) points and (..., 98) mask, numpy or torch -> (..., K, 2) points and (..., K) mask through (K, 98)
+    weights: a point is valid when every 98-point it is made of is."""
+    weights = np.asarray(weights, dtype=np.float64)
+    w = asarray_like(weights, points98).to(points98.dtype) if namespace(points98) is not np else \
+        weights.astype(points98.dtype)
+    points = w @ points98                                               # (K, 98) @ (..., 98, 2)
+    used = asarray_like(weights != 0, mask98)                           # (K, 98)
+    invalid = ~asarray_like(mask98, mask98)
+    return points, ~(invalid[..., None, :] & used).any(-1)
+
+
+def layout_for(num_points: int) -> PointLayout | None:
+    """The known scheme with that many points (98, 68, 5), or None."""
+    return POINT_LAYOUTS.get(int(num_points))
 
 
 def mirror_matrix(size_px: int) -> np.ndarray:

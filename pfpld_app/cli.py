@@ -440,6 +440,18 @@ def _parse_mean(text: str | None) -> tuple[float, float, float] | None:
     return values  # type: ignore[return-value]
 
 
+def _parse_output_kinds(texts: tuple[str, ...]) -> dict[str, str]:
+    kinds: dict[str, str] = {}
+    for text in texts:
+        name, sep, kind = text.rpartition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{text!r}: expected NAME=KIND, e.g. fc1=embedding", param_hint="--output")
+        if name in kinds:
+            raise click.BadParameter(f"output {name!r} is declared twice", param_hint="--output")
+        kinds[name] = kind
+    return kinds
+
+
 class FormatChoice(click.Choice):
     """`--target` choices read from the format registry (convert's and quant's formats) when first needed, so that
     a registered format is a target without touching the CLI."""
@@ -469,7 +481,7 @@ def registered_targets() -> list[str]:
 def models(markdown):
     """Every model this pfpld can train and export: input, contract, outputs, loss, metric, export targets, and
     the parity verdict of the newest export of it under the current folder."""
-    from pfpld.tables import markdown_table, text_table
+    from pfpld.tables import markdown_table
     from .catalog import ModelRow, model_rows
     rows = model_rows(registered_targets(), root=None if markdown else Path.cwd())
     if markdown:
@@ -504,6 +516,12 @@ def models(markdown):
 @click.option("--mean", help="Contract of an --onnx file: per-channel mean R,G,B (network channel order).")
 @click.option("--crop-expand", type=float, help="Contract of an --onnx file: square side / face box side.")
 @click.option("--crop-shift-y", type=float, help="Contract of an --onnx file: crop centre shift, fraction of side.")
+@click.option("--crop-box-source", help="Contract of an --onnx file: landmark_extent (the crop is made from a face "
+              "box) or aligned (the input is an aligned face, the whole image: recognition models).")
+@click.option("--output", "output_kinds", multiple=True, metavar="NAME=KIND", help="An --onnx file: what graph output "
+              "NAME holds, so parity and int8 judge it in its task's terms: landmarks (x,y pairs in [0,1] of the crop; "
+              "NME for 98, 68 or 5 points), pose (yaw,pitch,roll radians), pose_deg, embedding (cosine and "
+              "verification accuracy). Repeatable.")
 @click.option("--calib", type=click.Path(path_type=Path), help="Calibration set (`pfpld calib`): needed by the nnie "
               "target and by --int8.")
 @click.option("--precision", type=click.Choice(["int8", "int16", "mixed"]), default="mixed", show_default=True,
@@ -522,8 +540,8 @@ def models(markdown):
               help="onnxruntime QDQ activation type (u8 runs faster on x86).")
 @user_errors
 def export_cmd(ckpt, model, width, model_options, init, seed, onnx_file, targets, out, opset, fp16, force, color_order,
-               scale, mean, crop_expand, crop_shift_y, calib, precision, hp_layers, allow_layers, sdk_dir,
-               internal_stride, int8, int8_activations):
+               scale, mean, crop_expand, crop_shift_y, crop_box_source, output_kinds, calib, precision, hp_layers,
+               allow_layers, sdk_dir, internal_stride, int8, int8_activations):
     """Export a model to ONNX, Caffe 1.0, ncnn and the quantised formats, with manifest.json (check it with
     `pfpld check-parity`).
 
@@ -533,6 +551,8 @@ def export_cmd(ckpt, model, width, model_options, init, seed, onnx_file, targets
     pfpld export --model hopenet --model-option backbone=mobilenetv2 --model-option input_size=112 --width 0.5
                  --init random --target all --out DIR
     pfpld export --onnx model.onnx --color-order RGB --scale 1/255 --target caffe --out DIR
+    pfpld export --onnx arcface.onnx --color-order RGB --mean 127.5,127.5,127.5 --scale 1/127.5
+                 --crop-box-source aligned --output fc1=embedding --target all --out DIR
     pfpld export CKPT --target nnie --calib calib_data/NAME --precision mixed --out DIR
     pfpld export CKPT --target ncnn --int8 --calib calib_data/NAME --out DIR
     """
@@ -545,10 +565,10 @@ def export_cmd(ckpt, model, width, model_options, init, seed, onnx_file, targets
     if sum(v is not None for v in (ckpt, model, onnx_file)) != 1:
         raise click.UsageError("give exactly one source: CKPT, --model NAME --init random, or --onnx FILE")
     contract_options = {"color_order": color_order, "scale": scale, "mean": _parse_mean(mean),
-                        "expand": crop_expand, "shift_y": crop_shift_y}
-    if onnx_file is None and any(v is not None for v in contract_options.values()):
-        raise click.UsageError("contract options (--color-order, --scale, ...) apply to --onnx only: a checkpoint "
-                               "and a registry model carry their own contract")
+                        "expand": crop_expand, "shift_y": crop_shift_y, "box_source": crop_box_source}
+    if onnx_file is None and (output_kinds or any(v is not None for v in contract_options.values())):
+        raise click.UsageError("contract options (--color-order, --scale, ...) and --output apply to --onnx only: a "
+                               "checkpoint and a registry model carry their own contract and output kinds")
     if model is not None and init != "random":
         raise click.UsageError("--model needs --init random (trained weights come from a checkpoint: give CKPT)")
     if model_options and model is None:
@@ -565,7 +585,7 @@ def export_cmd(ckpt, model, width, model_options, init, seed, onnx_file, targets
     if ckpt is not None:
         source = source_from_checkpoint(ckpt)
     elif onnx_file is not None:
-        source = source_from_onnx(onnx_file, contract_options)
+        source = source_from_onnx(onnx_file, contract_options, _parse_output_kinds(output_kinds))
     else:
         source = source_from_random_init(model, width, seed, parse_model_options(model_options))
     if calib is not None:     # fail before the chain runs: a wrong calibration set is found in a second

@@ -36,7 +36,7 @@ from pfpld.contract import PreprocessContract
 from pfpld.data.check_faces import synthetic_check_faces
 from pfpld.errors import ConversionError, InputError, ModelError, one_line
 from pfpld.fileio import write_text_atomic
-from pfpld.landmarks import NUM_POINTS
+from pfpld.landmarks import NUM_POINTS, POINT_LAYOUTS, layout_for, map_points_98
 from pfpld.metrics import nme_per_face, pose_mae_deg, pose_protocol_mask
 from pfpld.models import model_task
 from pfpld.models.spec import ModelSpec, OutputSpec, pose_radians
@@ -183,19 +183,17 @@ def budget_of(spec: ModelSpec, pairs: bool = False) -> Budget:
 
 def model_points(spec: ModelSpec, landmarks: OutputSpec, faces: HeldOut) -> tuple[np.ndarray, np.ndarray]:
     """The held-out faces' labels as the model's own points: (N, K, 2) and mask (N, K), through the task's map of the
-    98 WFLW points (a model the registry does not know must have the 98 points themselves)."""
+    98 WFLW points; a model the registry does not know (a user's ONNX) through the known scheme with its point count
+    (pfpld.landmarks.POINT_LAYOUTS: 98, 68 or 5)."""
     try:
-        task = model_task(spec)
+        weights = model_task(spec).points_from_98
     except ModelError:
-        task = None
-    if task is not None and task.points_from_98 is not None:
-        points, mask = task.map_points(faces.points.astype(np.float64), faces.mask)
-    else:
-        points, mask = faces.points, faces.mask
-    if landmarks.num_points != points.shape[1]:
-        raise ConversionError(f"model {spec.name}: {landmarks.num_points} landmarks, the held-out faces give "
-                              f"{points.shape[1]} (expected the model's task to map the {NUM_POINTS} labelled points)")
-    return points, mask
+        layout = layout_for(landmarks.num_points)
+        weights = layout.from_98 if layout is not None else None
+    if weights is None or len(weights) != landmarks.num_points:
+        raise ConversionError(f"model {spec.name}: {landmarks.num_points} landmarks, and no known map from the "
+                              f"{NUM_POINTS} labelled points to them (known: {', '.join(map(str, POINT_LAYOUTS))})")
+    return map_points_98(weights, faces.points.astype(np.float64), faces.mask)
 
 
 def pose_faces(faces: HeldOut) -> np.ndarray:
@@ -520,13 +518,14 @@ def check_int8(export_dir: Path, images: Path | None = None, calib: Path | None 
         report.rows.append(Int8Row("nnie-sim", "-", False, verdict="ERROR", error=one_line(exc, 300)))
     # A QDQ model made now from --calib when the export has none.
     if not export.has("onnx-int8") and calib_x is not None and export.has("onnxsim"):
-        from .ort_int8 import quantize_qdq
+        from .ort_int8 import WEIGHT_LIMIT, quantize_qdq
         with tempfile.TemporaryDirectory(prefix="pfpld-int8-") as work:
             def built_now():
                 path = Path(work) / "int8.onnx"
                 quantize_qdq(export.require("onnxsim"), path, calib_x)
                 return OnnxRunner(path, threads=threads)
-            run_row(Int8Row("onnx-int8", "QDQ u8 act, s8 per-channel (made now from --calib)", True), built_now)
+            run_row(Int8Row("onnx-int8", f"QDQ u8 act, s8 per-channel in [-{WEIGHT_LIMIT}, {WEIGHT_LIMIT}] (made now "
+                                         f"from --calib)", True), built_now)
     if write:
         report.markdown = export.folder / "int8.md"
         write_text_atomic(report.markdown, report.to_markdown())

@@ -439,7 +439,27 @@ def check_preflight(prototxt: Path, caffemodel: Path | None = None, allow_layers
     violations = preflight(prototxt, caffemodel, allow_layers)
     if violations:
         raise ConversionError(f"NNIE preflight of {Path(prototxt).name}: {len(violations)} violation"
-                              f"{'s' if len(violations) > 1 else ''}: " + "; ".join(violations))
+                              f"{'s' if len(violations) > 1 else ''}: " + "; ".join(summarise_violations(violations)))
+
+
+def summarise_violations(violations: list[str]) -> list[str]:
+    """The layers outside the proven set grouped by type (a ResNet has dozens of each), with one --allow-layer hint
+    for all of them; every other violation as it is."""
+    unproven: dict[str, list[str]] = {}
+    rest = []
+    for v in violations:
+        match = re.fullmatch(r"layer '(.*)' \((\w+)\): not in the NNIE-proven layer set .*", v)
+        if match:
+            unproven.setdefault(match.group(2), []).append(match.group(1))
+        else:
+            rest.append(v)
+    if not unproven:
+        return rest
+    listed = ", ".join(f"{kind} x{len(names)} ('{names[0]}'{', ...' if len(names) > 1 else ''})"
+                       for kind, names in unproven.items())
+    allow = " ".join(f"--allow-layer {kind}" for kind in unproven)
+    return [f"layers {listed} are not in the NNIE-proven layer set ({', '.join(NNIE_PROVEN_LAYERS)}); pass {allow} "
+            f"if your mapper version supports them"] + rest
 
 
 # --- 4. mapper configs ----------------------------------------------------------------------------------------------

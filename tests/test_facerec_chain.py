@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from caffe_parity import EXPORT_WARNINGS
 from cli_run import run
@@ -253,3 +254,72 @@ def test_bench_takes_facerec_at_its_demo_options_with_an_aligned_calibration_set
     assert set(rows) == {"reference", "torch", "onnx"}
     assert rows["onnx"].parity.startswith("pass (1-cos ") and rows["onnx"].latency_ms[1] > 0
     assert results[0].macs > 0 and "aligned synthetic identities" in settings.calibration
+
+
+class PreActBlock(torch.nn.Module):
+    """An insightface-IResNet-style block: BN before the first conv (a BatchNorm no conv produces), PReLU, a strided
+    second conv, a projection shortcut."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        nn = torch.nn
+        self.body = nn.Sequential(nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+                                  nn.PReLU(cout), nn.Conv2d(cout, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout))
+        self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, 2, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        return self.body(x) + self.down(x)
+
+
+def outside_recognition_onnx(path: Path) -> Path:
+    """A recognition network from outside the project, saved the way such files come: opset 11, a dynamic batch,
+    the graph's own names, pre-activation BatchNorms, and the embedding layer Linear -> BatchNorm1d."""
+    nn = torch.nn
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.PReLU(8),
+                        PreActBlock(8, 16), PreActBlock(16, 16), PreActBlock(16, 32), PreActBlock(32, 32),
+                        nn.BatchNorm2d(32), nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.BatchNorm1d(64)).eval()
+    for m in net.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.2, 0.2)
+    torch.onnx.export(net, (torch.zeros(1, 3, 112, 112),), str(path), dynamo=False, opset_version=11,
+                      input_names=["input.1"], output_names=["fc1"],
+                      dynamic_axes={"input.1": {0: "batch"}, "fc1": {0: "batch"}})
+    return path
+
+
+def test_a_recognition_onnx_from_outside_goes_through_the_chain_judged_as_an_embedding(calib, identities, tmp_path):
+    theirs = outside_recognition_onnx(tmp_path / "r18ish.onnx")
+    contract = ["--color-order", "RGB", "--mean", "127.5,127.5,127.5", "--scale", "1/127.5"]
+    declared = [*contract, "--crop-box-source", "aligned", "--output", "fc1=embedding"]
+    # the pre-activation BatchNorms stay BatchNorm + Scale in Caffe: outside the NNIE-proven set, said once per type
+    proc = run("export", "--onnx", theirs, *declared, "--target", "nnie", "--calib", calib, "--out", tmp_path / "no")
+    assert proc.returncode == 2 and not (tmp_path / "no").exists()
+    assert "layers BatchNorm x5 (" in proc.stderr and "--allow-layer BatchNorm --allow-layer Scale" in proc.stderr
+    out = tmp_path / "export"
+    proc = run("export", "--onnx", theirs, *declared, "--target", "all", "--target", "nnie", "--calib", calib,
+               "--allow-layer", "BatchNorm", "--allow-layer", "Scale", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"]["spec_from"] == "graph+options" and manifest["source"]["contract_from"] == "options"
+    assert [(o["name"], o["kind"]) for o in manifest["spec"]["outputs"]] == [("fc1", "embedding")]
+    assert manifest["contract"]["crop"]["box_source"] == "aligned" and manifest["contract"]["crop"]["expand"] == 1.0
+    net = caffe_pb2.NetParameter()
+    from google.protobuf import text_format
+    text_format.Parse((out / "r18ish.prototxt").read_text(), net)
+    types = [layer.type for layer in net.layer]
+    assert types[-1] == "InnerProduct" and types.count("BatchNorm") == 5     # Linear -> BatchNorm1d folded
+    report = check_parity(out, images=identities / "lfw", n=4, write=False)
+    assert report.verdict == "pass" and "aligned faces" in report.inputs
+    assert all(r.embedding_1mcos <= FP32_EMBEDDING_1MCOS for r in report.rows[1:])
+    result = check_int8(out, pairs=identities / "pairs.txt").to_dict()
+    assert result["judged_on"] == "verification"
+
+
+def test_an_aligned_contract_keeps_an_expand_given_with_it(tmp_path):
+    from convert.export import source_from_onnx
+    theirs = outside_recognition_onnx(tmp_path / "r.onnx")
+    options = {"color_order": "RGB", "scale": "1/128", "box_source": "aligned"}
+    assert source_from_onnx(theirs, options).contract.crop.expand == 1.0
+    assert source_from_onnx(theirs, {**options, "expand": 1.1}).contract.crop.expand == 1.1

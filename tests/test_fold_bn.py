@@ -1,4 +1,4 @@
-"""BatchNormalization folding: every BN fed only by a Conv / ConvTranspose disappears into the conv's weights
+"""BatchNormalization folding: every BN fed only by a Conv / ConvTranspose / Gemm disappears into its weights
 and bias, the model computes what it did (checked with onnxruntime), and assert_no_foldable_batchnorm names
 any BN that was left behind."""
 from __future__ import annotations
@@ -155,3 +155,44 @@ def test_weight_shared_with_another_conv_is_copied_not_edited():
     folded, names = fold_batchnorm_into_conv(model)
     assert len(names) == 1 and folded.graph.node[1].input[1] == "w"
     assert_same_outputs(model, folded, rng.standard_normal((1, 2, 3, 3)).astype(np.float32))
+
+
+def gemm_bn_model(trans_b: int, c_shape: tuple[int, ...] | None, alpha: float, beta: float) -> onnx.ModelProto:
+    """x (2, 5) -> Gemm -> BatchNormalization on its 4 output features (a recognition network's Linear ->
+    BatchNorm1d embedding layer), with the Gemm attributes and bias broadcast forms ONNX allows."""
+    rng = np.random.default_rng(trans_b + 2 * len(c_shape or ()) + int(10 * alpha))
+    weight = rng.normal(size=(4, 5) if trans_b else (5, 4)).astype(np.float32)
+    inits = [numpy_helper.from_array(weight, "w")]
+    gemm_inputs = ["x", "w"]
+    if c_shape is not None:
+        inits.append(numpy_helper.from_array(rng.normal(size=c_shape).astype(np.float32), "c"))
+        gemm_inputs.append("c")
+    for name, values in (("gamma", rng.uniform(0.5, 2, 4)), ("beta_bn", rng.normal(size=4)),
+                         ("mean", rng.normal(size=4)), ("var", rng.uniform(0.2, 3, 4))):
+        inits.append(numpy_helper.from_array(values.astype(np.float32), name))
+    nodes = [helper.make_node("Gemm", gemm_inputs, ["y"], name="fc", transB=trans_b, alpha=alpha, beta=beta),
+             helper.make_node("BatchNormalization", ["y", "gamma", "beta_bn", "mean", "var"], ["emb"], name="bn",
+                              epsilon=2e-5)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+                              [helper.make_tensor_value_info("emb", TensorProto.FLOAT, [2, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("trans_b, c_shape, alpha, beta", [
+    (1, (4,), 1.0, 1.0), (0, (1, 4), 0.5, 2.0), (1, None, 1.5, 1.0), (0, (), 1.0, 0.25)])
+def test_batchnorm_after_gemm_folds_into_its_weights_and_bias(trans_b, c_shape, alpha, beta):
+    model = gemm_bn_model(trans_b, c_shape, alpha, beta)
+    folded, names = fold_batchnorm_into_conv(model)
+    assert names == ["bn"] and op_types(folded) == ["Gemm"]
+    onnx.checker.check_model(folded, full_check=True)
+    assert_no_foldable_batchnorm(folded)
+    x = np.random.default_rng(0).normal(size=(2, 5)).astype(np.float32)
+    assert_same_outputs(model, folded, x)
+    assert folded.graph.node[0].output[0] == "emb"
+
+
+def test_batchnorm_after_gemm_with_a_per_row_bias_is_left_alone():
+    model = gemm_bn_model(1, (2, 4), 1.0, 1.0)      # C of shape (M, N): depends on the batch row, not a bias
+    folded, names = fold_batchnorm_into_conv(model)
+    assert names == [] and op_types(folded) == ["Gemm", "BatchNormalization"]
+    assert_no_foldable_batchnorm(folded)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..contract import CropRule, PreprocessContract
+from ..contract import ALIGNED_CROP, PreprocessContract
 from ..data.augment import AugmentConfig
 from ..heads import build_head
 from .spec import ModelSpec, OutputSpec
@@ -113,7 +113,7 @@ def facerec_spec(input_size: int = 112, width: float = 1.0, embedding_size: int 
 
 def facerec_contract(spec: ModelSpec) -> PreprocessContract:
     return PreprocessContract(input_size=spec.input_size, color_order="RGB", scale=1.0 / 128.0, mean=(127.5,) * 3,
-                              crop=CropRule(box_source="aligned", expand=1.0))
+                              crop=ALIGNED_CROP)
 
 
 def build_facerec_head(spec: ModelSpec, num_identities: int, cfg) -> nn.Module:

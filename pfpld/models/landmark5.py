@@ -15,24 +15,19 @@ import torch
 from torch import nn
 
 from ..contract import PreprocessContract
-from ..landmarks import NUM_POINTS
+from ..landmarks import FIVE_POINTS
 from ..losses import LossConfig, landmark_loss
 from .spec import ModelSpec, OutputSpec
 from .task import ModelEntry, Targets, Task
 
 POINT_NAMES = ("left eye centre", "right eye centre", "nose tip", "left mouth corner", "right mouth corner")
-EYE_CENTRES = (0, 1)            # the NME normaliser: inter-ocular distance between the eye centres
-# each point's 98-point sources ("left": image left, the subject's right; WFLW order)
-SOURCES_98 = ((60, 64), (68, 72), (54,), (76,), (82,))
+EYE_CENTRES = FIVE_POINTS.norm_points    # the NME normaliser: inter-ocular distance between the eye centres
 STAGES = (16, 32, 64)           # channels of the conv + pool stages; one more conv keeps the last width
 
 
 def points_from_98() -> np.ndarray:
-    """(5, 98): each point the mean of its sources."""
-    w = np.zeros((len(SOURCES_98), NUM_POINTS))
-    for i, sources in enumerate(SOURCES_98):
-        w[i, list(sources)] = 1.0 / len(sources)
-    return w
+    """(5, 98): each point the mean of its 98-point sources (pfpld.landmarks.FIVE_POINTS)."""
+    return FIVE_POINTS.from_98
 
 
 def conv_bn_prelu(inp: int, oup: int, kernel: int = 3, groups: int = 1, padding: int = 1) -> nn.Sequential:

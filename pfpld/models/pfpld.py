@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from ..contract import PreprocessContract
-from ..landmarks import EYE_POINTS, INTER_OCULAR, NUM_POINTS
+from ..landmarks import EYE_POINTS, INTER_OCULAR, NUM_POINTS, WFLW_98
 from ..losses import LossConfig, landmark_loss, pose_loss
 from .spec import ModelSpec, OutputSpec
-from .task import ModelEntry, Targets, Task, identity_98
+from .task import ModelEntry, Targets, Task
 
 
 def conv_bn(inp: int, oup: int, kernel: int, stride: int, padding: int = 1) -> nn.Sequential:
@@ -176,7 +176,7 @@ PFPLD_ENTRY = ModelEntry(
     spec=pfpld_spec,
     contract=lambda spec: PreprocessContract(input_size=spec.input_size),
     task=lambda spec: Task(loss=pfpld_loss, loss_parts=("landmark", "pose"), select_metric="nme",
-                           points_from_98=identity_98()),
+                           points_from_98=WFLW_98.from_98),
     summary="PFLD's MobileNetV2-style landmark network with a pose branch: 98 WFLW points and yaw/pitch/roll",
     demo_options={"width": 0.25},
 )

@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..arrays import asarray_like, namespace
-from ..landmarks import NUM_POINTS
+from ..landmarks import NUM_POINTS, map_points_98
 
 # Validation numbers a task may choose best.pt on (lower is better): the overall landmark NME, the mean pose MAE in
 # degrees under the AFLW2000 protocol, or the identification error on held-out images of the training identities.
@@ -71,13 +70,7 @@ class Task:
     def map_points(self, points98, mask98):
         """(..., 98, 2) points and (..., 98) mask, numpy or torch -> the model's (..., K, 2) points and (..., K)
         mask: a point is valid when every 98-point it is made of is."""
-        weights = np.asarray(self.points_from_98, dtype=np.float64)
-        w = asarray_like(weights, points98).to(points98.dtype) if namespace(points98) is not np else \
-            weights.astype(points98.dtype)
-        points = w @ points98                                               # (K, 98) @ (..., 98, 2)
-        used = asarray_like(weights != 0, mask98)                           # (K, 98)
-        invalid = ~asarray_like(mask98, mask98)
-        return points, ~(invalid[..., None, :] & used).any(-1)
+        return map_points_98(self.points_from_98, points98, mask98)
 
     def targets(self, points98, mask98, pose, has_pose, identity=None) -> Targets:
         """A batch's targets from its (augmented) 98-point labels: points (B, 196) or (B, 98, 2)."""
@@ -86,10 +79,6 @@ class Task:
         points, mask = self.map_points(points98.reshape(points98.shape[0], NUM_POINTS, 2), mask98)
         return Targets(points=points.reshape(points.shape[0], -1), mask=mask, pose=pose, has_pose=has_pose,
                        identity=identity)
-
-
-def identity_98() -> np.ndarray:
-    return np.eye(NUM_POINTS)
 
 
 @dataclass(frozen=True)
