@@ -467,10 +467,12 @@ def run_in_chunks(runner: Runner, x: np.ndarray, desc: str) -> dict[str, np.ndar
 
 
 def check_int8(export_dir: Path, images: Path | None = None, calib: Path | None = None, n: int = 64,
-               seed: int = 0, threads: int = 1, write: bool = True, pairs: Path | None = None) -> Int8Report:
+               seed: int = 0, threads: int = 1, write: bool = True, pairs: Path | None = None,
+               what_if: bool = True) -> Int8Report:
     """Every int8 stage of the export against its float model on held-out faces, judged on the model's budget
     (budget_of); `pairs`: a recognition model's LFW-format pairs file (images under its folder), which makes the
-    verdict one of verification accuracy."""
+    verdict one of verification accuracy. `what_if=False` skips the NNIE simulation at the precisions the export
+    does not deploy (each costs as much as the deployed one: minutes on thousands of faces)."""
     export = ExportFolder.open(Path(export_dir))
     contract, spec = export.contract, export.spec
     recognition = spec.output_of_kind("embedding") is not None
@@ -512,7 +514,7 @@ def check_int8(export_dir: Path, images: Path | None = None, calib: Path | None 
                     lambda name=name: export.runner(name, options))
     # What the other NNIE precisions would give, and the simulation of Caffe files exported without nnie.
     try:
-        for stage, detail, deployed, runner in nnie_what_if_runners(export, calib_x):
+        for stage, detail, deployed, runner in (nnie_what_if_runners(export, calib_x) if what_if else []):
             run_row(Int8Row(stage, detail, deployed), lambda r=runner: r)
     except Exception as exc:
         report.rows.append(Int8Row("nnie-sim", "-", False, verdict="ERROR", error=one_line(exc, 300)))
