@@ -84,6 +84,8 @@ def synth(ctx, out, n, identities, per_identity, heldout, pairs_per_fold, folds,
 @click.option("--300wlp", "w300lp", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="300W-LP root (holds AFW/ HELEN/ ... landmarks/).")
 @click.option("--aflw2000", type=click.Path(exists=True, file_okay=False, path_type=Path), help="AFLW2000-3D folder.")
+@click.option("--wflw-pose", type=click.Path(dir_okay=False, path_type=Path), help="WFLW's pose labels written "
+              "by `pfpld label-pose --out FILE`.  [default: the sidecar label-pose writes in the WFLW folder, if any]")
 @click.option("--imagefolder", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Recognition "
               "models: one folder per identity of aligned face images (CASIA-WebFace / MS1M style).")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True,
@@ -91,7 +93,7 @@ def synth(ctx, out, n, identities, per_identity, heldout, pairs_per_fold, folds,
 @click.option("--input-size", type=click.IntRange(min=16), help="The model's input size.  [default: the model's]")
 @click.option("--force", is_flag=True, help=force_help("prepared"))
 @user_errors
-def prepare_data(out, wflw, lapa, w300lp, aflw2000, imagefolder, model, input_size, force):
+def prepare_data(out, wflw, lapa, w300lp, aflw2000, wflw_pose, imagefolder, model, input_size, force):
     """Crop every face with the model's contract (its crop rule, size and normalisation) and write the merged
     training/test set."""
     from pfpld.data.prepare import prepare_dataset
@@ -100,7 +102,7 @@ def prepare_data(out, wflw, lapa, w300lp, aflw2000, imagefolder, model, input_si
         raise click.UsageError("give at least one of --wflw, --lapa, --300wlp, --aflw2000, --imagefolder")
     _, _, contract = build_model(model, **({} if input_size is None else {"input_size": input_size}))
     summary = prepare_dataset(out, wflw=wflw, lapa=lapa, w300lp=w300lp, aflw2000=aflw2000, imagefolder=imagefolder,
-                              contract=contract, force=force)
+                              wflw_pose=wflw_pose, contract=contract, force=force)
     click.echo(summary.table())
     click.echo(f"wrote {out}")
 
@@ -156,8 +158,8 @@ def align_cmd(images, out, size, points_file, landmarks, boxes_file, box, force)
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="WFLW root "
               "(holds WFLW_annotations/ and WFLW_images/).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the labels here instead.  [default: the sidecar prepare-data reads, "
-                   "WFLW_annotations/list_98pt_rect_attr_train_test/pfpld_pose_labels.txt]")
+              help="Write the labels here instead (then `prepare-data --wflw DIR --wflw-pose FILE`).  [default: the "
+                   "sidecar prepare-data reads, WFLW_annotations/list_98pt_rect_attr_train_test/pfpld_pose_labels.txt]")
 @user_errors
 def label_pose_cmd(data, out):
     """Fit a head pose (yaw, pitch, roll) to every WFLW face with solvePnP and the project's 3D template, and

@@ -255,12 +255,29 @@ def test_label_pose_command_feeds_prepare_data(wflw_root, tmp_path):
     assert all(np.allclose(r["pose"], by_name[r["name"]], atol=1e-4) for r in wflw_rows)
 
 
+def pose6d_records(root, split, labels):
+    from pfpld.data.sources.wflw import iter_wflw
+    return list(iter_wflw(root, split, pose_labels=labels))
+
+
 def test_label_pose_out_file_and_bad_inputs(wflw_root, tmp_path):
     out = tmp_path / "labels.txt"
     summary = pose6d.label_wflw(wflw_root, out=out, progress=False)
     assert out.is_file() and summary.faces == summary.labelled + summary.too_few_points + summary.fit_failed
     assert summary.labelled == summary.faces and 0 < summary.median_reprojection_px < 5
     assert_user_error(run("label-pose", "--data", tmp_path / "nowhere"), "nowhere", "not found")
+    # labels written elsewhere are read with --wflw-pose: the WFLW folder itself has no sidecar
+    pose_labels_path(wflw_root).unlink(missing_ok=True)         # the first test's sidecar, if it ran
+    prepared = tmp_path / "prepared"
+    proc = run("prepare-data", "--out", prepared, "--wflw", wflw_root, "--wflw-pose", out)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in (prepared / "index.jsonl").read_text().splitlines()[1:]]
+    labelled = {r.name: r.pose_rad for r in read_wflw(wflw_root, "train") + read_wflw(wflw_root, "test")}
+    assert all(v is None for v in labelled.values())                  # without the file: no pose
+    with_file = {r.name: r.pose_rad for s in ("train", "test") for r in pose6d_records(wflw_root, s, out)}
+    assert all(np.allclose(r["pose"], with_file[r["name"]], atol=1e-4) for r in rows if r["source"] == "wflw")
+    assert_user_error(run("prepare-data", "--out", tmp_path / "q", "--wflw", wflw_root, "--wflw-pose",
+                          tmp_path / "missing.txt"), "missing.txt", "not found")
     # a sidecar that lost a line is refused by prepare-data, naming both files
     broken = tmp_path / "WFLW"
     shutil.copytree(wflw_root, broken)

@@ -78,11 +78,12 @@ class SourceStream:
 
 
 def source_streams(wflw: Path | None, lapa: Path | None, w300lp: Path | None,
-                   aflw2000: Path | None) -> list[SourceStream]:
+                   aflw2000: Path | None, wflw_pose: Path | None = None) -> list[SourceStream]:
     streams = []
     if wflw is not None:
         for split in ("train", "test"):
-            streams.append(SourceStream("wflw", split, f"wflw {split}", lambda s=split: iter_wflw(wflw, s)))
+            streams.append(SourceStream("wflw", split, f"wflw {split}",
+                                        lambda s=split: iter_wflw(wflw, s, pose_labels=wflw_pose)))
     if lapa is not None:
         for lapa_split, split in (("train", "train"), ("val", "test"), ("test", "test")):
             streams.append(SourceStream("lapa", split, f"lapa {lapa_split}",
@@ -262,14 +263,15 @@ def write_readme(tmp: Path, summary: PrepareSummary, contract: PreprocessContrac
 
 
 def prepare_dataset(out: Path, *, wflw: Path | None = None, lapa: Path | None = None, w300lp: Path | None = None,
-                    aflw2000: Path | None = None, imagefolder: Path | None = None,
+                    aflw2000: Path | None = None, imagefolder: Path | None = None, wflw_pose: Path | None = None,
                     contract: PreprocessContract | None = None, context: float | None = None,
                     progress: bool = True, force: bool = False) -> PrepareSummary:
     """Read the given sources (WFLW train+test, LaPa closed-eye train -> train and val/test -> test, 300W-LP ->
     train, AFLW2000 protocol -> test; or, for an aligned contract, an ImageFolder set of identities -> train), crop
     every face and write the prepared folder `out` atomically. Context (the stored margin for augmentation) defaults
     to 1.5, and to 1 for aligned faces, which augmentation never moves. A previous prepared dataset at `out` is
-    replaced only with force, anything else never (fileio.check_output_folder)."""
+    replaced only with force, anything else never (fileio.check_output_folder). `wflw_pose`: WFLW's pose labels
+    written elsewhere by `pfpld label-pose --out` (default: its sidecar in the WFLW folder, when there is one)."""
     start = time.monotonic()
     out = Path(out)
     contract = contract or PreprocessContract()
@@ -287,6 +289,8 @@ def prepare_dataset(out: Path, *, wflw: Path | None = None, lapa: Path | None = 
     if imagefolder is not None and not contract.aligned:
         raise DatasetError(f"{imagefolder}: an ImageFolder set holds aligned faces without landmarks: prepare it for "
                            f"a recognition model (`pfpld prepare-data --model facerec --imagefolder DIR`)")
+    if wflw_pose is not None and wflw is None:
+        raise DatasetError(f"{wflw_pose}: pose labels of a WFLW folder: give the folder too (--wflw)")
     extra: dict = {}
     if imagefolder is not None:
         from .sources.imagefolder import read_imagefolder
@@ -295,7 +299,7 @@ def prepare_dataset(out: Path, *, wflw: Path | None = None, lapa: Path | None = 
         extra["identities"] = list(folder.classes)
     else:
         streams = source_streams(sources.get("wflw"), sources.get("lapa"), sources.get("300wlp"),
-                                 sources.get("aflw2000"))
+                                 sources.get("aflw2000"), wflw_pose)
     with output_folder(out, "prepared", force) as tmp:      # checked first: fail before hours of cropping
         counts = write_faces(tmp, streams, contract, context, progress)
         header = {"format": FORMAT, "version": VERSION, "contract": contract.to_dict(), "context": float(context),

@@ -118,16 +118,18 @@ def parse_line(line: str, where: str) -> tuple[np.ndarray, tuple[float, float, f
     return points, (float(box[0]), float(box[1]), float(box[2]), float(box[3])), attributes, tokens[-1]
 
 
-def iter_wflw(root: Path, split: str) -> Iterator[FaceRecord]:
+def iter_wflw(root: Path, split: str, pose_labels: Path | None = None) -> Iterator[FaceRecord]:
     """Faces of one split, in file order. Checks each referenced image exists (without decoding it). The pose
-    comes from the pose sidecar when the folder has one, else it is None."""
+    comes from `pose_labels` (a `pfpld label-pose --out` file) when given, else from the pose sidecar when the
+    folder has one, else it is None."""
     root = Path(root)
     ann = annotation_path(root, split)
     require_dir(root, "WFLW root")
     require_file(ann, "WFLW annotation file")
     images = require_dir(root / IMAGES_DIR, "WFLW images")
     lines = read_text_lines(ann)
-    poses = split_pose_labels(root, split, [n for n, line in enumerate(lines, start=1) if line.strip()])
+    poses = split_pose_labels(root, split, [n for n, line in enumerate(lines, start=1) if line.strip()],
+                              pose_labels)
     seen_images: set[Path] = set()
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
@@ -203,11 +205,14 @@ def read_pose_labels(path: Path) -> list[PoseLine]:
     return labels
 
 
-def split_pose_labels(root: Path, split: str, face_lines: list[int]) -> dict[int, np.ndarray]:
-    """{annotation line: (3,) yaw, pitch, roll radians} of one split from the sidecar, or {} without one. The
-    sidecar must list exactly the split's faces, in order: an annotation file edited after labelling is an
-    error, not a silent shift of every pose onto the wrong face."""
-    path = pose_labels_path(root)
+def split_pose_labels(root: Path, split: str, face_lines: list[int],
+                      path: Path | None = None) -> dict[int, np.ndarray]:
+    """{annotation line: (3,) yaw, pitch, roll radians} of one split from the labels file `path` (which must
+    exist), else from the sidecar, or {} without one. The file must list exactly the split's faces, in order: an
+    annotation file edited after labelling is an error, not a silent shift of every pose onto the wrong face."""
+    if path is not None:
+        require_file(Path(path), "pose labels file (`pfpld label-pose --out`)")
+    path = pose_labels_path(root) if path is None else Path(path)
     if not path.is_file():
         return {}
     mine = [p for p in read_pose_labels(path) if p.split == split]
@@ -219,5 +224,6 @@ def split_pose_labels(root: Path, split: str, face_lines: list[int]) -> dict[int
         else:
             first = next(a for a, b in zip(face_lines, listed) if a != b)
             detail = f"the {split} face at line {first} is not listed in order"
-        raise DatasetError(f"{path}: does not match {ann} ({detail}): run `pfpld label-pose --data {root}` again")
+        raise DatasetError(f"{path}: does not match {ann} ({detail}): run `pfpld label-pose --data {root}` again "
+                           f"(a labels file of another WFLW folder?)")
     return {p.annotation_line: np.radians(p.pose_deg) for p in mine if p.pose_deg is not None}
