@@ -24,7 +24,7 @@ from .data.boxes import read_boxes_file
 from .data.sources.common import write_image
 from .data.sources.imagefolder import IMAGE_EXTENSIONS, images_under, is_image_file
 from .errors import InputError
-from .fileio import output_folder, read_image
+from .fileio import output_folder, read_image, read_text_lines
 from .progress import progress as progress_bar
 
 ALIGN_JSON = "align.json"
@@ -145,12 +145,7 @@ def read_points_file(path: Path, images: Path) -> list[FacePoints]:
     one image, a file without points, or a file whose first eye is mostly the image-right one (the other order
     convention) is an InputError naming the file (and line)."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}); {POINTS_EXPECTED}") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc}); {POINTS_EXPECTED}") from None
+    lines = read_text_lines(path, POINTS_EXPECTED)
     entries: list[FacePoints] = []
     first_line: dict[str, int] = {}
     for number, text in enumerate(lines, start=1):

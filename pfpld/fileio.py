@@ -81,6 +81,19 @@ def swap_in_folder(tmp: Path, out: Path) -> None:
 OUTPUT_MARKER = ".pfpld-output.json"        # {"kind": ..., "created": iso time, "pfpld": version}
 
 
+
+def read_text_lines(path: Path, expected: str = "", error: type[Exception] = InputError) -> list[str]:
+    """The lines of a user's text file (UTF-8, a byte-order mark allowed); one `error` naming the file when it cannot
+    be read or is not text, with `expected` (what a line should hold) appended."""
+    path = Path(path)
+    tail = f"; {expected}" if expected else ""
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (byte {exc.start}){tail}") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror or exc}){tail}") from None
+
 @dataclass(frozen=True)
 class OutputKind:
     name: str

@@ -19,3 +19,9 @@ def assert_user_error(proc, *fragments):
     assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
     for f in fragments:
         assert f in errors[0], (f, errors[0])
+
+
+def assert_one_line_error(proc, *fragments):
+    """assert_user_error, and stderr is that line alone (no progress bar ran before the failure)."""
+    assert_user_error(proc, *fragments)
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -15,6 +13,7 @@ import torch
 from torch import nn
 
 from caffe_parity import EXPORT_WARNINGS
+from cli_run import assert_one_line_error, run
 from convert.export import export, source_from_onnx, source_from_random_init
 from convert.ncnn import convert_onnx_to_ncnn
 from convert.onnx2caffe import read_caffe
@@ -25,21 +24,7 @@ from pfpld.errors import ConversionError, PfpldError
 from pfpld.fileio import OUTPUT_MARKER
 
 pytestmark = EXPORT_WARNINGS
-PFPLD = [sys.executable, "-m", "pfpld_app.cli"]
 NNIE_PROVEN_LAYERS = {"Input", "Convolution", "ReLU", "Eltwise", "Pooling", "Flatten", "Concat", "InnerProduct"}
-
-
-def run(*args):
-    return subprocess.run(PFPLD + [str(a) for a in args], capture_output=True, text=True, timeout=600)
-
-
-def assert_one_line_error(proc, *fragments):
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 @pytest.mark.parametrize("width", [1.0, 0.25])

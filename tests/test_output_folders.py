@@ -16,7 +16,7 @@ from pfpld import __version__
 from pfpld.errors import InputError
 from pfpld.fileio import (OUTPUT_KINDS, OUTPUT_MARKER, check_output_folder, commit_output_folder, force_help,
                           output_folder, output_kind_of, temporary_sibling)
-from test_cli import assert_user_error, run
+from cli_run import assert_one_line_error, run
 
 # What each kind wrote before markers existed (the legacy file and the line or JSON that identifies it).
 LEGACY = {
@@ -200,11 +200,6 @@ def test_force_help_states_the_whole_policy():
 
 
 # --- every command, through the real CLI ------------------------------------------------------------------------
-
-def assert_one_line_error(proc, *fragments):
-    assert_user_error(proc, *fragments)
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-
 
 def check_command_rule(tmp_path: Path, command: list, marker_kind: str, produced: str):
     """Run `command --out OUT` into a new folder, again without and with --force, and into a user's folder."""

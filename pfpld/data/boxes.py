@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from ..fileio import read_text_lines
 
 BOXES_FILE = "boxes.txt"
 EXPECTED = "expected 'file x1 y1 x2 y2' (pixels, x1 < x2 and y1 < y2)"
@@ -30,12 +31,7 @@ def read_boxes_file(path: Path) -> list[BoxLine]:
     """Every face box of a boxes.txt, in file order. A malformed line, a missing image file or a file without
     any box is an InputError naming the file and line."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}); {EXPECTED} per line") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc}); {EXPECTED} per line") from None
+    lines = read_text_lines(path, f"{EXPECTED} per line")
     entries = []
     for number, text in enumerate(lines, start=1):
         if not text.strip() or text.lstrip().startswith("#"):

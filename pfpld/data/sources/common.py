@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import scipy.io
 
+from ... import fileio
 from ...errors import one_line
 from ..record import DatasetError
 
@@ -32,12 +33,8 @@ def require_file(path: Path, what: str, where: str | None = None) -> Path:
 
 
 def read_text_lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot read ({e.strerror})") from None
+    """A dataset's annotation file as lines (fileio.read_text_lines), its errors DatasetErrors."""
+    return fileio.read_text_lines(path, error=DatasetError)
 
 
 def write_jpeg(path: Path, image: np.ndarray) -> None:
