@@ -35,6 +35,7 @@ class Checkpoint:
     scheduler: dict | None = None
     versions: dict = field(default_factory=dict)
     head: dict | None = None        # a training-only head's state_dict (facerec's margin head), for --resume
+    scaler: dict | None = None      # the fp16 GradScaler's state (scale, growth tracker), for --resume
 
 
 TRAINING_PACKAGES = ("pfpld", "torch", "numpy")
@@ -73,7 +74,8 @@ def atomic_torch_save(obj, path: Path) -> None:
 
 def save_checkpoint(path: Path, *, state_dict: dict, spec: ModelSpec, contract: PreprocessContract, epoch: int = 0,
                     metrics: dict | None = None, config: dict | None = None, history: list | None = None,
-                    optimizer: dict | None = None, scheduler: dict | None = None, head: dict | None = None) -> None:
+                    optimizer: dict | None = None, scheduler: dict | None = None, head: dict | None = None,
+                    scaler: dict | None = None) -> None:
     atomic_torch_save({
         "format": FORMAT, "version": VERSION,
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
@@ -82,6 +84,7 @@ def save_checkpoint(path: Path, *, state_dict: dict, spec: ModelSpec, contract: 
         "history": plain(history or []),
         "optimizer": optimizer, "scheduler": scheduler, "versions": tool_versions(),
         **({"head": {k: v.detach().cpu() for k, v in head.items()}} if head is not None else {}),
+        **({"scaler": plain(scaler)} if scaler else {}),
     }, path)
 
 
@@ -106,7 +109,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
                           metrics=raw.get("metrics") or {}, config=raw.get("config") or {},
                           history=raw.get("history") or [], optimizer=raw.get("optimizer"),
                           scheduler=raw.get("scheduler"), versions=raw.get("versions") or {},
-                          head=raw.get("head"))
+                          head=raw.get("head"), scaler=raw.get("scaler"))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: pfpld checkpoint is missing or has a malformed field "
                               f"({one_line(e, 160)})") from None

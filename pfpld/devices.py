@@ -3,15 +3,19 @@ resolved once into a torch.device and an autocast dtype, with one clear error fo
 Checkpoints stay device-independent: weights are saved from the CPU and loaded onto whatever device is chosen."""
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """auto: the first CUDA device when there is one, else the CPU."""
+    import torch     # here, so that the command line reads AMP_CHOICES without loading torch
     name = (name or "auto").strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -33,15 +37,17 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of mixed precision, or None for full fp32. Mixed precision is for CUDA: auto picks
-    bf16 where the GPU supports it, else fp16 (with a GradScaler in the loop); on the CPU auto means off."""
+    """The autocast dtype of mixed precision, or None for full fp32. On CUDA, auto picks bf16 where the GPU supports
+    it, else fp16 (with a GradScaler in the loop). On the CPU auto means off; bf16 or fp16 asked for explicitly run
+    the same autocast and GradScaler code as on CUDA (bf16 is fast on CPUs with AMX, slow on the others)."""
+    import torch
     amp = (amp or "auto").lower()
     if amp not in AMP_CHOICES:
         raise InputError(f"--amp {amp}: expected one of {', '.join(AMP_CHOICES)}")
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
     if device.type != "cuda":
-        raise InputError(f"--amp {amp}: mixed precision runs on CUDA devices; this run is on {device} (use --amp off)")
+        return torch.bfloat16 if amp == "bf16" else torch.float16
     if amp == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if amp == "bf16" and not torch.cuda.is_bf16_supported():

@@ -17,6 +17,7 @@ import io
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ from .recognition import identification_error
 
 # What a checkpoint written before a setting existed was trained with.
 LEGACY_CONFIG = {"val_fraction": 0.0}
+POSTFIX_EVERY = 10                      # batches between the progress bar's loss updates
 
 
 @dataclass
@@ -248,6 +250,13 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     with_head = {"head": ddp_head} if head is not None else {}
     # fp16 needs loss scaling against underflowing gradients; bf16 and fp32 do not (the scaler is then a no-op).
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    if scaler.is_enabled():     # a step the scaler skips (inf gradients) is still a step of the per-step schedule
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+    if resume and scaler.is_enabled():
+        if ckpt.scaler is None:
+            raise CheckpointError(f"{resume}: was not trained with --amp fp16 (no loss-scaler state): resume with its "
+                                  f"--amp")
+        scaler.load_state_dict(ckpt.scaler)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
 
@@ -268,7 +277,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         data_seconds, ready = 0.0, time.perf_counter()
         bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                            enabled=progress and rank == 0, leave=False)
-        for batch in bar:
+        for step, batch in enumerate(bar):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             batch = train_set.network_batch(batch)          # the augmentation, batched on the training device
             data_seconds += time.perf_counter() - ready
@@ -287,7 +296,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             n = batch["image"].shape[0]
             sums[:-1] += torch.stack([loss.detach()] + [loss_parts[p] for p in task.loss_parts]).double() * n
             sums[-1] += n
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if step % POSTFIX_EVERY == 0:       # .item() waits for the device: not every step on a GPU
+                bar.set_postfix(loss=f"{loss.item():.3f}")
             ready = time.perf_counter()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -317,7 +327,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             common = dict(state_dict=model.state_dict(), spec=spec, contract=contract, epoch=epoch + 1,
                           metrics=row, config={**cfg.to_dict(), "world_size": world}, history=history,
                           optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                          head=head.state_dict() if head is not None else None)
+                          head=head.state_dict() if head is not None else None,
+                          scaler=scaler.state_dict() if scaler.is_enabled() else None)
             save_checkpoint(out / "last.pt", **common)
             if not math.isnan(row[select]) and row[select] < best_val:
                 best_val = row[select]

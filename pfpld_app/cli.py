@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from pfpld import DEFAULT_MODEL
+from pfpld.devices import AMP_CHOICES
 from pfpld.errors import InputError, PfpldError
 from pfpld.fileio import force_help, write_text_atomic
 
@@ -210,8 +211,9 @@ def label_pose_cmd(data, out):
               "cosine, SphereFace: integer multiplier).  [default: the head's: 0.5, 0.35, 4]")
 @click.option("--no-augment", is_flag=True, help="Train on the plain contract crops.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
-@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True,
-              help="Mixed precision on CUDA (auto: bf16 where supported, else fp16 with a GradScaler; off on the CPU).")
+@click.option("--amp", type=click.Choice(list(AMP_CHOICES)), default="auto", show_default=True,
+              help="Mixed precision (auto: on CUDA bf16 where supported, else fp16 with a GradScaler; off on the CPU, "
+              "where bf16 / fp16 run only when asked for: bf16 pays on CPUs with AMX).")
 @click.option("--channels-last", is_flag=True, help="Channels-last memory format (faster convolutions on recent GPUs).")
 @click.option("--val-fraction", type=click.FloatRange(min=0, max=0.5), help="Part of the training split held out "
               "to validate every epoch and choose best.pt (0: none, no best.pt); the test split stays for `pfpld "
