@@ -3,7 +3,8 @@ spec + the reference preprocessing contract) so that export, check-parity, eval 
 
 One entry per origin in IMPORTERS. `nniefacelib`: the original PFPLD code (hanson-young/nniefacelib,
 PFPLD/pfld/pfld.py), whose checkpoints are state_dicts with the reference names (FACTS section 1), saved bare,
-wrapped in a dict ({"state_dict": ..., "epoch": ...}) or with DataParallel's `module.` prefix. Files are read
+wrapped in a dict ({"state_dict": ..., "epoch": ...}) or with DataParallel's `module.` prefix. `deep-head-pose`:
+HopeNet's released weights (a torchvision ResNet with three 66-bin heads). Files are read
 with torch.load(weights_only=True) only: a pickled module or optimizer object is refused, never executed.
 """
 from __future__ import annotations
@@ -103,8 +104,41 @@ def import_nniefacelib(state_dict: dict[str, torch.Tensor], path: Path, width: f
                                               else "--width"})
 
 
+# deep-head-pose's ResNet trunks by their residual blocks per stage (torchvision's layout and names)
+HOPENET_TRUNKS = {("bottleneck", (3, 4, 6, 3)): "resnet50", ("basic", (2, 2, 2, 2)): "resnet18"}
+HOPENET_UNUSED = ("fc_finetune.",)      # defined by the reference, never used by its forward
+
+
+def import_deep_head_pose(state_dict: dict[str, torch.Tensor], path: Path, width: float | None) -> Imported:
+    """HopeNet as released by its authors (natanielruiz/deep-head-pose: hopenet_alpha1.pkl, hopenet_robust_alpha1.pkl,
+    ...): a torchvision ResNet state_dict (conv1, bn1, layer1-4; num_batches_tracked absent in files of old torch)
+    with fc_yaw, fc_pitch, fc_roll (and the unused fc_finetune, dropped). The trunk is read from the blocks; the model
+    decodes angles as the reference code does (bin index x 3 - 99, pfpld.pose_bins), since its expectation loss
+    was trained on that decode; the contract is the paper's (224, the loose 300W-LP crop, ImageNet normalisation)."""
+    if width not in (None, 1.0):
+        raise InputError(f"--width {width:g}: HopeNet's released ResNets have no width (1 only)")
+    trunk = {k: v for k, v in state_dict.items() if not k.startswith(HOPENET_UNUSED)}
+    dropped = sorted(set(state_dict) - set(trunk))
+    if "conv1.weight" not in trunk or "fc_yaw.weight" not in trunk:
+        raise CheckpointError(f"{path}: no 'conv1.weight' and 'fc_yaw.weight': not a deep-head-pose HopeNet "
+                              f"state_dict (keys: {_names(state_dict)})")
+    blocks = tuple(len({k.split(".")[1] for k in trunk if k.startswith(f"layer{i}.")}) for i in range(1, 5))
+    kind = "bottleneck" if "layer1.0.conv3.weight" in trunk else "basic"
+    backbone = HOPENET_TRUNKS.get((kind, blocks))
+    if backbone is None:
+        raise CheckpointError(f"{path}: a ResNet with {kind} blocks {list(blocks)} per stage; pfpld's HopeNet trunks "
+                              f"are ResNet-50 (bottleneck 3, 4, 6, 3) and ResNet-18 (basic 2, 2, 2, 2)")
+    renamed = {(k if k.startswith("fc_") else f"backbone.{k}"): v for k, v in trunk.items()}
+    module, spec, contract = build_model("hopenet", backbone=backbone, decode="reference")
+    weights = match_state_dict(renamed, module.state_dict(), path, f"HopeNet {backbone}")
+    module.load_state_dict(weights, strict=True)
+    return Imported(weights, spec, contract, {"width": 1.0, "width_from": "ResNet", "backbone": backbone,
+                                              "dropped_keys": dropped})
+
+
 IMPORTERS: dict[str, Callable[[dict, Path, float | None], Imported]] = {
     "nniefacelib": import_nniefacelib,
+    "deep-head-pose": import_deep_head_pose,
 }
 
 

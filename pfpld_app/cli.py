@@ -256,9 +256,10 @@ def train(data, out, model, width, backbone, epochs, batch_size, lr, weight_deca
 
 @main.command("import")
 @click.argument("ckpt", type=click.Path(path_type=Path))
-@click.option("--from", "origin", type=click.Choice(["nniefacelib"]), required=True, help="The code base that "
-              "saved CKPT: nniefacelib = the original PFPLD (a state_dict with its names, bare, wrapped in a dict "
-              "or with DataParallel's module. prefix).")
+@click.option("--from", "origin", required=True, help="The code base that saved CKPT (pfpld.importers.IMPORTERS): "
+              "nniefacelib = the original PFPLD (a state_dict with its names, bare, wrapped in a dict or with "
+              "DataParallel's module. prefix); deep-head-pose = HopeNet's released weights (hopenet_alpha1.pkl, "
+              "hopenet_robust_alpha1.pkl: ResNet-50).")
 @click.option("--width", type=float, help="Channel width (default: read from the weights).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The pfpld checkpoint to write.")
 @click.option("--force", is_flag=True, help="Replace --out if it is a pfpld checkpoint (anything else is never "
@@ -271,8 +272,10 @@ def import_cmd(ckpt, origin, width, out, force):
     imported = import_checkpoint(ckpt, origin, out, width=width, force=force)
     record = imported.record
     how = ", ".join(f"{k} {record[k]}" for k in ("wrapper_key", "data_parallel_prefix") if record.get(k))
-    click.echo(f"imported {len(imported.state_dict)} tensors of {imported.spec.name} width {record['width']:g} "
-               f"(from {record['width_from']}{', ' + how if how else ''}) -> {out}")
+    described = " ".join(f"{k}={v}" for k, v in imported.spec.options.items())
+    dropped = f", dropped {len(record['dropped_keys'])} unused tensors" if record.get("dropped_keys") else ""
+    click.echo(f"imported {len(imported.state_dict)} tensors of {imported.spec.name} {described} (width from "
+               f"{record['width_from']}{', ' + how if how else ''}{dropped}) -> {out}")
     click.echo(f"next: pfpld export {out} --target all --out DIR")
 
 

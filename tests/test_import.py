@@ -48,7 +48,7 @@ def test_reference_state_dicts_import_with_the_same_outputs(reference_model, tmp
     out = tmp_path / "imported.pt"
     proc = run("import", source, "--from", "nniefacelib", "--out", out)
     assert proc.returncode == 0, proc.stderr
-    assert "width 0.25 (from conv1.weight" in proc.stdout
+    assert "pfpld width=0.25 input_size=112 (width from conv1.weight" in proc.stdout
     model, record = load_model(out)
     assert record.spec.name == "pfpld" and record.spec.options["width"] == 0.25
     assert record.contract.color_order == "RGB" and record.contract.input_size == 112
@@ -124,3 +124,61 @@ def test_import_never_replaces_a_file_that_is_not_a_pfpld_checkpoint(reference_m
     proc = run("import", source, "--from", "nniefacelib", "--out", notes, "--force")
     assert proc.returncode == 2 and "not a pfpld checkpoint" in proc.stderr
     assert notes.read_text() == "my notes"
+
+
+def reference_hopenet_state_dict(backbone: str = "resnet18", seed: int = 6) -> dict[str, torch.Tensor]:
+    """A state_dict in deep-head-pose's layout (a torchvision ResNet's names, fc_yaw / fc_pitch / fc_roll, the unused
+    fc_finetune, no num_batches_tracked as torch 0.3 saved it), from a randomly initialised network."""
+    torch.manual_seed(seed)
+    module, spec, _ = build_model("hopenet", backbone=backbone)
+    randomize_batchnorm(module, spec.input_size, seed=seed)
+    sd = {k.removeprefix("backbone."): v for k, v in module.state_dict().items()
+          if not k.endswith("num_batches_tracked")}
+    features = sd["fc_yaw.weight"].shape[1]
+    return {**sd, "fc_finetune.weight": torch.randn(3, features + 3), "fc_finetune.bias": torch.zeros(3)}
+
+
+def test_a_released_hopenet_imports_and_decodes_as_the_reference_code(tmp_path):
+    sd = reference_hopenet_state_dict()
+    source = tmp_path / "hopenet_robust_alpha1.pkl"
+    torch.save({f"module.{k}": v for k, v in sd.items()}, source, _use_new_zipfile_serialization=False)
+    out = tmp_path / "hopenet.pt"
+    proc = run("import", source, "--from", "deep-head-pose", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "hopenet backbone=resnet18 input_size=224 width=1.0 decode=reference" in proc.stdout
+    assert "dropped 2 unused tensors" in proc.stdout
+    model, record = load_model(out)
+    assert record.spec.options["decode"] == "reference" and record.contract.crop.loose_k > 0
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        yaw, pitch, roll, angles = model.eval()(x)
+    # the reference code's decode: softmax over the 66 bins, expectation of idx * 3 - 99
+    idx = torch.arange(66, dtype=torch.float32)
+    for k, logits in enumerate((yaw, pitch, roll)):
+        expected = (torch.softmax(logits, 1) * idx).sum(1) * 3 - 99
+        assert torch.allclose(angles[:, k], expected, atol=1e-4)
+    # the trunk computes what the reference's does: same weights under torchvision's names
+    assert torch.equal(model.fc_roll.weight, sd["fc_roll.weight"])
+    assert torch.equal(model.backbone.layer4[1].conv2.weight, sd["layer4.1.conv2.weight"])
+    # and the export carries the reference decode in its graph
+    export = tmp_path / "export"
+    proc = run("export", out, "--target", "onnx", "--out", export, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(export / "hopenet.onnx"), providers=["CPUExecutionProvider"])
+    got = np.concatenate([session.run(["angles_deg"], {"input": x[i:i + 1].numpy()})[0] for i in range(len(x))])
+    assert np.abs(got - angles.numpy()).max() < 1e-3
+
+
+def test_a_resnet_hopenet_does_not_have_is_refused_naming_its_blocks(tmp_path):
+    sd = reference_hopenet_state_dict()
+    resnet34ish = {**sd, **{k.replace("layer3.1.", "layer3.2."): v for k, v in sd.items() if "layer3.1." in k}}
+    path = tmp_path / "r34.pkl"
+    torch.save(resnet34ish, path)
+    out = tmp_path / "out.pt"
+    _refused(run("import", path, "--from", "deep-head-pose", "--out", out), out, "basic blocks [2, 2, 3, 2]",
+             "ResNet-50 (bottleneck 3, 4, 6, 3)")
+    torch.save({k: v for k, v in sd.items() if not k.startswith("fc_yaw")}, path)
+    _refused(run("import", path, "--from", "deep-head-pose", "--out", out), out, "not a deep-head-pose HopeNet")
+    _refused(run("import", path, "--from", "deep-head", "--out", out), out, "unknown origin",
+             "nniefacelib, deep-head-pose")

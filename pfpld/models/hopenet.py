@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..pose_bins import BIN_CENTRES_DEG, NUM_BINS, expectation_deg
+from ..pose_bins import BIN_CENTRES_DEG, BIN_EDGES_DEG, NUM_BINS, expectation_deg
 from ..contract import CropRule, PreprocessContract
 from ..losses import LossConfig
 from ..pose_bins import hopenet_loss, keep_for_training
@@ -26,9 +26,10 @@ MIN_INPUT_SIZE = 64      # five stride-2 stages leave 2x2 before the global pool
 
 class HopeNet(nn.Module):
     def __init__(self, backbone: str = "resnet50", input_size: int = 224, width: float = 1.0,
-                 zero_init_residual: bool = False):
+                 zero_init_residual: bool = False, decode: str = "centres"):
         super().__init__()
         _check_input_size(input_size)
+        _check_decode(decode)
         self.input_size = input_size        # the trunk pools globally; the size is the contract's, kept for reading
         self.backbone = build_backbone(backbone, width, zero_init_residual)
         c = self.backbone.out_channels
@@ -36,7 +37,7 @@ class HopeNet(nn.Module):
         self.fc_pitch = nn.Linear(c, NUM_BINS)
         self.fc_roll = nn.Linear(c, NUM_BINS)
         # Not persistent: a constant of the decode, not a weight (state_dicts stay those of the reference).
-        self.register_buffer("bin_centres_deg", torch.tensor(BIN_CENTRES_DEG, dtype=torch.float32).view(-1, 1),
+        self.register_buffer("bin_centres_deg", torch.tensor(DECODES[decode], dtype=torch.float32).view(-1, 1),
                              persistent=False)
 
     def forward(self, x):
@@ -47,15 +48,30 @@ class HopeNet(nn.Module):
         return yaw, pitch, roll, angles_deg
 
 
+# What each bin stands for when the angles are decoded: its centre (pfpld's), or its left edge as the reference code
+# decodes (bin index x 3 - 99), which a released HopeNet's expectation loss was trained on (pfpld/pose_bins.py).
+DECODES = {"centres": BIN_CENTRES_DEG, "reference": BIN_EDGES_DEG[:-1]}
+
+
+def _check_decode(decode: str) -> None:
+    if decode not in DECODES:
+        raise ValueError(f"HopeNet decode {decode!r}: expected one of {', '.join(DECODES)}")
+
+
 def _check_input_size(input_size: int) -> None:
     if input_size < MIN_INPUT_SIZE:
         raise ValueError(f"HopeNet input_size {input_size}: expected at least {MIN_INPUT_SIZE}")
 
 
-def hopenet_spec(backbone: str = "resnet50", input_size: int = 224, width: float = 1.0) -> ModelSpec:
-    """The paper's model is the default (ResNet-50 at 224); boards: backbone="mobilenetv2", input_size=112."""
+def hopenet_spec(backbone: str = "resnet50", input_size: int = 224, width: float = 1.0,
+                 decode: str = "centres") -> ModelSpec:
+    """The paper's model is the default (ResNet-50 at 224); boards: backbone="mobilenetv2", input_size=112.
+    decode "reference" (an imported released model) is an option only when asked for, so specs saved before it
+    existed stay equal."""
     check_backbone(backbone, width)
     _check_input_size(input_size)
+    _check_decode(decode)
+    decoded = "" if decode == "centres" else ", decoded at their left edges as the reference code does"
     bins = f"{NUM_BINS} bin logits of 3 degrees over [-99, 99)"
     return ModelSpec(
         name="hopenet",
@@ -65,10 +81,11 @@ def hopenet_spec(backbone: str = "resnet50", input_size: int = 224, width: float
             OutputSpec("yaw_logits", (NUM_BINS,), f"yaw: {bins}", kind="pose_bins"),
             OutputSpec("pitch_logits", (NUM_BINS,), f"pitch: {bins}", kind="pose_bins"),
             OutputSpec("roll_logits", (NUM_BINS,), f"roll: {bins}", kind="pose_bins"),
-            OutputSpec("angles_deg", (3,), "yaw, pitch, roll in DEGREES (softmax expectation of the 66 bins)",
+            OutputSpec("angles_deg", (3,), f"yaw, pitch, roll in DEGREES (softmax expectation of the 66 bins{decoded})",
                        kind="pose_deg"),
         ),
-        options={"backbone": backbone, "input_size": input_size, "width": width},
+        options={"backbone": backbone, "input_size": input_size, "width": width,
+                 **({"decode": decode} if decode != "centres" else {})},
     )
 
 
