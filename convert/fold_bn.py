@@ -35,8 +35,10 @@ def _foldable_conv(index: GraphIndex, bn: onnx.NodeProto) -> onnx.NodeProto | No
     conv = index.producers.get(bn.input[0])
     if conv is None or conv.op_type not in CONV_OPS:
         return None
-    if conv.op_type == "Gemm" and len(conv.input) > 2 and conv.input[2]:
-        bias = index.constant(conv.input[2])     # a per-row C (M, N) depends on the batch: not a bias
+    if conv.op_type == "Gemm":      # a product of two activations, or a per-row C (M, N), has no weight to fold into
+        if index.constant(conv.input[1]) is None:
+            return None
+        bias = index.constant(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
         if bias is not None and bias.ndim == 2 and bias.shape[0] != 1:
             return None
     if len(index.consumers.get(bn.input[0], [])) != 1 or bn.input[0] in index.graph_outputs:
