@@ -4,7 +4,7 @@
                marked for 16 bit, preflight, activation ranges for the simulation, and the SDK bundle
                (quant/nnie.py), in DIR/nnie_sdk or at --sdk-dir; its runner is the NNIE simulation;
 - onnx-int8  (`--int8 --calib DIR` with an ONNX target): onnxruntime QDQ, uint8 activations, per-channel int8
-               weights (quant/ort_int8.py);
+               weights in [-64, 64] so that CPUs without VNNI do not saturate (quant/ort_int8.py);
 - ncnn-int8  (`--int8 --calib DIR` with the ncnn target): calibration table + int8 param/bin as ncnn2table and
                ncnn2int8 would write them (quant/ncnn_int8.py).
 
@@ -116,10 +116,10 @@ def export_onnx_int8(job: ExportJob) -> dict[str, Path]:
     activations = job.options.get("int8_activations") or "u8"
     _, xc = _calibration(job)
     path = job.path(".int8.onnx")
-    quantize_qdq(job.files["onnxsim"], path, xc, activations=activations)
-    job.info["onnx-int8"] = {"format": "QDQ", "activations": activations, "weights": "s8 per-channel",
-                             "calibration": str(Path(job.options["calib"]).resolve()), "calibration_images": len(xc),
-                             "method": "MinMax"}
+    recipe = quantize_qdq(job.files["onnxsim"], path, xc, activations=activations)
+    job.info["onnx-int8"] = {"format": "QDQ", "activations": recipe.activations, "weights": recipe.weights,
+                             "calibration": str(Path(job.options["calib"]).resolve()),
+                             "calibration_images": recipe.calibration_images, "method": recipe.method}
     return {"onnx-int8": path}
 
 

@@ -109,3 +109,40 @@ def test_check_parity_int8_reports_nme_and_pose_deltas(trained_export, prepared_
     verdict_ok = all(s["delta_nme_points"] <= 0.3 for s in stages.values() if s["deployed"])
     assert (result["verdict"] == "pass") == verdict_ok and (proc.returncode == 0) == verdict_ok
     assert "| nnie |" in (out / "int8.md").read_text()
+
+
+def test_qdq_weights_fit_16_bit_pair_sums_so_integer_kernels_match_the_qdq_graph(tmp_path):
+    """onnxruntime's u8s8 kernels on x86 CPUs without VNNI add each pair of u8 x s8 products in 16 bits. The QDQ model's
+    weights must keep every pair within 32,767 on any CPU (|w| <= 64: 2 x 255 x 64 = 32,640), and on this CPU the
+    integer kernels must give what the same QDQ graph gives evaluated in float (with full-range weights this model's
+    first convolution saturated on AVX2: its landmarks 26 output steps away)."""
+    import onnx
+
+    from convert.artifacts import ExportFolder
+    from convert.export import export, source_from_random_init
+    from convert.parity import face_crops
+    from convert.runtimes import OnnxRunner
+    from quant.ort_int8 import quantize_qdq
+    export(source_from_random_init("landmark5", 1.0, 3, {}), ["onnxsim"], tmp_path / "export", log=lambda *a: None)
+    folder = ExportFolder.open(tmp_path / "export")
+    crops, _ = face_crops(folder.contract, 24, None, 5)
+    x = np.stack([folder.contract.to_tensor_layout(c) for c in crops]).astype(np.float32)
+    path = tmp_path / "int8.onnx"
+    recipe = quantize_qdq(folder.require("onnxsim"), path, x[:16])
+
+    model = onnx.load(str(path))
+    initializers = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    dequantized_by = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    weights = [initializers[dequantized_by[n.input[1]].input[0]] for n in model.graph.node
+               if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in dequantized_by]
+    assert len(weights) == 7 and all(w.dtype == np.int8 for w in weights)        # every conv of landmark5
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == 64      # per channel, up to the limit
+
+    landmarks = folder.spec.output_names[0]
+    integer = OnnxRunner(path).run(x[16:])[landmarks]
+    graph_in_float = OnnxRunner(path, optimize=False).run(x[16:])[landmarks]
+    assert np.abs(integer - graph_in_float).max() < 2 / 255                      # landmarks in [0, 1]: two u8 steps
+
+    described = {p.key: p.value for p in model.metadata_props}["pfpld.int8"]
+    assert described == recipe.describe() and "weights s8 per-channel in [-64, 64]" in described
+    assert "activations u8" in described and "16 calibration images" in described
