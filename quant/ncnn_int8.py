@@ -42,9 +42,15 @@ NO_WEIGHT_TYPES = {"Input", "Split", "BinaryOp", "Pooling", "Concat", "Flatten",
 
 def raw_float_count(layer_type: str, params: dict[int, str]) -> int | None:
     """How many raw fp32 values (no tag) a layer that stays in float keeps in the bin: PReLU's slopes (0=num_slope);
-    None for a type this writer does not know to carry such weights."""
+    BatchNorm's slope, mean, var and bias (0=channels each: a BatchNorm no convolution absorbs, as in pre-activation
+    ResNets); Scale's scales (0=scale_data_size) and its bias when 1=bias_term. None for a type this writer does not
+    know to carry such weights."""
     if layer_type == "PReLU":
         return int(params.get(0, "0"))
+    if layer_type == "BatchNorm":
+        return 4 * int(params.get(0, "0"))
+    if layer_type == "Scale" and int(params.get(0, "0")) >= 0:
+        return int(params.get(0, "0")) * (2 if int(params.get(1, "0")) else 1)
     return None
 
 
@@ -115,7 +121,7 @@ def read_weights(param: Path, bin_path: Path) -> tuple[list[NcnnLayer], dict[str
             offset += 4 * raw_float_count(layer.type, params)          # stays fp32: copied as it is
         elif layer.type not in NO_WEIGHT_TYPES:
             raise ConversionError(f"{param}: layer '{layer.name}' ({layer.type}) may carry weights; the int8 writer "
-                                  f"handles {', '.join(QUANTISED_TYPES)}, PReLU and weightless layers only")
+                                  f"handles {', '.join(QUANTISED_TYPES)}, PReLU, BatchNorm, Scale and weightless layers only")
     if offset != len(data):
         raise ConversionError(f"{bin_path}: {len(data) - offset} bytes left after the last layer's weights: the "
                               f"param and bin do not match")

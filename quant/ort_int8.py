@@ -63,9 +63,7 @@ def quantize_qdq(onnx_path: Path, out_path: Path, calibration_x: np.ndarray, act
     if activations not in ACTIVATION_TYPES:
         raise ConversionError(f"activations {activations!r}: expected one of {ACTIVATION_TYPES}")
     model = onnx.load(str(onnx_path))
-    if opset_version(model) < MIN_OPSET:
-        raise ConversionError(f"{onnx_path}: opset {opset_version(model)}; onnxruntime's per-channel QDQ needs "
-                              f">= {MIN_OPSET} (export with --opset 13)")
+    source_opset = opset_version(model)
     spec, contract = read_metadata(model)
     input_name = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}][0]
     x = np.ascontiguousarray(calibration_x, dtype=np.float32)
@@ -84,8 +82,17 @@ def quantize_qdq(onnx_path: Path, out_path: Path, calibration_x: np.ndarray, act
     with tempfile.TemporaryDirectory(prefix="pfpld-qdq-") as work:
         pre = Path(work) / "pre.onnx"
         quantized = Path(work) / "int8.onnx"
+        source = onnx_path
+        if source_opset < MIN_OPSET:     # a user's opset-11 file: onnxruntime's per-channel QDQ needs 13
+            source = Path(work) / f"opset{MIN_OPSET}.onnx"
+            try:
+                onnx.save(onnx.version_converter.convert_version(model, MIN_OPSET), str(source))
+            except Exception as exc:
+                raise ConversionError(f"{onnx_path}: opset {source_opset}; onnxruntime's per-channel QDQ needs >= "
+                                      f"{MIN_OPSET} and the ONNX version converter failed ({one_line(exc)}): export "
+                                      f"the model with opset {MIN_OPSET}") from None
         try:
-            quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
+            quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
             quantize_static(str(pre), str(quantized), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             reduce_range=True,
                             activation_type=QuantType.QUInt8 if activations == "u8" else QuantType.QInt8,
