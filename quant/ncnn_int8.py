@@ -121,7 +121,8 @@ def read_weights(param: Path, bin_path: Path) -> tuple[list[NcnnLayer], dict[str
             offset += 4 * raw_float_count(layer.type, params)          # stays fp32: copied as it is
         elif layer.type not in NO_WEIGHT_TYPES:
             raise ConversionError(f"{param}: layer '{layer.name}' ({layer.type}) may carry weights; the int8 writer "
-                                  f"handles {', '.join(QUANTISED_TYPES)}, PReLU, BatchNorm, Scale and weightless layers only")
+                                  f"handles {', '.join(QUANTISED_TYPES)}, PReLU, BatchNorm, Scale and weightless "
+                                  f"layers only")
     if offset != len(data):
         raise ConversionError(f"{bin_path}: {len(data) - offset} bytes left after the last layer's weights: the "
                               f"param and bin do not match")
