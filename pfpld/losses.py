@@ -28,7 +28,7 @@ class LossConfig:
     landmark_weight: float = 1.0
     pose_weight: float = 10.0            # on smooth-L1 of radians (the reference: 1000, see above)
     pose_beta_rad: float = 1.0
-    bins_alpha: float = 1.0              # HopeNet: weight of the expectation's MSE (degrees^2) beside the bins' CE
+    bins_alpha: float = 1.0              # HopeNet: weight of the expectation's smooth-L1 (bins) beside the bins' CE
     head: str = "arcface"                # facerec: the margin head (pfpld.heads.HEADS) and its scale and margin
     head_s: float | None = None          # (None: the head's default)
     head_m: float | None = None

@@ -22,7 +22,9 @@ def plot_training_curves(history: list[dict], path: Path, loss_parts: tuple[str,
     axes = fig.subplots(1, 3)
     axes[0].plot(epochs, [h["train_loss"] for h in history], "o-", label="total")
     for part in loss_parts:
-        axes[0].plot(epochs, [h[f"train_{part}_loss"] for h in history], "o-", label=part.replace("_", " "))
+        # NaN in the epochs of a resumed run from before the task logged that part
+        axes[0].plot(epochs, [h.get(f"train_{part}_loss", math.nan) for h in history], "o-",
+                     label=part.replace("_", " "))
     axes[0].set_title("training loss")
     axes[0].set_yscale("log")
     axes[0].legend(fontsize=8)

@@ -202,8 +202,9 @@ def label_pose_cmd(data, out):
 @click.option("--landmark-weight", type=float, help="Weight of the landmark term.  [default: LossConfig's]")
 @click.option("--pose-weight", type=float, help="Weight of smooth-L1 on pose radians (the PFPLD reference used 1000 "
               "with Wing on [0,1] coordinates; see pfpld/losses.py).  [default: LossConfig's]")
-@click.option("--bins-alpha", type=float, help="hopenet: weight of the expectation's MSE (degrees^2) beside the bins' "
-              "cross-entropy.  [default: LossConfig's, 1]")
+@click.option("--bins-alpha", type=float, help="hopenet: weight of the regression on the softmax expectation "
+              "(smooth-L1 in bin widths, not the paper's MSE in degrees^2: see pfpld/pose_bins.py) beside the bins' "
+              "cross-entropy.  [default: LossConfig's, 1, the paper's]")
 @click.option("--head", help="facerec: the margin head, arcface, cosface or sphereface (training only; the export is "
               "the embedding network).  [default: arcface]")
 @click.option("--s", "head_s", type=float, help="facerec: the head's scale s.  [default: the head's: 64, 64, 30]")

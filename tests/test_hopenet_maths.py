@@ -12,8 +12,8 @@ from pfpld.errors import ModelError
 from pfpld.models.backbones import BasicBlock, Bottleneck, build_backbone
 from pfpld.models.hopenet import HopeNet, hopenet_spec
 from pfpld.models.pfpld import InvertedResidual
-from pfpld.pose_bins import (BIN_CENTRES_DEG, BIN_EDGES_DEG, NUM_BINS, bin_labels, expectation_deg, hopenet_loss,
-                             keep_for_training)
+from pfpld.pose_bins import (BIN_CENTRES_DEG, BIN_EDGES_DEG, BIN_WIDTH_DEG, NUM_BINS, bin_labels, expectation_deg,
+                             hopenet_loss, keep_for_training)
 
 
 def test_bins_are_66_of_3_degrees_over_minus_99_to_99():
@@ -87,11 +87,35 @@ def test_loss_pieces_on_a_tiny_batch_by_hand():
 
     ln66, ce_75, ce_25 = math.log(66), -math.log(0.75), -math.log(0.25)
     ce = [(ln66 + ce_75) / 2, (ln66 + ce_25) / 2, (ln66 + ce_75) / 2]
+    # The errors in bin widths (3 degrees): face 0 10/3, 20/3, 10 (beyond one bin: |e| - 1/2), face 1 1.25/3,
+    # 1.75/3, 0 (within one bin: e^2 / 2).
+    smooth_l1 = [(10 / 3 - 0.5 + (1.25 / 3) ** 2 / 2) / 2,        # 1.46007
+                 (20 / 3 - 0.5 + (1.75 / 3) ** 2 / 2) / 2,        # 3.16840
+                 (10 - 0.5 + 0.0) / 2]                            # 4.75
     mse = [(10.0 ** 2 + 1.25 ** 2) / 2, (20.0 ** 2 + 1.75 ** 2) / 2, (30.0 ** 2 + 0.0) / 2]
     assert loss.cross_entropy.tolist() == pytest.approx(ce, rel=1e-5)
+    assert loss.smooth_l1_bins.tolist() == pytest.approx(smooth_l1, rel=1e-5)
+    assert smooth_l1 == pytest.approx([1.460069, 3.168403, 4.75], rel=1e-6)
     assert loss.mse_deg2.tolist() == pytest.approx(mse, rel=1e-5)
-    assert loss.total.item() == pytest.approx(sum(ce) + alpha * sum(mse), rel=1e-5)
-    assert not loss.cross_entropy.requires_grad and not loss.mse_deg2.requires_grad
+    assert loss.total.item() == pytest.approx(sum(ce) + alpha * sum(smooth_l1), rel=1e-5)
+    assert not any(t.requires_grad for t in (loss.cross_entropy, loss.smooth_l1_bins, loss.mse_deg2))
+
+
+def test_regression_pull_on_the_expectation_is_bounded_beyond_one_bin():
+    """The regression term's gradient in the expectation is the error in bins within one bin and +-1 per bin width
+    beyond it, however large the error: a face 90 degrees off pulls as hard as one 6 degrees off (the paper's MSE in
+    degrees^2 would pull 15 times harder), so the bins' CE keeps its say early in training."""
+    logits = torch.zeros(4, NUM_BINS, requires_grad=True)                # expectation 0 for every face
+    angles = torch.tensor([[1.5, 0.0, 0.0], [-6.0, 0.0, 0.0], [90.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    zero = torch.zeros(4, NUM_BINS)
+    hopenet_loss(logits, zero, zero, angles, alpha=1.0).total.backward()
+    ce_only = torch.zeros(4, NUM_BINS, requires_grad=True)
+    hopenet_loss(ce_only, zero, zero, angles, alpha=0.0).total.backward()
+    regression = logits.grad - ce_only.grad
+    # d expectation / d logit_k = p_k (c_k - E) = c_k / 66 here; d loss / d expectation = clip(e, -1, 1) / 3 / N
+    d_expectation = torch.tensor(BIN_CENTRES_DEG, dtype=torch.float32) / NUM_BINS
+    pull = torch.tensor([-0.5, 1.0, -1.0, 0.0]) / BIN_WIDTH_DEG / 4
+    assert torch.allclose(regression, pull[:, None] * d_expectation, atol=1e-6)
 
 
 def test_loss_backpropagates_into_the_logits():
