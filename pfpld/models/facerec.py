@@ -17,7 +17,6 @@ alignment (the ArcFace template). Normalisation is insightface's: RGB, (pixel - 
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
