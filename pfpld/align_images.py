@@ -25,6 +25,7 @@ from .data.sources.common import write_image
 from .data.sources.imagefolder import IMAGE_EXTENSIONS, images_under, is_image_file
 from .errors import InputError
 from .fileio import output_folder, read_image, read_text_lines
+from .landmarks import POINT_LAYOUTS, layout_for
 from .progress import progress as progress_bar
 
 ALIGN_JSON = "align.json"
@@ -253,10 +254,10 @@ def landmark_locator(ckpt: Path) -> tuple[Callable[[np.ndarray, tuple], np.ndarr
     from .predict import check_box_on_image, predict_face
     model, record = load_model(ckpt)
     output = record.spec.output_of_kind("landmarks")
-    if output is None or output.num_points not in (5, 68, 98):
+    if output is None or layout_for(output.num_points) is None:
         what = f"{output.num_points} landmarks" if output is not None else "no landmarks"
         raise InputError(f"{ckpt}: model {record.spec.name} outputs {what}; --landmarks needs a landmark model with "
-                         f"5, 68 or 98 points (landmark5, pfpld)")
+                         f"{', '.join(map(str, POINT_LAYOUTS))} points (landmark5, pfpld)")
 
     def locate(image: np.ndarray, box) -> np.ndarray:
         try:

@@ -520,14 +520,14 @@ def check_int8(export_dir: Path, images: Path | None = None, calib: Path | None 
         report.rows.append(Int8Row("nnie-sim", "-", False, verdict="ERROR", error=one_line(exc, 300)))
     # A QDQ model made now from --calib when the export has none.
     if not export.has("onnx-int8") and calib_x is not None and export.has("onnxsim"):
-        from .ort_int8 import WEIGHT_LIMIT, quantize_qdq
+        from .ort_int8 import QdqRecipe, quantize_qdq
         with tempfile.TemporaryDirectory(prefix="pfpld-int8-") as work:
             def built_now():
                 path = Path(work) / "int8.onnx"
                 quantize_qdq(export.require("onnxsim"), path, calib_x)
                 return OnnxRunner(path, threads=threads)
-            run_row(Int8Row("onnx-int8", f"QDQ u8 act, s8 per-channel in [-{WEIGHT_LIMIT}, {WEIGHT_LIMIT}] (made now "
-                                         f"from --calib)", True), built_now)
+            recipe = QdqRecipe(activations="u8", per_channel=True, calibration_images=len(calib_x))
+            run_row(Int8Row("onnx-int8", f"QDQ u8 act, {recipe.weights} (made now from --calib)", True), built_now)
     if write:
         report.markdown = export.folder / "int8.md"
         write_text_atomic(report.markdown, report.to_markdown())
