@@ -18,6 +18,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError
+
+# HopeNet's regression on the softmax expectation beside the bins' CE (pfpld/pose_bins.py hopenet_loss): smooth-L1 in
+# bin widths (the default: it learns at alpha 1 in short runs) or the paper's MSE in degrees^2.
+BINS_REGRESSIONS = ("smooth_l1", "mse")
 
 
 @dataclass(frozen=True)
@@ -28,10 +33,16 @@ class LossConfig:
     landmark_weight: float = 1.0
     pose_weight: float = 10.0            # on smooth-L1 of radians (the reference: 1000, see above)
     pose_beta_rad: float = 1.0
-    bins_alpha: float = 1.0              # HopeNet: weight of the expectation's smooth-L1 (bins) beside the bins' CE
+    bins_alpha: float = 1.0              # HopeNet: weight of the regression on the expectation beside the bins' CE
+    bins_regression: str = "smooth_l1"   # HopeNet: that regression, one of BINS_REGRESSIONS
     head: str = "arcface"                # facerec: the margin head (pfpld.heads.HEADS) and its scale and margin
     head_s: float | None = None          # (None: the head's default)
     head_m: float | None = None
+
+    def __post_init__(self):
+        if self.bins_regression not in BINS_REGRESSIONS:
+            raise InputError(f"bins regression {self.bins_regression!r}: expected one of "
+                             f"{', '.join(BINS_REGRESSIONS)}")
 
 
 def wing(x: torch.Tensor, w: float, epsilon: float) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """HopeNet's pose bins: 66 bins of 3 degrees over [-99, 99), the labels its classification heads learn, the
 softmax expectation that decodes them, and its loss (per angle CrossEntropy + alpha x a regression on the
-expectation: smooth-L1 in bin widths, not the paper's MSE in degrees^2; hopenet_loss says why).
+expectation: by default smooth-L1 in bin widths; the paper's MSE in degrees^2 on request; hopenet_loss says why).
 
 numpy for data preparation and evaluation, torch for training and for the module's in-graph decode; each
 function takes either. Angles are in DEGREES here, as in the HopeNet code; the rest of the project speaks
@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .arrays import namespace
+from .losses import BINS_REGRESSIONS
 from .metrics import POSE_PROTOCOL_DEG
 
 BIN_EDGES_DEG = np.arange(-99, 102, 3).astype(np.float64)            # 67 edges: -99, -96, ..., 99
@@ -81,38 +82,52 @@ def expectation_deg(logits, values_deg=BIN_CENTRES_DEG, keepdim: bool = False):
 
 @dataclass(frozen=True)
 class PoseBinLoss:
-    total: torch.Tensor             # sum over the angles of cross_entropy + alpha * smooth_l1_bins, differentiable
+    total: torch.Tensor             # sum over the angles of cross_entropy + alpha * the regression, differentiable
     cross_entropy: torch.Tensor     # (3,) per angle (yaw, pitch, roll), batch mean, detached
     smooth_l1_bins: torch.Tensor    # (3,) per angle, smooth-L1 of the expectation's error in bin widths, detached
-    mse_deg2: torch.Tensor          # (3,) per angle, squared degrees, batch mean, detached (the paper's term, logged)
+    mse_deg2: torch.Tensor          # (3,) per angle, squared degrees, batch mean, detached (the paper's term)
 
 
-def hopenet_loss(yaw_logits, pitch_logits, roll_logits, angles_deg, alpha: float = 1.0) -> PoseBinLoss:
+def hopenet_loss(yaw_logits, pitch_logits, roll_logits, angles_deg, alpha: float = 1.0, regression: str = "smooth_l1",
+                 expected_deg=None) -> PoseBinLoss:
     """HopeNet's loss: for each angle, CrossEntropy of its logits (N,66) against the bin label of the true angle,
-    plus alpha x smooth-L1 of the softmax expectation's error in bin widths (beta one bin: e^2 / 2 within one bin
-    of the true angle, |e| - 1/2 beyond). angles_deg (N,3) must pass keep_for_training. The paper uses alpha 1 or 2.
+    plus alpha x a regression of the softmax expectation on the true angle. angles_deg (N,3) must pass
+    keep_for_training. The paper uses alpha 1 or 2.
 
-    The paper's regression term is the MSE in degrees^2, whose gradient grows with the error. Measured in short runs
-    (180 synthetic faces with a pose, MobileNetV2 w0.5 at 112, Adam lr 3e-3): at alpha 1 its gradient in the logits
-    was 360 times the CE's at the start (uniform softmax, errors of tens of degrees) and 40-50 times later. Adam
-    normalises the step, so the CE had no say: the softmax saturated on wrong bins (the CE rose from 3 x ln 66 = 12.6
-    to 35 nats) where the expectation's gradient p_k (c_k - E) vanishes, and no run learned (0.84-0.88 x the mean
+    regression "smooth_l1" (the default): smooth-L1 of the expectation's error in bin widths (beta one bin: e^2 / 2
+    within one bin of the true angle, |e| - 1/2 beyond). "mse": the paper's MSE in degrees^2. Both are measured and
+    returned whichever one the total uses.
+
+    expected_deg (N,3): the expectation the model decoded (its own bin values, e.g. a released model's left edges,
+    pfpld/models/hopenet.py); None decodes the logits at the bin centres.
+
+    Why smooth-L1 is the default: the MSE in degrees^2 has a gradient that grows with the error. Measured in short
+    runs (180 synthetic faces with a pose, MobileNetV2 w0.5 at 112, Adam lr 3e-3): at alpha 1 its gradient in the
+    logits was 360 times the CE's at the start (uniform softmax, errors of tens of degrees) and 40-50 times later.
+    Adam normalises the step, so the CE had no say: the softmax saturated on wrong bins (the CE rose from 3 x ln 66 =
+    12.6 to 35 nats) where the expectation's gradient p_k (c_k - E) vanishes, and no run learned (0.84-0.88 x the mean
     pose's MAE). Gradient clipping, a warm-up of alpha and a 5 x learning rate for the heads did not help (0.81-0.90 x);
     the MSE in bin widths did partly (0.75 x). Smooth-L1 in bin widths pulls on the expectation by at most one per bin
     width, whatever the error: its gradient was 2.2 times the CE's at the first step and 1.1-1.3 times after, the
-    softmax stayed spread (2.3-2.7 nats), and alpha 1 learned (0.60-0.72 x over five seeds). mse_deg2 is still
-    measured, for the training log."""
+    softmax stayed spread (2.3-2.7 nats), and alpha 1 learned (0.60-0.72 x over five seeds). With the MSE, alpha 0.01
+    learned (0.67-0.74 x); the reference trained with Adam at lr 1e-5 (not measured here)."""
+    if regression not in BINS_REGRESSIONS:
+        raise ValueError(f"HopeNet regression {regression!r}: expected one of {', '.join(BINS_REGRESSIONS)}")
     logits = torch.stack([yaw_logits, pitch_logits, roll_logits], 1)         # (N, 3, 66)
     if logits.shape[-1] != NUM_BINS or angles_deg.shape != logits.shape[:2]:
         raise ValueError(f"logits {tuple(yaw_logits.shape)} x3 and angles {tuple(angles_deg.shape)}: expected "
                          f"(N, {NUM_BINS}) x3 and (N, 3)")
+    if expected_deg is not None and expected_deg.shape != angles_deg.shape:
+        raise ValueError(f"decoded angles {tuple(expected_deg.shape)}: expected {tuple(angles_deg.shape)}")
     angles = angles_deg.to(logits.dtype)
     labels = bin_labels(angles)
     ce = F.cross_entropy(logits.reshape(-1, NUM_BINS), labels.reshape(-1), reduction="none")
     ce = ce.view(-1, 3).mean(0)
-    error_deg = expectation_deg(logits) - angles
+    expected = expectation_deg(logits) if expected_deg is None else expected_deg.to(logits.dtype)
+    error_deg = expected - angles
     error_bins = error_deg / BIN_WIDTH_DEG
     smooth_l1 = F.smooth_l1_loss(error_bins, torch.zeros_like(error_bins), beta=1.0, reduction="none").mean(0)
-    total = ce.sum() + alpha * smooth_l1.sum()
+    mse = (error_deg ** 2).mean(0)
+    total = ce.sum() + alpha * (smooth_l1 if regression == "smooth_l1" else mse).sum()
     return PoseBinLoss(total=total, cross_entropy=ce.detach(), smooth_l1_bins=smooth_l1.detach(),
-                       mse_deg2=(error_deg.detach() ** 2).mean(0))
+                       mse_deg2=mse.detach())

@@ -9,7 +9,7 @@ import torch
 
 from pfpld.models import build_model
 
-from cli_run import assert_user_error, run
+from cli_run import assert_one_line_error, assert_user_error, run
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +127,10 @@ def test_prepare_data_with_missing_image_names_the_image(synth_dir, tmp_path):
     jpg.unlink()
     assert_user_error(run("prepare-data", "--out", tmp_path / "prepared", "--aflw2000", root), jpg.name)
     assert not (tmp_path / "prepared").exists()
+
+
+def test_unknown_hopenet_regression_is_one_line(prepared_dir, tmp_path):
+    proc = run("train", "--data", prepared_dir, "--out", tmp_path / "run", "--model", "hopenet", "--epochs", "1",
+               "--bins-regression", "l2")
+    assert_one_line_error(proc, "bins regression 'l2'", "smooth_l1, mse")
+    assert not (tmp_path / "run").exists()

@@ -105,16 +105,19 @@ LOSS_PARTS = ("bins_ce", "expectation_smooth_l1", "expectation_mse")
 
 
 def hopenet_training_loss(outputs, targets: Targets, crop_px: int, cfg: LossConfig):
-    """hopenet_loss (per angle CE on the bins + cfg.bins_alpha x smooth-L1 of the expectation in bin widths) on the
-    faces of the batch with a pose inside the bins' range (augmentation can carry a face out of it). Logged: both
-    terms, and the expectation's MSE in degrees^2 (the paper's term, easier to read; not part of the total)."""
-    yaw, pitch, roll, _ = outputs
+    """hopenet_loss (per angle CE on the bins + cfg.bins_alpha x cfg.bins_regression of the expectation) on the faces
+    of the batch with a pose inside the bins' range (augmentation can carry a face out of it). The expectation is the
+    model's own decoded angles, so an imported model that decodes at the bins' left edges (decode "reference") is
+    fine-tuned on what it outputs. Logged: the CE and both regressions (smooth-L1 in bin widths, MSE in degrees^2),
+    whichever one the total uses."""
+    yaw, pitch, roll, decoded_deg = outputs
     angles = torch.rad2deg(targets.pose.float())
     keep = targets.has_pose.bool() & keep_for_training(angles)
     if not keep.any():
         zero = yaw.sum() * 0.0
         return zero, dict.fromkeys(LOSS_PARTS, zero.detach())
-    loss = hopenet_loss(yaw[keep], pitch[keep], roll[keep], angles[keep], alpha=cfg.bins_alpha)
+    loss = hopenet_loss(yaw[keep], pitch[keep], roll[keep], angles[keep], alpha=cfg.bins_alpha,
+                        regression=cfg.bins_regression, expected_deg=decoded_deg[keep])
     return loss.total, {"bins_ce": loss.cross_entropy.sum(), "expectation_smooth_l1": loss.smooth_l1_bins.sum(),
                         "expectation_mse": loss.mse_deg2.sum()}
 
