@@ -338,7 +338,9 @@ class NcnnRunner(Runner):
         blobs = [self.outputs.get(n, n) for n in names]     # spec names, or raw ncnn blob names
         values = {}
         with self.net.create_extractor() as extractor:
-            extractor.input(self.input_blob, ncnn.Mat(x1[0]))     # x1 is contiguous and outlives the extractor
+            # A copy in ncnn's own memory: a Mat that wraps numpy's buffer crashes the process (SIGSEGV, ncnn
+            # 1.0.20261020) when the first layer works in place (a graph that starts with Sub / Mul on the input).
+            extractor.input(self.input_blob, ncnn.Mat(x1[0]).clone())
             for name, blob in zip(names, blobs):
                 status, mat = extractor.extract(blob)
                 if status != 0:

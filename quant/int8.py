@@ -270,7 +270,17 @@ class Int8Report:
 
     @property
     def passed(self) -> bool:
-        return not any(r.deployed and r.verdict in ("OVER", "ERROR") for r in self.rows)
+        """At least one deployed int8 stage was judged, and none is over the budget or failed to run."""
+        deployed = [r for r in self.rows if r.deployed]
+        return bool(deployed) and not any(r.verdict in ("OVER", "ERROR") for r in deployed)
+
+    @property
+    def nothing_deployed(self) -> str:
+        """Why the verdict fails when the export has no int8 stage to judge ('' when it has one)."""
+        if any(r.deployed for r in self.rows):
+            return ""
+        return ("no deployed int8 stage to judge: export with --target nnie, onnx-int8 or ncnn-int8 and --calib DIR, "
+                "or give --calib DIR here to quantise the ONNX file now")
 
     LANDMARK_POSE_HEADER = ["stage", "what", "NME %", "dNME (points)", "pose MAE deg", "dpose deg", "NME vs float %",
                             "max |dlandmark|", "max |dpose| deg", "verdict"]
@@ -307,6 +317,7 @@ class Int8Report:
         lines.append(f"int8 on {self.n_faces} held-out faces ({self.faces}){self._pose_faces_note()}; budget "
                      f"{self.budget.describe()} for deployed stages; verdict: {'PASS' if self.passed else 'FAIL'}")
         lines += [f"{r.stage}: {r.error}" for r in self.rows if r.error]
+        lines += [self.nothing_deployed] if self.nothing_deployed else []
         return "\n".join(lines)
 
     def _pose_faces_note(self) -> str:
@@ -346,6 +357,7 @@ class Int8Report:
         lines += ["", f"**Verdict: {'PASS' if self.passed else 'FAIL'}** (budget: {self.budget.describe()} for the "
                       f"deployed stages)."]
         lines += [f"- {r.stage}: {r.error}" for r in self.rows if r.error]
+        lines += [f"- {self.nothing_deployed}"] if self.nothing_deployed else []
         return "\n".join(lines) + "\n"
 
 
