@@ -47,7 +47,7 @@ DEVICE_ENTRIES: dict[str, Callable[[str, dict[str, str], Path, ModelSpec], dict]
 def deploy_dict(spec: ModelSpec, contract: PreprocessContract, runtimes: dict[str, dict]) -> dict:
     return {"format": DEPLOY_FORMAT, "version": DEPLOY_VERSION, "model": spec.name,
             "contract": contract.to_dict(),
-            "input": {"name": spec.input_name, "shape": [1, 3, contract.input_size, contract.input_size]},
+            "input": {"name": spec.input_name, "shape": [1, 3, *contract.input_hw]},
             "outputs": [{"name": o.name, "kind": o.kind, "shape": list(o.shape), "meaning": o.meaning}
                         for o in spec.outputs],
             "runtimes": runtimes}

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from pfpld.checkpoint import load_model, tool_versions
-from pfpld.contract import ALIGNED_CROP, PreprocessContract
+from pfpld.contract import PreprocessContract, aligned_crop, hw_text
 from pfpld.errors import ConversionError, PfpldError, one_line
 from pfpld.fileio import check_output_folder, commit_output_folder, temporary_sibling
 from pfpld.models import build_model
@@ -25,6 +25,7 @@ from . import stages as _builtin_formats  # noqa: F401  (registers convert's for
 from .artifacts import TOOL_PACKAGES, Manifest, StageRecord, file_records, sha256_of, write_manifest
 from .deploy import export_runtimes, write_deploy
 from .formats import ExportJob, ExportSource, Format, SourceRecord, missing_options, resolve_targets
+from .onnx_bins import declare_bin_outputs
 from .onnx_export import DEFAULT_OPSET, declare_outputs, load_checked_onnx, read_metadata, spec_from_graph
 from .runtimes import process_threads
 
@@ -131,32 +132,41 @@ def parse_scale(text: str) -> float:
 CROP_OPTIONS = ("expand", "shift_y", "box_source")     # contract options that are fields of its CropRule
 
 
-def contract_for_onnx(path: Path, from_metadata: PreprocessContract | None, input_size: int,
+def contract_for_onnx(path: Path, from_metadata: PreprocessContract | None, input_hw: tuple[int, int],
                       options: dict) -> tuple[PreprocessContract, str]:
     """The contract of a user's ONNX: the file's metadata, with any option given on the command line replacing
     its field. A file without metadata needs at least the colour order and the scale: the chain will not guess
-    how pixels become the input. Returns the contract and where it came from."""
+    how pixels become the input; its input size is the graph's (rows x columns: a rectangle, such as SphereFace's
+    112x96, for an aligned contract only). Returns the contract and where it came from."""
     options = {k: v for k, v in options.items() if v is not None}
     where = "metadata" if not options else ("options" if from_metadata is None else "metadata+options")
     if from_metadata is None and not {"color_order", "scale"} <= set(options):
         raise ConversionError(f"{path}: no pfpld contract in the ONNX metadata; give at least --color-order and "
                               f"--scale (and --mean, --crop-expand, --crop-shift-y where they differ from "
                               f"0, 1.2 and 0; --crop-box-source aligned for a recognition model)")
-    base = from_metadata or PreprocessContract(input_size=input_size)
+    height, width = input_hw
     crop_options = {k: options.pop(k) for k in CROP_OPTIONS if k in options}
     if "scale" in options:
         options["scale"] = parse_scale(str(options["scale"]))
     if "mean" in options:
         options["mean"] = tuple(options["mean"])
-    try:
-        aligned = crop_options.get("box_source") == "aligned" and not base.aligned
-        crop = replace(ALIGNED_CROP if aligned else base.crop, **crop_options)   # aligned: expand 1 unless given
-        contract = replace(base, crop=crop, **options)
+    base_crop = from_metadata.crop if from_metadata is not None else PreprocessContract().crop
+    aligned = crop_options.get("box_source") == "aligned" and base_crop.box_source != "aligned"
+    try:   # aligned: expand 1 unless given (a rectangle: side min, pfpld.contract.aligned_crop)
+        crop = replace(aligned_crop(height, width) if aligned else base_crop, **crop_options)
     except PfpldError as exc:
         raise ConversionError(f"{path}: contract options: {exc}") from None
-    if contract.input_size != input_size:
-        raise ConversionError(f"{path}: the contract says input_size {contract.input_size} but the graph input is "
-                              f"{input_size}x{input_size}")
+    if height != width and crop.box_source != "aligned":
+        raise ConversionError(f"{path}: the graph input is {hw_text(height, width)} (rows x columns), not square: "
+                              f"only an aligned face model takes a rectangle; give --crop-box-source aligned")
+    if from_metadata is not None and from_metadata.input_hw != input_hw:
+        raise ConversionError(f"{path}: the contract says input size {from_metadata.size_text} but the graph input "
+                              f"is {hw_text(height, width)} (rows x columns)")
+    try:
+        contract = replace(from_metadata or PreprocessContract(), input_size=height, input_width=width, crop=crop,
+                           **options)
+    except PfpldError as exc:
+        raise ConversionError(f"{path}: contract options: {exc}") from None
     return contract, where
 
 
@@ -170,11 +180,15 @@ def source_from_onnx(path: Path, contract_options: dict | None = None,
     spec, contract = read_metadata(model)
     spec_from = "metadata" if spec is not None else "graph"
     if spec is None:
-        spec = spec_from_graph(model, name=path.stem.split(".")[0] or "model")
-    if output_kinds:
+        try:
+            spec = spec_from_graph(model, name=path.stem.split(".")[0] or "model")
+        except ConversionError as exc:
+            raise ConversionError(f"{path}: {exc}") from None
+    if output_kinds:      # bins first: their decode is appended to the graph (convert/onnx_bins.py)
+        model, spec, output_kinds = declare_bin_outputs(model, spec, output_kinds, str(path))
         spec = declare_outputs(spec, output_kinds, str(path))
         spec_from += "+options"
-    contract, contract_from = contract_for_onnx(path, contract, spec.input_size, contract_options or {})
+    contract, contract_from = contract_for_onnx(path, contract, spec.input_hw, contract_options or {})
     return ExportSource(spec, contract, onnx_model=model,
                         record=SourceRecord("onnx", path=str(path.resolve()), sha256=sha256_of(path),
                                             spec_from=spec_from, contract_from=contract_from))

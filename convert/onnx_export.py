@@ -116,27 +116,30 @@ def declare_outputs(spec: ModelSpec, kinds: dict[str, str], source: str) -> Mode
 
 
 def spec_from_graph(model: onnx.ModelProto, name: str) -> ModelSpec:
-    """A spec for an ONNX file that carries none: its single input (square NCHW) and its outputs, named and
-    shaped as in the graph. The meaning of an output is unknown unless its name is one the project knows."""
+    """A spec for an ONNX file that carries none: its single input (NCHW, H x W fixed; a batch of any size) and its
+    outputs, named and shaped as in the graph. The meaning of an output is unknown unless its name is one the
+    project knows."""
     initializers = {t.name for t in model.graph.initializer}
     inputs = [v for v in model.graph.input if v.name not in initializers]
     if len(inputs) != 1:
         raise ConversionError(f"the graph has {len(inputs)} inputs ({[v.name for v in inputs]}); expected one image "
                               f"input")
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
-    if len(dims) != 4 or dims[1] != 3 or dims[2] is None or dims[2] != dims[3]:
-        raise ConversionError(f"input '{inputs[0].name}' has shape {dims}; expected [N, 3, S, S] with a fixed size S")
+    if len(dims) != 4 or dims[1] != 3 or dims[2] is None or dims[3] is None:
+        raise ConversionError(f"input '{inputs[0].name}' has shape {dims}; expected [N, 3, H, W] with fixed H and W "
+                              f"(export it with a fixed image size; the batch may stay dynamic)")
     outputs = []
     for value in model.graph.output:
         shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim)
         outputs.append(output_spec_by_name(value.name, shape[1:]))
-    return ModelSpec(name=name, input_name=inputs[0].name, input_size=int(dims[2]), outputs=tuple(outputs))
+    return ModelSpec(name=name, input_name=inputs[0].name, input_size=int(dims[2]), outputs=tuple(outputs),
+                     input_width=int(dims[3]))
 
 
 def export_onnx(module: torch.nn.Module, spec: ModelSpec, contract: PreprocessContract, path: Path,
                 opset: int = DEFAULT_OPSET, training: torch.onnx.TrainingMode = torch.onnx.TrainingMode.EVAL) -> Path:
     module = module.eval()
-    dummy = torch.zeros(1, 3, spec.input_size, spec.input_size)
+    dummy = torch.zeros(1, 3, *spec.input_hw)
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".raw.onnx", dir=path.parent)
     os.close(fd)

@@ -46,7 +46,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 # --- inputs -----------------------------------------------------------------------------------------------------
 @dataclass
 class ParityInputs:
-    x: np.ndarray                   # (N, 3, S, S) float32, random inputs first, then faces
+    x: np.ndarray                   # (N, 3, H, W) float32, random inputs first, then faces
     n_random: int
     faces: str                      # where the face crops came from
 
@@ -60,8 +60,7 @@ def random_inputs(contract: PreprocessContract, n: int, seed: int) -> np.ndarray
     rng = np.random.default_rng(seed)
     low = (0.0 - np.asarray(contract.mean, dtype=np.float64)) * contract.scale
     high = (255.0 - np.asarray(contract.mean, dtype=np.float64)) * contract.scale
-    size = contract.input_size
-    u = rng.random((n, 3, size, size))     # mean is in the network's channel order (to_tensor_layout)
+    u = rng.random((n, 3, *contract.input_hw))     # mean is in the network's channel order (to_tensor_layout)
     return (low[None, :, None, None] + u * (high - low)[None, :, None, None]).astype(np.float32)
 
 
@@ -71,21 +70,21 @@ ALIGNED_RENDER_SIZE = 288           # synthetic pictures the aligned faces are w
 
 def synthetic_aligned_faces(contract: PreprocessContract, n: int, seed: int) -> tuple[np.ndarray, str]:
     """n synthetic faces (render_face from `seed`) aligned as recognition sets are: the five points of each face
-    (pfpld.align.five_points of its 98) warped onto the ArcFace template at 112 px, then the contract's crop of that
-    aligned image (the whole image, resized to the input size). Returns the BGR crops (N, S, S, 3) and a line
-    saying how they were made."""
-    from pfpld.align import TEMPLATE_SIZE, align_face, five_points
+    (pfpld.align.five_points of its 98) warped onto the template at 112 rows and the input's aspect (ArcFace's
+    112x112; SphereFace's 112x96 for a 112x96 input), then the contract's crop of that aligned image (the whole
+    image, resized to the input size). Returns the BGR crops (N, H, W, 3) and a line saying how they were made."""
+    from pfpld.align import TEMPLATE_SIZE, align_face, five_points, template_name
     from pfpld.data.synthetic import render_face
     rng = np.random.default_rng(seed)
+    frame = (TEMPLATE_SIZE, round(TEMPLATE_SIZE * contract.width / contract.height))
     crops = []
     for _ in range(n):
         face = render_face(rng, image_size=ALIGNED_RENDER_SIZE)
-        aligned, _ = align_face(face.image, five_points(face.points_98), TEMPLATE_SIZE)
+        aligned, _ = align_face(face.image, five_points(face.points_98), frame)
         crops.append(contract.crop_image(aligned, contract.aligned_box(aligned))[0])
-    size = contract.input_size
-    stacked = np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
-    return stacked, (f"{n} synthetic faces (render_face, seed {seed}) aligned on their five points to the ArcFace "
-                     f"template (pfpld.align)")
+    stacked = np.stack(crops) if crops else np.zeros((0, *contract.input_hw, 3), np.uint8)
+    return stacked, (f"{n} synthetic faces (render_face, seed {seed}) aligned on their five points to the "
+                     f"{template_name(frame)} template (pfpld.align)")
 
 
 def spread_over_identities(labels, n: int) -> list[int]:
@@ -192,9 +191,9 @@ def check_prepared_contract(folder: Path, stored: PreprocessContract, contract: 
     """A prepared dataset's centre crops are the model's crops only when it was prepared with the model's input
     size and crop rule (colour order, scale and mean apply when a crop becomes the input): say so in one line when
     it was not."""
-    if (stored.input_size, stored.crop) != (contract.input_size, contract.crop):
-        raise InputError(f"{folder}: prepared for {stored.input_size} px crops ({stored.crop}); the exported model "
-                         f"takes {contract.input_size} px crops ({contract.crop}): prepare the data for this model")
+    if (stored.input_hw, stored.crop) != (contract.input_hw, contract.crop):
+        raise InputError(f"{folder}: prepared for {stored.size_text} px crops ({stored.crop}); the exported model "
+                         f"takes {contract.size_text} px crops ({contract.crop}): prepare the data for this model")
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -227,8 +226,7 @@ def face_crops(contract: PreprocessContract, n: int, images: Path | None, seed: 
 
 def build_inputs(contract: PreprocessContract, n: int, images: Path | None, seed: int) -> ParityInputs:
     crops, what = face_crops(contract, n, images, seed)
-    faces = np.stack([contract.to_tensor_layout(c) for c in crops]) if crops else np.zeros((0, 3, contract.input_size,
-                                                                                            contract.input_size))
+    faces = np.stack([contract.to_tensor_layout(c) for c in crops]) if crops else np.zeros((0, 3, *contract.input_hw))
     x = np.concatenate([random_inputs(contract, n, seed), faces.astype(np.float32)])
     return ParityInputs(x=x, n_random=n, faces=what)
 

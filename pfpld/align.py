@@ -1,6 +1,7 @@
 """The standard 5-point face alignment of recognition models: a similarity transform (rotation, uniform scale,
 translation; no reflection, no shear) fitted by least squares (Umeyama) from a face's eye centres, nose tip and
-mouth corners onto ArcFace's 112x112 template, then one warp. Training sets (CASIA-WebFace, MS1M) and LFW are
+mouth corners onto ArcFace's 112x112 template (or SphereFace's 112x96, the same frame less 8 columns each side),
+then one warp. Training sets (CASIA-WebFace, MS1M) and LFW are
 used aligned this way, so a recognition model only ever sees faces in this frame; the synthetic identity
 generator aligns its renders with it too.
 
@@ -14,17 +15,37 @@ import functools
 import cv2
 import numpy as np
 
-# insightface's arcface_dst: where the 5 points sit in a 112x112 aligned crop
+# insightface's arcface_dst: where the 5 points sit in a 112x112 aligned crop. SphereFace's template for its 112
+# rows x 96 columns is the same one 8 px to the left (x 30.2946, 65.5318, 48.0252, 33.5493, 62.7299): the two frames
+# share the face's scale and height, ArcFace's adds 8 columns each side.
 ARCFACE_TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                                  [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
 TEMPLATE_SIZE = 112
 
 
-def template(size: int = TEMPLATE_SIZE) -> np.ndarray:
-    """The 5-point template for a size x size crop: the 112 template scaled by size / 112."""
-    if size < 1:
+def rows_cols(size: int | tuple[int, int]) -> tuple[int, int]:
+    """An alignment size, a side or (rows, columns), as (rows, columns)."""
+    height, width = (size, size) if np.isscalar(size) else size
+    if height < 1 or width < 1:
         raise ValueError(f"alignment size must be positive, got {size}")
-    return ARCFACE_TEMPLATE_112 * (size / TEMPLATE_SIZE)
+    return int(height), int(width)
+
+
+def template(size: int | tuple[int, int] = TEMPLATE_SIZE) -> np.ndarray:
+    """The 5-point template of a size x size crop (the 112 template scaled by size / 112), or of a rows x columns
+    crop: scaled by rows / 112 and centred in the columns, so (112, 96) is SphereFace's template exactly."""
+    height, width = rows_cols(size)
+    return ARCFACE_TEMPLATE_112 * (height / TEMPLATE_SIZE) + np.array([(width - height) / 2.0, 0.0])
+
+
+def template_name(size: int | tuple[int, int]) -> str:
+    """The template of template(size) in words, for reports."""
+    height, width = rows_cols(size)
+    if height == width:
+        return "ArcFace" if height == TEMPLATE_SIZE else f"ArcFace (scaled to {height}x{width})"
+    if (height, width) == (112, 96):
+        return "SphereFace 112x96"
+    return f"ArcFace's scaled to {height} rows, centred in {width} columns"
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -59,16 +80,17 @@ def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return p @ np.asarray(matrix, dtype=np.float64)[:, :2].T + np.asarray(matrix, dtype=np.float64)[:, 2]
 
 
-def align_face(image: np.ndarray, points5: np.ndarray, size: int = TEMPLATE_SIZE,
+def align_face(image: np.ndarray, points5: np.ndarray, size: int | tuple[int, int] = TEMPLATE_SIZE,
                border_value: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Warp `image` (BGR, any size) so the face's 5 points land on the template for size x size: returns the
-    aligned size x size image and the 2x3 matrix (image pixels -> aligned pixels). Outside the image is
-    border_value (black, as insightface's norm_crop)."""
+    """Warp `image` (BGR, any size) so the face's 5 points land on the template for size x size (or rows x
+    columns, template()): returns the aligned image and the 2x3 matrix (image pixels -> aligned pixels). Outside
+    the image is border_value (black, as insightface's norm_crop)."""
     points5 = np.asarray(points5, dtype=np.float64)
     if points5.shape != (5, 2):
         raise ValueError(f"align_face needs 5 (x, y) points, got an array of shape {points5.shape}")
+    height, width = rows_cols(size)
     matrix = similarity_transform(points5, template(size))
-    aligned = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+    aligned = cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                              borderValue=(border_value,) * 3)
     return aligned, matrix
 

@@ -1,6 +1,7 @@
 """`pfpld align`: a folder of raw face photos (LFW's 250x250 pictures, CASIA-WebFace, a user's own) -> the same
-folder of faces aligned to ArcFace's five-point template (pfpld.align), the only frame a recognition model sees:
-`prepare-data --imagefolder` and `eval --pairs` read the result as they read any aligned set.
+folder of faces aligned to ArcFace's five-point template (pfpld.align; SphereFace's at 112x96), the only frame a
+recognition model sees: `prepare-data --imagefolder`, `eval --pairs` and `calib` read the result as they read any
+aligned set.
 
 Each face's five points come from a points file (one image a line, the layout of MTCNN's output and of the public
 five-point files of LFW and CASIA-WebFace that SphereFace's preprocessing uses) or from a landmark checkpoint (the
@@ -19,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .align import TEMPLATE_SIZE, align_face, five_points_of
+from .align import TEMPLATE_SIZE, align_face, five_points_of, rows_cols, template_name
 from .data.boxes import read_boxes_file
 from .data.sources.common import write_image
 from .data.sources.imagefolder import IMAGE_EXTENSIONS, images_under, is_image_file
+from .contract import hw_text
 from .errors import InputError
 from .fileio import output_folder, read_image, read_text_lines
 from .landmarks import POINT_LAYOUTS, layout_for
@@ -74,7 +76,7 @@ class Skipped:
 class AlignSummary:
     images: Path
     out: Path
-    size: int
+    size: tuple[int, int]        # rows, columns
     source: str                  # where the points came from, in words
     aligned: int
     skipped: list[Skipped]
@@ -89,19 +91,39 @@ class AlignSummary:
         skipped = ", ".join(f"{n} {SKIP_REASONS[reason]}" for reason, n in self.counts().items())
         tail = f"skipped {len(self.skipped)} ({skipped}): see {self.out / REPORT_FILE}" if self.skipped else \
             "skipped none"
-        return (f"aligned {self.aligned} images to {self.size}x{self.size} in {self.seconds:.1f} s -> {self.out}; "
+        return (f"aligned {self.aligned} images to {hw_text(*self.size)} in {self.seconds:.1f} s -> {self.out}; "
                 f"{tail}")
 
     def report(self) -> str:
-        lines = [f"# pfpld align {self.images} -> {self.out}: {self.size}x{self.size}, ArcFace template, points from "
-                 f"{self.source}", f"# {self.line()}", "# skipped images: reason<TAB>image<TAB>detail"]
+        lines = [f"# pfpld align {self.images} -> {self.out}: {hw_text(*self.size)}, {template_name(self.size)} "
+                 f"template, points from {self.source}", f"# {self.line()}",
+                 "# skipped images: reason<TAB>image<TAB>detail"]
         lines += [f"{SKIP_REASONS[s.reason]}\t{s.image}\t{s.detail}".rstrip("\t") for s in self.skipped]
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, "images": str(self.images), "size": self.size,
-                "template": "arcface", "points_from": self.source, "aligned": self.aligned,
+        height, width = self.size
+        # "size": the side of a square, as the first files wrote it; "size_hw": rows, columns, in every file
+        return {"format": FORMAT, "version": VERSION, "images": str(self.images),
+                **({"size": height} if height == width else {}), "size_hw": [height, width],
+                "template": "arcface" if height == width else f"arcface centred in the columns: "
+                                                              f"{template_name(self.size)}",
+                "points_from": self.source, "aligned": self.aligned,
                 "skipped": self.counts(), "seconds": round(self.seconds, 2)}
+
+
+def aligned_size_of(folder: Path) -> tuple[int, int] | None:
+    """(rows, columns) of the faces `pfpld align` wrote into `folder` (its align.json), or None when it holds no
+    align.json."""
+    path = Path(folder) / ALIGN_JSON
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        height, width = record["size_hw"] if "size_hw" in record else (record["size"], record["size"])
+        return int(height), int(width)
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"{path}: no size (expected the align.json `pfpld align` writes, with size_hw)") from None
 
 
 # --- the points file ---------------------------------------------------------------------------------------------
@@ -281,20 +303,23 @@ def _check_folders(images: Path, out: Path) -> None:
 
 def align_images(images: Path, out: Path, *, points_file: Path | None = None, landmarks: Path | None = None,
                  boxes_file: Path | None = None, box: tuple[float, float, float, float] | None = None,
-                 size: int = TEMPLATE_SIZE, force: bool = False, progress: bool = True) -> AlignSummary:
-    """Align the faces of `images` to the ArcFace template at size x size and write them under `out` at the same
-    relative paths (and format), with align.json, align_report.txt (the skipped images and why) and
-    align_points.txt (the five points each face was aligned with, in the points-file layout). The points come from
-    `points_file`, or from the `landmarks` checkpoint on a box from `boxes_file` or the one `box`. Images that cannot
-    be aligned are skipped and counted; nothing aligned is an InputError and writes nothing. `out` follows the
-    output-folder rule (pfpld.fileio.output_folder): an earlier align output is replaced only with force."""
+                 size: int | tuple[int, int] = TEMPLATE_SIZE, force: bool = False,
+                 progress: bool = True) -> AlignSummary:
+    """Align the faces of `images` to the ArcFace template at size x size, or at (rows, columns) (pfpld.align.template:
+    SphereFace's at (112, 96)), and write them under `out` at the same relative paths (and format), with align.json,
+    align_report.txt (the skipped images and why) and align_points.txt (the five points each face was aligned with,
+    in the points-file layout). The points come from `points_file`, or from the `landmarks` checkpoint on a box from
+    `boxes_file` or the one `box`. Images that cannot be aligned are skipped and counted; nothing aligned is an
+    InputError and writes nothing. `out` follows the output-folder rule (pfpld.fileio.output_folder): an earlier
+    align output is replaced only with force."""
     images, out = Path(images), Path(out)
     if (points_file is None) == (landmarks is None):
         raise InputError("give either a points file or a landmark checkpoint")
     if landmarks is not None and (boxes_file is None) == (box is None):
         raise InputError("a landmark checkpoint needs either a boxes file or one box for every image")
-    if size < 16:
-        raise InputError(f"--size {size}: expected at least 16 pixels")
+    size = rows_cols(size)
+    if min(size) < 16:
+        raise InputError(f"--size {hw_text(*size)}: expected at least 16 pixels each way")
     _check_folders(images, out)
     start = time.perf_counter()
     if points_file is not None:
@@ -330,7 +355,7 @@ def align_images(images: Path, out: Path, *, points_file: Path | None = None, la
     return summary
 
 
-def _align_one(job: AlignJob, locate, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _align_one(job: AlignJob, locate, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(aligned image, the five points used) for one job, or SkipImage."""
     if not is_image_file(Path(job.image)):      # a file a points or boxes file names: written back in its format
         raise SkipImage("unreadable", f"not a {', '.join(IMAGE_EXTENSIONS)} file")

@@ -179,7 +179,7 @@ def plain_onnx_reference(module, spec, folder: Path) -> Path:
     TorchScript exporter, opset 13, no simplification)."""
     import torch
     path = folder / "reference.onnx"
-    x = torch.zeros(1, 3, spec.input_size, spec.input_size)
+    x = torch.zeros(1, 3, *spec.input_hw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), (x,), str(path), dynamo=False, opset_version=13)
@@ -214,8 +214,7 @@ def bench_model(source, label: str, work: Path, calib: Path, settings: BenchSett
     if faces is not None:
         float_metrics = face_metrics(exported.runner(float_format(exported)).run(faces.x), faces, exported.spec)
 
-    x = np.random.default_rng(0).random((1, 3, exported.spec.input_size, exported.spec.input_size),
-                                        dtype=np.float32)
+    x = np.random.default_rng(0).random((1, 3, *exported.spec.input_hw), dtype=np.float32)
     reference = BenchRow(label, "reference", "torch.onnx.export (plain), onnxruntime")
     reference.size_mb = reference_path.stat().st_size / 1e6
     rows = [reference]

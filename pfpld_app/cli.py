@@ -27,6 +27,23 @@ def user_errors(fn):
     return wrapper
 
 
+class SizeHW(click.ParamType):
+    """An image size: SIDE (a square) or ROWSxCOLUMNS (pfpld.contract.parse_hw), e.g. 112 or 112x96."""
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        from pfpld.contract import parse_hw
+        try:
+            rows, columns = parse_hw(value)
+        except PfpldError as exc:
+            self.fail(str(exc), param, ctx)
+        if min(rows, columns) < 16:
+            self.fail(f"size {value!r}: expected at least 16 pixels each way", param, ctx)
+        return rows, columns
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pfpld")
 def main():
@@ -113,8 +130,10 @@ def prepare_data(out, wflw, lapa, w300lp, aflw2000, wflw_pose, imagefolder, mode
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write: every aligned face at "
               "its path relative to IMAGES (a folder per identity stays one), align_report.txt (skipped images and "
               "why), align_points.txt (the five points used) and align.json.")
-@click.option("--size", type=click.IntRange(min=16), default=112, show_default=True, help="Side of the aligned face; "
-              "the ArcFace 112x112 template is scaled to it.")
+@click.option("--size", type=SizeHW(), default="112", show_default=True, help="The aligned face: SIDE for a square "
+              "(the ArcFace 112x112 template scaled to it) or ROWSxCOLUMNS, e.g. 112x96 (rows x columns, SphereFace's "
+              "aligned faces: the template scaled to the rows and centred in the columns, which at 112x96 is "
+              "SphereFace's own).")
 @click.option("--points", "points_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Five points per image, one image a line: 'relative/path.jpg x1 y1 x2 y2 x3 y3 x4 y4 x5 y5' (tabs "
               "or spaces; blank and # lines skipped; an integer label after the path, as in CASIA-WebFace's file, is "
@@ -134,11 +153,12 @@ def prepare_data(out, wflw, lapa, w300lp, aflw2000, wflw_pose, imagefolder, mode
 @user_errors
 def align_cmd(images, out, size, points_file, landmarks, boxes_file, box, force):
     """Align raw face photos (IMAGES: e.g. LFW's unaligned 250x250 lfw/ or CASIA-WebFace) to the ArcFace five-point
-    template, for `prepare-data --imagefolder` and `eval --pairs`. Images without points or box, listed but missing,
-    or unreadable are skipped and counted.
+    template (or SphereFace's, --size 112x96), for `prepare-data --imagefolder`, `eval --pairs`, `calib` and
+    `check-parity --pairs`. Images without points or box, listed but missing, or unreadable are skipped and counted.
 
     \b
     pfpld align lfw --points lfw_landmark.txt --out lfw-aligned
+    pfpld align lfw --points lfw_landmark.txt --size 112x96 --out lfw-112x96
     pfpld align lfw --landmarks runs/pfpld/best.pt --box 69,99,181,175 --out lfw-aligned
     pfpld align photos --landmarks runs/landmark5/best.pt --boxes photos/boxes.txt --out photos-aligned
     """
@@ -416,16 +436,23 @@ def demo(out, model, n, epochs, width, seed):
               "with this checkpoint (and use its contract).")
 @click.option("--model", "model_name", help="For a folder of aligned faces (recognition models): crop with this "
               "registry model's contract (`pfpld models`), when no --ckpt gives it.")
+@click.option("--size", type=SizeHW(), help="For a folder of aligned faces without --model/--ckpt: the network "
+              "input, SIDE or ROWSxCOLUMNS (e.g. 112x96 for a SphereFace model).  [default: the size in the folder's "
+              "align.json, from `pfpld align`]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help=force_help("calib"))
 @user_errors
-def calib(data, out, n, split, ckpt, model_name, seed, force):
+def calib(data, out, n, split, ckpt, model_name, size, seed, force):
     """Choose calibration crops spread over head pose and eye state (DATA: a prepared dataset, or a folder of
     images with boxes.txt), rejecting near-black, near-white and over-exposed crops. For a recognition model's
-    aligned faces (a prepared ImageFolder set, or a folder of aligned images with --model/--ckpt) the crops are
-    spread over identities instead."""
-    from quant.calibration import make_calibration_set
+    aligned faces (a prepared ImageFolder set, or a folder of aligned images with --model/--ckpt, with --size, or
+    as `pfpld align` wrote it) the crops are spread over identities instead."""
+    from quant.calibration import aligned_folder_contract, make_calibration_set
     model = contract = spec = None
+    if size is not None and (model_name is not None or ckpt is not None):
+        raise click.UsageError("--size is for a folder of aligned faces without --model or --ckpt (they give it)")
+    if model_name is None and ckpt is None:
+        contract = aligned_folder_contract(data, size)
     if model_name is not None and ckpt is None:
         from pfpld.models import build_model
         _, _, contract = build_model(model_name)

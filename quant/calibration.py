@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pfpld.contract import PreprocessContract
+from pfpld.contract import PreprocessContract, aligned_crop, hw_text
 from pfpld.data.boxes import BOXES_FILE, read_boxes_file
 from pfpld.errors import DatasetError, InputError
 from pfpld.fileio import check_output_folder, output_folder
@@ -137,7 +137,7 @@ def pose_from_landmarks(points_px: np.ndarray, mask: np.ndarray | None, image_he
 @dataclass
 class Candidate:
     origin: str                         # where the crop came from (prepared image path, or "image.jpg box")
-    crop: np.ndarray = field(repr=False)   # BGR uint8, input_size x input_size
+    crop: np.ndarray = field(repr=False)   # BGR uint8, the input's rows x columns
     yaw_deg: float | None = None
     pitch_deg: float | None = None
     pose_from: str | None = None        # label | landmarks | model | None
@@ -164,9 +164,9 @@ def candidates_from_prepared(root: Path, split: str, contract: PreprocessContrac
     from pfpld.data.prepare import iter_prepared, read_prepared_header
     header = read_prepared_header(root)
     stored = PreprocessContract.from_dict(header["contract"])
-    if stored.input_size != contract.input_size or stored.crop != contract.crop:
-        raise DatasetError(f"{root}: prepared with input size {stored.input_size} and crop rule {stored.crop}, "
-                           f"the model's contract says {contract.input_size} and {contract.crop}")
+    if stored.input_hw != contract.input_hw or stored.crop != contract.crop:
+        raise DatasetError(f"{root}: prepared with input size {stored.size_text} and crop rule {stored.crop}, "
+                           f"the model's contract says {contract.size_text} and {contract.crop}")
     size, crop_px = contract.input_size, int(header["crop_size_px"])
     offset = (crop_px - size) // 2
     identities = list(header.get("identities") or [])
@@ -212,6 +212,17 @@ def candidates_from_aligned(folder: Path, contract: PreprocessContract) -> list[
                          f"images themselves)")
     return [Candidate(origin=Path(os.path.relpath(path, folder)).as_posix(), crop=read_aligned(path, contract),
                       identity=identity) for path, identity in zip(files, identities)]
+
+
+def aligned_folder_contract(folder: Path, size: tuple[int, int] | None = None) -> PreprocessContract | None:
+    """The contract a folder of aligned faces is cut with when no model gives one: an aligned crop at `size` (rows,
+    columns), else at the size its align.json records (`pfpld align`); None when neither says. Only the size and
+    the crop rule matter to calibration crops (the reader checks those; colour order and scale apply later)."""
+    from pfpld.align_images import aligned_size_of
+    size = size or aligned_size_of(folder)
+    if size is None:
+        return None
+    return PreprocessContract(input_size=size[0], input_width=size[1], crop=aligned_crop(*size))
 
 
 def candidates_from_boxes(folder: Path, contract: PreprocessContract, model=None, spec=None) -> list[Candidate]:
@@ -386,7 +397,7 @@ def report_markdown(name: str, source: str, contract: PreprocessContract, chosen
                     candidates: list[Candidate], rules: QualityRules, seed: int) -> str:
     if contract.aligned:
         lines = [f"# Calibration set {name}", "",
-                 f"{len(chosen)} crops of {contract.input_size}x{contract.input_size} px chosen from "
+                 f"{len(chosen)} crops of {contract.size_text} px (rows x columns) chosen from "
                  f"{len(candidates)} candidates of {source} (seed {seed}): aligned faces, each image resized whole "
                  f"(the contract's crop rule, box_source aligned). Stored as PNG in normal colour order; the network "
                  f"takes {contract.color_order}, which nnie_mapper's `[RGB_order] {contract.color_order}` and the "
@@ -507,9 +518,10 @@ def read_calibration_set(folder: Path, contract: PreprocessContract) -> Calibrat
         stored = json.loads((folder / MANIFEST).read_text()).get("contract")
         if stored:
             stored = PreprocessContract.from_dict(stored)
-            if stored.input_size != contract.input_size or stored.crop != contract.crop:
-                raise InputError(f"{folder}: made for input size {stored.input_size} and crop {stored.crop}; the "
-                                 f"model's contract says {contract.input_size} and {contract.crop}")
+            if stored.input_hw != contract.input_hw or stored.crop != contract.crop:
+                raise InputError(f"{folder}: made for input size {stored.size_text} and crop {stored.crop}; the "
+                                 f"model's contract says {contract.size_text} and {contract.crop} (rows x columns): "
+                                 f"make the set for this model (`pfpld calib` on faces aligned at its size)")
     files, crops = [], []
     for number, line in enumerate(listing.read_text().splitlines(), start=1):
         if not line.strip():
@@ -519,9 +531,9 @@ def read_calibration_set(folder: Path, contract: PreprocessContract) -> Calibrat
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             raise InputError(f"{listing}:{number}: {path} is not a readable image")
-        if image.shape[:2] != (contract.input_size, contract.input_size):
-            raise InputError(f"{path}: {image.shape[1]}x{image.shape[0]}, expected the input size "
-                             f"{contract.input_size}x{contract.input_size}")
+        if image.shape[:2] != contract.input_hw:
+            raise InputError(f"{path}: {hw_text(*image.shape[:2])} (rows x columns), expected the input size "
+                             f"{contract.size_text}")
         files.append(path)
         crops.append(image)
     if not crops:

@@ -18,11 +18,12 @@ for the mapper, and laid out as an SDK sample bundle.
    outputs, README.md (mapper command, chip / mapper table), manifest.json (sha256 of every file).
 
 Board input layout: planar U8, planes in the cfg's channel order (RGB_order, which is the contract's colour order),
-112 rows of 112 bytes each. RGB_order tells the mapper how to turn the calibration images it reads (OpenCV: BGR)
-into the network's order; the compiled .wk does not reorder what the board feeds it, so the board must feed the
-network's order. The files keep the SDK's `.bgr` extension. Community .bgr files are B, G, R planes, which agrees
-for BGR-trained nets; for an RGB net the two readings differ, so every test input also carries the float outputs
-for the swapped plane order: a board printing those is being fed the wrong order, and says so at once.
+H rows of W bytes each (the contract's input: 112x112, or SphereFace's 112 rows of 96 bytes). RGB_order tells
+the mapper how to turn the calibration images it reads (OpenCV: BGR) into the network's order; the compiled .wk
+does not reorder what the board feeds it, so the board must feed the network's order. The files keep the SDK's
+`.bgr` extension. Community .bgr files are B, G, R planes, which agrees for BGR-trained nets; for an RGB net the
+two readings differ, so every test input also carries the float outputs for the swapped plane order: a board
+printing those is being fed the wrong order, and says so at once.
 """
 from __future__ import annotations
 
@@ -544,6 +545,12 @@ def board_plane_order(contract: PreprocessContract) -> str:
     return contract.color_order
 
 
+def board_row_stride(width: int, align: int = 16) -> int:
+    """Bytes per row of a U8 input plane in the board's blob: the row rounded up to `align` (the SDK samples' 16;
+    deploy_cpp's aligned_stride)."""
+    return -(-width // align) * align
+
+
 def planar_bytes(crop_bgr: np.ndarray, plane_order: str) -> bytes:
     """A BGR uint8 HxWx3 crop as planar U8 bytes in `plane_order` ("BGR" or "RGB"): all of plane 0 (row by row),
     then 1, then 2."""
@@ -608,7 +615,7 @@ For another chip use the mapper its SDK ships.
 - `[batch_num] 1` (single image), `[internal_stride] {inst['internal_stride']}` (16 for DDR3, 32 for DDR4),
   `[image_type] 1` (U8 image).
 - `[image_list] {inst['image_list']}`: {n_calib} calibration crops in `data/nnie_image/calib/{task}/`, cut with
-  the contract's crop rule at {contract.input_size}x{contract.input_size}, PNG in normal colour order (the mapper
+  the contract's crop rule at {contract.size_text} (rows x columns), PNG in normal colour order (the mapper
   reads BGR and applies RGB_order).
 - Precision: {precision}; 16-bit (`_hp`) layers: {', '.join(hp_layers) or 'none'}.
 {chr(10).join(extra)}
@@ -616,16 +623,16 @@ For another chip use the mapper its SDK ships.
 ## On the board
 
 Input `{input_blob}`: a U8 planar image, **{', '.join(planes)} planes** (the cfg's `RGB_order`: the .wk does not
-reorder what it is fed), each plane {contract.input_size} rows of {contract.input_size} bytes filled row by row at
-the blob's 16-byte stride. Read the outputs by node name, never by index; they are S32 fixed point,
-value = s32 / 4096:
+reorder what it is fed), each plane {contract.height} rows of {contract.width} bytes filled row by row at
+the blob's row stride ({board_row_stride(contract.width)} bytes: the row rounded up to 16). Read the outputs by
+node name, never by index; they are S32 fixed point, value = s32 / 4096:
 
 | output | kind | node name |
 |---|---|---|
 {outs}
 
 `data/nnie_image/rgb_planar/` holds {len(tests)} test inputs ({', '.join(tests)}),
-3x{contract.input_size}x{contract.input_size} = {3 * contract.input_size ** 2} bytes each, with a JSON next to each:
+3x{contract.size_text} = {3 * contract.height * contract.width} bytes each (unpadded rows), with a JSON next to each:
 the float outputs (Caffe files through OpenCV), the NNIE simulation's outputs (what the board should print, to
 its precision), and `float_outputs_if_planes_swapped`: what the net gives when the first and third planes trade
 places. If the board prints something close to those instead, the build feeds the colour planes in the wrong
@@ -706,8 +713,9 @@ def write_bundle(root: Path, *, task: str, spec: ModelSpec, net_files: dict[str,
         stem = f"{task}_{i:03d}"
         (planar_dir / f"{stem}.bgr").write_bytes(planar_bytes(crop, planes))
         record = {"input": f"{stem}.bgr", "layout": f"planar U8, planes {', '.join(planes)}, "
-                                                    f"{contract.input_size}x{contract.input_size} each",
-                  "bytes": 3 * contract.input_size ** 2, "float_outputs": flat(ref),
+                                                    f"{contract.height} rows x {contract.width} columns each",
+                  "bytes": 3 * contract.height * contract.width,
+                  "board_row_stride_bytes": board_row_stride(contract.width), "float_outputs": flat(ref),
                   f"nnie_sim_{precision}_outputs": flat(sim), "float_outputs_if_planes_swapped": flat(swapped),
                   "output_nodes": nnie.outputs}
         record.update(swapped_planes_distance(spec, ref, swapped))

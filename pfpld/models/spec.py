@@ -41,9 +41,19 @@ class OutputSpec:
 class ModelSpec:
     name: str                       # registry name, e.g. "pfpld"
     input_name: str
-    input_size: int
+    input_size: int                 # rows of the input (and its columns unless input_width)
     outputs: tuple[OutputSpec, ...]
     options: dict = field(default_factory=dict)   # constructor options (width, ...) to rebuild the module
+    input_width: int | None = None  # columns of a rectangular input (a user's 112x96 ONNX); None: square
+
+    def __post_init__(self):
+        if self.input_width == self.input_size:
+            object.__setattr__(self, "input_width", None)
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """(rows, columns) of the input."""
+        return self.input_size, self.input_size if self.input_width is None else self.input_width
 
     def output(self, name: str) -> OutputSpec:
         for o in self.outputs:
@@ -75,7 +85,10 @@ class ModelSpec:
                 pose_radians(pose, by_name[pose.name]) if pose else None)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["input_width"] is None:       # square: the dict every earlier version wrote
+            del d["input_width"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
