@@ -24,12 +24,13 @@ from pfpld.align import ARCFACE_TEMPLATE_112, template
 from pfpld.contract import ALIGNED_CROP, ContractError, CropRule, PreprocessContract, aligned_crop, parse_hw
 from pfpld.data import identities as ids
 from pfpld.models.spec import ModelSpec, OutputSpec
+from outside_models import SPHEREFACE_HW as SPHEREFACE
+from outside_models import sphereface_like_onnx
 from quant.nnie import parse_cfg
 from test_align import SEED, faces, write_points  # noqa: F401  (the raw renders fixture, shared)
 
 pytestmark = EXPORT_WARNINGS
 
-SPHEREFACE = (112, 96)                  # rows, columns
 # SphereFace's published 5-point template for its 96x112 (width x height) aligned faces
 SPHEREFACE_TEMPLATE = [[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366], [33.5493, 92.3655],
                        [62.7299, 92.2041]]
@@ -70,7 +71,7 @@ def test_a_rectangular_landmark_contract_is_refused_in_one_line():
         PreprocessContract(input_size=112, input_width=96, crop=CropRule())
 
 
-def test_an_aligned_rectangle_is_the_aligned_image_whole_or_the_sphereface_window_of_an_arcface_face(faces):  # noqa: F811
+def test_an_aligned_rectangle_is_the_image_whole_or_the_sphereface_window_of_an_arcface_face(faces):  # noqa: F811
     _, _, png, _ = faces
     contract = PreprocessContract(input_size=112, input_width=96, crop=aligned_crop(*SPHEREFACE))
     face = next(iter(png.values()))
@@ -120,34 +121,6 @@ def test_align_size_112x96_writes_spherefaces_aligned_faces(faces, tmp_path):  #
 
 
 # --- a SphereFace-like ONNX from outside ------------------------------------------------------------------------------
-
-class Residual(torch.nn.Module):
-    """SphereFace's residual unit: two 3x3 convolutions with PReLU, added to the input (no BatchNorm)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        nn = torch.nn
-        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1), nn.PReLU(channels),
-                                  nn.Conv2d(channels, channels, 3, 1, 1), nn.PReLU(channels))
-
-    def forward(self, x):
-        return x + self.body(x)
-
-
-def sphereface_like_onnx(path):
-    """A SphereFace-20-shaped network at a fraction of its width, saved as such files come: 112x96 input, opset 11, a
-    dynamic batch, the graph's own names (data -> fc5); four stride-2 stages leave 7x6 before the embedding."""
-    nn = torch.nn
-    torch.manual_seed(0)
-    layers = []
-    for cin, cout in ((3, 8), (8, 16), (16, 32), (32, 32)):
-        layers += [nn.Conv2d(cin, cout, 3, 2, 1), nn.PReLU(cout), Residual(cout)]
-    net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(32 * 7 * 6, 64)).eval()
-    torch.onnx.export(net, (torch.zeros(1, 3, *SPHEREFACE),), str(path), dynamo=False, opset_version=11,
-                      input_names=["data"], output_names=["fc5"],
-                      dynamic_axes={"data": {0: "batch"}, "fc5": {0: "batch"}})
-    return path
-
 
 @pytest.fixture(scope="module")
 def sphere(faces, tmp_path_factory):  # noqa: F811

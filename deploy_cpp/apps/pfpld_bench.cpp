@@ -97,7 +97,7 @@ int main(int argc, char** argv) {
             pfpld::make_ncnn_backend(config, runtime, pfpld::NcnnOptions{threads, winograd});
 
         // Preprocessing: many runs of ~100 us each, so a quarter of the budget is plenty.
-        std::vector<float> input(3 * size_t(contract.input_size) * contract.input_size);
+        std::vector<float> input(3 * size_t(contract.height()) * contract.width());
         volatile float sink = 0;   // keeps the compiler from dropping work whose result nobody reads
         const Timing preprocess = time_runs([&] {
             const pfpld::Image crop = pfpld::crop_face(contract, image, box);
@@ -120,6 +120,7 @@ int main(int argc, char** argv) {
         std::cout << "{\"runtime\": \"" << runtime << "\", \"threads\": " << threads
                   << ", \"winograd\": " << (winograd ? "true" : "false") << ", \"image\": [" << image.width << ", "
                   << image.height << "], \"input_size\": " << contract.input_size
+                  << ", \"input_width\": " << contract.width()
                   << ", \"preprocess_us\": " << preprocess.json(1e6) << ", \"warmup_runs\": " << warmup
                   << ", \"infer_ms\": " << infer.json(1e3) << "}\n";
         return 0;

@@ -93,6 +93,7 @@ void crop(const json& index, const std::string&) {
     for (const auto& rec : index.at("crop_rules")) {
         pfpld::Contract contract;
         contract.input_size = rec.at("input_size");
+        contract.input_width = rec.value("input_width", 0);   // a rectangular aligned input (SphereFace's 112x96)
         const json& rule = rec.at("crop");
         contract.crop.box_source = rule.at("box_source");
         contract.crop.expand = rule.at("expand");
@@ -122,13 +123,14 @@ void pack(const json& index, const std::string&) {
     for (const auto& model : index.at("models")) {
         const pfpld::Contract contract = model_config(model).contract;
         for (const auto& rec : model.at("faces")) {
-            pfpld::Image crop(contract.input_size, contract.input_size, 3);
+            pfpld::Image crop(contract.width(), contract.height(), 3);
             crop.pixels = check::read_bytes(rec.at("crop").get<std::string>());
+            CHECK(crop.pixels.size() == size_t(3) * contract.width() * contract.height());
             const auto planes = rec.at("planes").get<std::vector<std::string>>();
             for (const auto& p : rec.at("planar")) {
-                const size_t stride = pfpld::aligned_stride(size_t(contract.input_size), p.at("align").get<size_t>());
+                const size_t stride = pfpld::aligned_stride(size_t(contract.width()), p.at("align").get<size_t>());
                 CHECK(stride == p.at("stride").get<size_t>());
-                std::vector<uint8_t> buffer(3 * stride * size_t(contract.input_size), 0xAB);
+                std::vector<uint8_t> buffer(3 * stride * size_t(contract.height()), 0xAB);
                 pfpld::pack_planar_u8(crop, planes, buffer.data(), stride);
                 CHECK_MSG(buffer == check::read_bytes(p.at("file").get<std::string>()), p.at("file") << ": planar U8 differs");
             }
@@ -237,6 +239,25 @@ void config(const json& index, const std::string& folder) {
     json two_values = good;   // any count from 2 up
     two_values["outputs"][0]["shape"] = {2};
     CHECK(load("deploy_embedding2.json", two_values).outputs[0].count() == 2);
+    // a rectangular input (SphereFace's 112 rows x 96 columns, written by `pfpld export --onnx`); a square contract
+    // (every deploy.json before rectangles) has no input_width and is as wide as it is high
+    const pfpld::DeployConfig sphere = model_config(model_fixtures(index, "sphereface"));
+    CHECK(sphere.contract.height() == 112 && sphere.contract.width() == 96 && sphere.contract.aligned() &&
+          sphere.contract.crop.side == "min" && sphere.input_shape == std::vector<int>({1, 3, 112, 96}));
+    CHECK(!good.at("contract").contains("input_width") && config.contract.width() == config.contract.height());
+    std::cout << "  " << sphere.path << ": input " << sphere.contract.height() << "x" << sphere.contract.width()
+              << " (rows x columns), crop side " << sphere.contract.crop.side << "\n";
+    std::ifstream sphere_in(sphere.path);
+    const json rectangle = json::parse(sphere_in);
+    json landmark_rectangle = rectangle;
+    landmark_rectangle["contract"]["crop"]["box_source"] = "landmark_extent";
+    check::expect_error<Error>([&] { load("deploy_landmark_rectangle.json", landmark_rectangle); },
+                               "deploy_landmark_rectangle.json: contract input 112x96 (rows x columns) is not square: "
+                               "only an aligned contract");
+    json wrong_shape = rectangle;
+    wrong_shape["input"]["shape"] = {1, 3, 96, 112};
+    check::expect_error<Error>([&] { load("deploy_shape.json", wrong_shape); },
+                               "deploy_shape.json: input.shape is not [N, 3, 112, 96]");
     check::expect_error<Error>([&] { pfpld::cosine({1, 2}, {1, 2, 3}); }, "embeddings of 2 and 3 values");
     check::expect_error<Error>([&] { pfpld::cosine({0, 0}, {1, 2}); }, "norm 0");
     // by hand: parallel (double rounding may put it a step off 1), orthogonal, opposite (clipped to [-1, 1])

@@ -5,7 +5,8 @@
 Everything the C++ tests compare with comes from the same Python code users run: images written by OpenCV
 (PPM, PGM, BMP), cv2.warpAffine on random and contract matrices, CropRule / PreprocessContract's crop matrices on
 every branch of the rule (and the aligned rule's whole-image box), S32 blobs with padded strides, and for each model
-of FIXTURE_MODELS (random weights, exported by `pfpld export --target ncnn`): its contract's crops and network inputs
+of FIXTURE_MODELS (random weights, exported by `pfpld export --target ncnn`; and a user's SphereFace-like ONNX with
+a 112x96 input, `pfpld export --onnx`, OUTSIDE_MODELS): its contract's crops and network inputs
 on face pictures (aligned faces for a recognition model), the NNIE bundle's planar packing, Python ncnn's outputs on
 those inputs, their decoding by the spec, and `pfpld predict --json` on some of the pictures. index.json lists it
 all.
@@ -24,16 +25,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from convert.artifacts import ExportFolder
 from convert.deploy import DEPLOY_FILE
 from convert.export import source_from_random_init
 from convert.runtimes import NcnnRunner
 from pfpld.checkpoint import load_checkpoint, save_checkpoint
 from pfpld.align import TEMPLATE_SIZE, align_face, five_points
-from pfpld.contract import CropRule, PreprocessContract, landmark_box
+from pfpld.contract import CropRule, PreprocessContract, aligned_crop, landmark_box
 from pfpld.data.synthetic import render_face
 from pfpld.verification import cosine_scores
 from quant.nnie import board_plane_order, planar_bytes
 from quant.nnie_sim import OUTPUT_FRACTION_BITS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+from outside_models import SPHEREFACE_HW, sphereface_like_onnx  # noqa: E402  (the pytest chain's network)
 
 ALIGNS = (1, 16, 32)                 # planar U8 row alignments: none, NNIE's 16 bytes, 32 bytes
 FACES = 6                            # face pictures, each cropped by every model's contract
@@ -49,6 +54,12 @@ FIXTURE_MODELS = {
     "hopenet": ({"backbone": "mobilenetv2", "input_size": 112, "width": 0.5}, (5,)),
     "facerec": ({"input_size": 64, "width": 0.5}, (0, 2)),
 }
+# Models from outside the project (`pfpld export --onnx FILE` with its contract options): SphereFace's 112x96 input,
+# an aligned contract whose crop is the 112x96 window inside each aligned picture (side min).
+OUTSIDE_MODELS = {
+    "sphereface": (sphereface_like_onnx, ("--color-order", "RGB", "--mean", "127.5,127.5,127.5", "--scale", "1/128",
+                                          "--crop-box-source", "aligned", "--output", "fc5=embedding")),
+}
 # Aligned faces (file name, width): ArcFace's 112x112 alignment, and 96 columns of it (SphereFace's 96x112 shape), whose
 # square crop pads the sides.
 ALIGNED = (("aligned0.ppm", 112), ("aligned1.bmp", 112), ("aligned2.ppm", 96))
@@ -59,8 +70,11 @@ CROP_RULES = (
     (112, {"expand": 224.0 / 240.0, "loose_k": 0.3, "side": "min"}),
     (64, {"expand": 1.1, "shift_y": -0.05, "loose_k": 0.2, "side": "max"}),
 )
-# The aligned rule (facerec's): the box is the whole image of each of these sizes (width, height).
-ALIGNED_RULE = (64, {"box_source": "aligned", "expand": 1.0})
+# The aligned rules (facerec's; SphereFace's rows x columns with its window inside the picture, and one holding it):
+# the box is the whole image of each of these sizes (width, height).
+ALIGNED_RULES = ((64, 64, {"box_source": "aligned", "expand": 1.0}),
+                 (*SPHEREFACE_HW, dataclasses.asdict(aligned_crop(*SPHEREFACE_HW))),
+                 (*SPHEREFACE_HW, {"box_source": "aligned", "expand": 1.0, "side": "max"}))
 ALIGNED_SIZES = ((112, 112), (96, 112), (112, 96), (250, 250), (37, 53), (640, 480))
 
 
@@ -196,12 +210,13 @@ def crop_rule_fixtures(faces: list[tuple[str, list[float]]], rng: np.random.Gene
         for box in boxes:
             records.append({"input_size": input_size, "crop": dataclasses.asdict(contract.crop), "box": box,
                             "matrix": contract.crop_matrix(box).reshape(-1).tolist()})
-    input_size, rule = ALIGNED_RULE
-    contract = PreprocessContract(input_size=input_size, crop=CropRule(**rule))
-    for width, height in ALIGNED_SIZES:     # the C++ side derives the box from the image size alone
-        box = contract.aligned_box(np.zeros((height, width, 3), np.uint8))
-        records.append({"input_size": input_size, "crop": dataclasses.asdict(contract.crop), "image_size": [width, height],
-                        "box": list(box), "matrix": contract.crop_matrix(box).reshape(-1).tolist()})
+    for input_size, input_width, rule in ALIGNED_RULES:
+        contract = PreprocessContract(input_size=input_size, input_width=input_width, crop=CropRule(**rule))
+        for width, height in ALIGNED_SIZES:     # the C++ side derives the box from the image size alone
+            box = contract.aligned_box(np.zeros((height, width, 3), np.uint8))
+            records.append({"input_size": input_size, "input_width": input_width,
+                            "crop": dataclasses.asdict(contract.crop), "image_size": [width, height],
+                            "box": list(box), "matrix": contract.crop_matrix(box).reshape(-1).tolist()})
     return records
 
 
@@ -210,8 +225,8 @@ def model_fixtures(out: Path, model: str, faces: list[tuple[str, list[float]]]) 
     those inputs and their decoding by the spec."""
     folder = out / model
     deploy = folder / "export" / DEPLOY_FILE
-    record = load_checkpoint(folder / "model.pt")
-    spec, contract = record.spec, record.contract
+    exported = ExportFolder.open(folder / "export")       # the spec and contract as the export carries them
+    spec, contract = exported.spec, exported.contract
     ncnn = json.loads(deploy.read_text())["runtimes"]["ncnn"]
     param, weights = deploy.with_name(ncnn["param"]), deploy.with_name(ncnn["bin"])
     names = json.loads(param.with_name(param.name.replace(".param", ".names.json")).read_text())
@@ -223,11 +238,11 @@ def model_fixtures(out: Path, model: str, faces: list[tuple[str, list[float]]]) 
         chw = contract.to_tensor_layout(crop)
         stem = folder / f"face{i}"
         planar = []
+        height, width = contract.input_hw
         for align in ALIGNS:
-            stride = -(-contract.input_size // align) * align
-            rows = np.zeros((3, contract.input_size, stride), np.uint8)       # the bundle's packing, rows padded
-            rows[:, :, :contract.input_size] = np.frombuffer(planar_bytes(crop, planes), np.uint8).reshape(
-                3, contract.input_size, contract.input_size)
+            stride = -(-width // align) * align
+            rows = np.zeros((3, height, stride), np.uint8)       # the bundle's packing, rows padded
+            rows[:, :, :width] = np.frombuffer(planar_bytes(crop, planes), np.uint8).reshape(3, height, width)
             planar.append({"align": align, "stride": stride, "file": write_raw(Path(f"{stem}.planar{align}.u8"), rows)})
         face = {"image": image_path, "box": box, "matrix": matrix.reshape(-1).tolist(),
                 "crop": write_raw(Path(f"{stem}.crop.bgr"), crop), "chw": write_raw(Path(f"{stem}.chw.f32"), chw),
@@ -249,7 +264,8 @@ def model_fixtures(out: Path, model: str, faces: list[tuple[str, list[float]]]) 
             decoded["embedding"] = embedding.astype(np.float64).tolist()
         face["decoded"] = decoded
         records.append(face)
-    result = {"model": model, "options": FIXTURE_MODELS[model][0], "deploy": str(deploy), "faces": records}
+    options = FIXTURE_MODELS[model][0] if model in FIXTURE_MODELS else {"onnx": OUTSIDE_MODELS[model][1]}
+    result = {"model": model, "options": options, "deploy": str(deploy), "faces": records}
     if "embedding" in records[0]["decoded"]:
         # pfpld.verification.cosine_scores of every pair of faces' Python ncnn embeddings, for the C++ cosine
         pairs = [(i, j) for i in range(len(records)) for j in range(i + 1, len(records))]
@@ -262,33 +278,41 @@ def model_fixtures(out: Path, model: str, faces: list[tuple[str, list[float]]]) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--models", default=",".join(FIXTURE_MODELS),
-                        help=f"comma-separated, of {', '.join(FIXTURE_MODELS)}")
+    known = [*FIXTURE_MODELS, *OUTSIDE_MODELS]
+    parser.add_argument("--models", default=",".join(known), help=f"comma-separated, of {', '.join(known)}")
     args = parser.parse_args()
     models = [m for m in args.models.split(",") if m]
-    unknown = [m for m in models if m not in FIXTURE_MODELS]
+    unknown = [m for m in models if m not in known]
     if unknown or not models:
-        raise SystemExit(f"make_fixtures: --models {args.models}: expected some of {', '.join(FIXTURE_MODELS)}")
+        raise SystemExit(f"make_fixtures: --models {args.models}: expected some of {', '.join(known)}")
     tmp = args.out.with_name(args.out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     rng = np.random.default_rng(20261203)
+    sources = {}
     for model in models:
         (tmp / model).mkdir()
+        if model in OUTSIDE_MODELS:
+            make, options = OUTSIDE_MODELS[model]
+            sources[model] = ("--onnx", str(make(tmp / model / f"{model}.onnx")), *options)
+            continue
         random_checkpoint(tmp / model / "model.pt", model, FIXTURE_MODELS[model][0], seed=3)
+        sources[model] = (str(tmp / model / "model.pt"),)
     faces = render_faces(tmp, rng)
     # the aligned pictures from their own generator: the other fixtures stay as they were
     aligned = aligned_faces(tmp, np.random.default_rng(20261204))
-    pictures = {m: aligned if load_checkpoint(tmp / m / "model.pt").contract.aligned else faces for m in models}
+    pictures = {m: aligned if m in OUTSIDE_MODELS or load_checkpoint(tmp / m / "model.pt").contract.aligned else faces
+                for m in models}
     # Every CLI call at once (exports and predictions only need the checkpoints and the pictures).
-    exports = [("export", str(tmp / m / "model.pt"), "--target", "ncnn", "--out", str(tmp / m / "export"), "--force")
+    exports = [("export", *sources[m], "--target", "ncnn", "--out", str(tmp / m / "export"), "--force")
                for m in models]
-    predicted = [(m, i) for m in models for i in FIXTURE_MODELS[m][1]]
+    # `pfpld predict` runs a checkpoint: a model from outside has none, it is checked on its ncnn outputs
+    predicted = [(m, i) for m in models if m in FIXTURE_MODELS for i in FIXTURE_MODELS[m][1]]
     # an aligned face goes without --box (the whole picture), as a user runs it
     predictions = [("predict", str(tmp / m / "model.pt"), pictures[m][i][0], "--json") +
                    (() if pictures[m] is aligned else ("--box", ",".join(str(v) for v in pictures[m][i][1])))
                    for m, i in predicted]
-    compared = [(m, FIXTURE_MODELS[m][1][:2]) for m in models if pictures[m] is aligned]
+    compared = [(m, FIXTURE_MODELS[m][1][:2]) for m in models if m in FIXTURE_MODELS and pictures[m] is aligned]
     comparisons = [("predict", str(tmp / m / "model.pt"), pictures[m][i][0], "--compare", pictures[m][j][0], "--json")
                    for m, (i, j) in compared]
     answers = run_cli_calls(exports + predictions + comparisons)[len(exports):]

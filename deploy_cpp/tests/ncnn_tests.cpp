@@ -32,13 +32,13 @@ std::vector<float> floats(const std::vector<double>& v) { return std::vector<flo
 void outputs(const json& index, const std::string&) {
     for (const auto& model : index.at("models")) {
         const pfpld::DeployConfig config = pfpld::DeployConfig::load(model.at("deploy").get<std::string>());
-        const int size = config.contract.input_size;
+        const int height = config.contract.height(), width = config.contract.width();
         for (int threads : {1, 2}) {
             auto backend = pfpld::make_ncnn_backend(config, "ncnn", pfpld::NcnnOptions{threads, false});
             double worst = 0, worst_cosine = 1;
             for (const auto& rec : model.at("faces")) {
                 const auto chw = check::read_array<float>(rec.at("chw").get<std::string>());
-                const pfpld::Outputs out = pfpld::ncnn_infer_chw(*backend, chw.data(), size, size);
+                const pfpld::Outputs out = pfpld::ncnn_infer_chw(*backend, chw.data(), height, width);
                 for (const auto& spec : config.outputs)   // an embedding is judged by its direction too
                     if (spec.kind == "embedding")
                         worst_cosine = std::min(worst_cosine, pfpld::cosine(out.get(spec.name),

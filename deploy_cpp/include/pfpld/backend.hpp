@@ -13,7 +13,7 @@ namespace pfpld {
 class Backend {
 public:
     virtual ~Backend() = default;
-    // crop_bgr: input_size x input_size, BGR, as crop_face makes it.
+    // crop_bgr: the contract's height() rows x width() columns, BGR, as crop_face makes it.
     virtual Outputs infer(const Image& crop_bgr) = 0;
     virtual std::string name() const = 0;
 };

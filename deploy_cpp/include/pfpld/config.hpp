@@ -9,7 +9,8 @@
 
 namespace pfpld {
 
-// The square crop around a face box, as pfpld/contract.py's CropRule.square (crop_matrix applies it).
+// The square crop around a face box, as pfpld/contract.py's CropRule.square (crop_matrix applies it); for a
+// rectangular input (an aligned contract only) the window of the input's aspect, side = its height.
 struct CropRule {
     std::string box_source;   // "landmark_extent": a face box (the landmarks' extent in training, a detector's box
                               // at deployment); "aligned": the image is an aligned face and the box is the whole
@@ -22,7 +23,8 @@ struct CropRule {
 };
 
 struct Contract {
-    int input_size = 0;
+    int input_size = 0;               // rows of the input (and its columns unless input_width)
+    int input_width = 0;              // columns of a rectangular input (SphereFace's 112x96: 96); 0 = square
     std::string color_order;          // "RGB" or "BGR": channel order of the network input
     double scale = 0.0;               // input = (pixel - mean) * scale, in float32
     std::array<double, 3> mean{};     // per network channel (in color_order)
@@ -30,6 +32,8 @@ struct Contract {
     std::string layout;               // "NCHW"
 
     bool aligned() const { return crop.box_source == "aligned"; }   // no face box: the whole image is the face
+    int height() const { return input_size; }
+    int width() const { return input_width > 0 ? input_width : input_size; }
 };
 
 struct OutputSpec {

@@ -40,7 +40,7 @@ Box aligned_box(const Image& image);
 Affine crop_matrix(const Contract& contract, const Box& box, double context = 1.0);
 // dst(x, y) = src(M^-1 (x, y)), bilinear, zero outside: OpenCV's warpAffine on uint8, bit for bit.
 Image warp_affine(const Image& src, const Affine& matrix, int out_width, int out_height);
-// The contract crop (input_size x input_size, BGR like the image); `matrix` receives the matrix used.
+// The contract crop (width() x height(), BGR like the image); `matrix` receives the matrix used.
 Image crop_face(const Contract& contract, const Image& image, const Box& box, Affine* matrix = nullptr);
 
 // Row stride in bytes rounded up to `align` (NNIE: 16 bytes for U8 images on Hi3516CV500/DV300, 32 on some SDKs).

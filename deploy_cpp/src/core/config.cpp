@@ -97,6 +97,8 @@ DeployConfig DeployConfig::parse(const std::string& json_text, const std::string
 
     const json& c = r.at(root, "", "contract");
     cfg.contract.input_size = r.get<int>(c, "contract", "input_size");
+    // absent in a square contract (and in every deploy.json written before rectangles): as wide as it is high
+    cfg.contract.input_width = r.get_or<int>(c, "contract", "input_width", cfg.contract.input_size);
     cfg.contract.color_order = r.get<std::string>(c, "contract", "color_order");
     cfg.contract.scale = r.get<double>(c, "contract", "scale");
     auto mean = r.get<std::vector<double>>(c, "contract", "mean");
@@ -117,6 +119,12 @@ DeployConfig DeployConfig::parse(const std::string& json_text, const std::string
     if (cfg.contract.layout != "NCHW") throw Error(where + ": contract.layout '" + cfg.contract.layout + "', expected NCHW");
     if (cfg.contract.input_size < 16)
         throw Error(where + ": contract.input_size " + std::to_string(cfg.contract.input_size) + ", expected at least 16");
+    if (cfg.contract.input_width < 16)
+        throw Error(where + ": contract.input_width " + std::to_string(cfg.contract.input_width) + ", expected at least 16");
+    if (cfg.contract.width() != cfg.contract.height() && !cfg.contract.aligned())
+        throw Error(where + ": contract input " + std::to_string(cfg.contract.height()) + "x" +
+                    std::to_string(cfg.contract.width()) + " (rows x columns) is not square: only an aligned contract "
+                    "(crop.box_source aligned) takes a rectangle");
     if (!(cfg.contract.crop.expand > 0)) throw Error(where + ": contract.crop.expand must be > 0");
     if (!(cfg.contract.crop.loose_k >= 0)) throw Error(where + ": contract.crop.loose_k must be >= 0");
     if (cfg.contract.crop.side != "max" && cfg.contract.crop.side != "min")
@@ -125,6 +133,10 @@ DeployConfig DeployConfig::parse(const std::string& json_text, const std::string
     const json& input = r.at(root, "", "input");
     cfg.input_name = r.get<std::string>(input, "input", "name");
     cfg.input_shape = r.get<std::vector<int>>(input, "input", "shape");
+    if (cfg.input_shape.size() != 4 || cfg.input_shape[1] != 3 || cfg.input_shape[2] != cfg.contract.height() ||
+        cfg.input_shape[3] != cfg.contract.width())
+        throw Error(where + ": input.shape is not [N, 3, " + std::to_string(cfg.contract.height()) + ", " +
+                    std::to_string(cfg.contract.width()) + "] (the contract's rows x columns)");
 
     const json& outputs = r.at(root, "", "outputs");
     if (!outputs.is_array() || outputs.empty()) throw Error(where + ": 'outputs' must be a non-empty list");

@@ -18,7 +18,7 @@ std::vector<Point> landmarks_to_image(const Contract& contract, const std::vecto
     const Affine inv = crop_matrix.inverse();
     std::vector<Point> points(values.size() / 2);
     for (size_t i = 0; i < points.size(); ++i) {
-        const double qx = double(values[2 * i]) * contract.input_size, qy = double(values[2 * i + 1]) * contract.input_size;
+        const double qx = double(values[2 * i]) * contract.width(), qy = double(values[2 * i + 1]) * contract.height();
         const auto p = inv.apply(qx, qy);
         points[i] = {p[0], p[1]};
     }

@@ -82,13 +82,15 @@ Affine crop_matrix(const Contract& contract, const Box& box, double context) {
         x2 += 0.6 * k * (x2 - x1);
         y2 += 0.6 * k * (y2 - y1);
     }
-    const double w = x2 - x1, h = y2 - y1;
+    // a rectangular input: the window of its aspect (side = its height); aspect 1 gives exactly max(w, h) or min
+    const double aspect = double(contract.width()) / double(contract.height());
+    const double w = (x2 - x1) / aspect, h = y2 - y1;
     const double side = rule.expand * (rule.side == "min" ? std::min(w, h) : std::max(w, h));
     const double cx = (x1 + x2) / 2.0;
     const double cy = (y1 + y2) / 2.0 + rule.shift_y * side;
-    const double s = double(contract.input_size) / side;
-    const double out = double(contract.input_size) * context;
-    return Affine{{s, 0.0, out / 2.0 - s * cx, 0.0, s, out / 2.0 - s * cy}};
+    const double s = double(contract.height()) / side;
+    const double out_x = double(contract.width()) * context, out_y = double(contract.height()) * context;
+    return Affine{{s, 0.0, out_x / 2.0 - s * cx, 0.0, s, out_y / 2.0 - s * cy}};
 }
 
 Image warp_affine(const Image& src, const Affine& matrix, int out_width, int out_height) {
@@ -165,7 +167,7 @@ Image crop_face(const Contract& contract, const Image& image, const Box& box, Af
     check_box(box, image.width, image.height);
     const Affine m = crop_matrix(contract, box);
     if (matrix) *matrix = m;
-    return warp_affine(image, m, contract.input_size, contract.input_size);
+    return warp_affine(image, m, contract.width(), contract.height());
 }
 
 size_t aligned_stride(size_t row_bytes, size_t align) {

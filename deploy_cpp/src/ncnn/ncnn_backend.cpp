@@ -31,11 +31,12 @@ public:
     }
 
     Outputs infer(const Image& crop_bgr) override {
-        const int size = config_.contract.input_size;
-        if (crop_bgr.width != size || crop_bgr.height != size || crop_bgr.channels != 3)
-            throw Error("ncnn backend: expected a " + std::to_string(size) + "x" + std::to_string(size) + " BGR crop");
+        const int height = config_.contract.height(), width = config_.contract.width();
+        if (crop_bgr.width != width || crop_bgr.height != height || crop_bgr.channels != 3)
+            throw Error("ncnn backend: expected a BGR crop of " + std::to_string(height) + " rows x " +
+                        std::to_string(width) + " columns");
         std::vector<float> chw = pack_float_chw(config_.contract, crop_bgr);
-        return infer_chw(chw.data(), size, size);
+        return infer_chw(chw.data(), height, width);
     }
 
     Outputs infer_chw(const float* chw, int height, int width) {

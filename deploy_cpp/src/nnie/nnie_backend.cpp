@@ -200,14 +200,14 @@ public:
         if (seg.u16SrcNum != 1 || node_name(input) != files_.input)
             throw Error(path + ": expected one input node '" + files_.input + "' (deploy.json), the model has " +
                         list_names(seg.astSrcNode, seg.u16SrcNum));
-        const int size = config.contract.input_size;
+        const int height = config.contract.height(), width = config.contract.width();
         const auto& in_whc = input.unShape.stWhc;
-        if (input.enType != SVP_BLOB_TYPE_U8 || in_whc.u32Chn != 3 || int(in_whc.u32Height) != size ||
-            int(in_whc.u32Width) != size)
+        if (input.enType != SVP_BLOB_TYPE_U8 || in_whc.u32Chn != 3 || int(in_whc.u32Height) != height ||
+            int(in_whc.u32Width) != width)
             throw Error(path + ": input '" + files_.input + "' is type " + std::to_string(int(input.enType)) + ", " +
                         std::to_string(in_whc.u32Chn) + "x" + std::to_string(in_whc.u32Height) + "x" +
                         std::to_string(in_whc.u32Width) + "; expected a U8 image (cfg [image_type] 1) of 3x" +
-                        std::to_string(size) + "x" + std::to_string(size));
+                        std::to_string(height) + "x" + std::to_string(width) + " (channels x rows x columns)");
 
         for (const auto& spec : config.outputs) {
             const std::string& blob = files_.outputs.at(spec.name);
@@ -257,9 +257,10 @@ public:
     }
 
     Outputs infer(const Image& crop_bgr) override {
-        const int size = config_.contract.input_size;
-        if (crop_bgr.width != size || crop_bgr.height != size || crop_bgr.channels != 3)
-            throw Error("nnie backend: expected a " + std::to_string(size) + "x" + std::to_string(size) + " BGR crop");
+        const int height = config_.contract.height(), width = config_.contract.width();
+        if (crop_bgr.width != width || crop_bgr.height != height || crop_bgr.channels != 3)
+            throw Error("nnie backend: expected a BGR crop of " + std::to_string(height) + " rows x " +
+                        std::to_string(width) + " columns");
         pack_planar_u8(crop_bgr, files_.planes, input_->data(), src_.u32Stride);
         return forward();
     }
