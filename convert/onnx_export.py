@@ -22,6 +22,7 @@ from pfpld.fileio import write_bytes_atomic
 from pfpld.landmarks import POINT_LAYOUTS, layout_for
 from pfpld.models.spec import ModelSpec, OutputSpec
 
+from .onnx_bins import BIN_KINDS
 from .onnx_graph import load_onnx
 
 DEFAULT_OPSET = 13
@@ -83,7 +84,8 @@ def declared_output(name: str, shape: tuple[int, ...], kind: str) -> OutputSpec:
     still compared by value and point error, without NME."""
     if kind not in DECLARABLE_KINDS:
         raise ConversionError(f"output {name!r}: kind {kind!r}; expected one of "
-                              f"{', '.join(k or repr(k) for k in DECLARABLE_KINDS)}")
+                              f"{', '.join(k or repr(k) for k in DECLARABLE_KINDS)}, or a HopeNet-style model's "
+                              f"{', '.join(BIN_KINDS)} (all three)")
     dims = [d for d in shape if d != 1]
     size = int(np.prod(shape)) if shape and min(shape) > 0 else 0
     if kind == "landmarks":
