@@ -129,7 +129,7 @@ def parse_scale(text: str) -> float:
         raise ConversionError(f"--scale {text!r}: expected a number or a fraction such as 1/255") from None
 
 
-CROP_OPTIONS = ("expand", "shift_y", "box_source")     # contract options that are fields of its CropRule
+CROP_OPTIONS = ("expand", "shift_y", "box_source", "loose_k", "side")     # contract options of its CropRule
 
 
 def contract_for_onnx(path: Path, from_metadata: PreprocessContract | None, input_hw: tuple[int, int],

@@ -556,10 +556,16 @@ def models(markdown):
 @click.option("--crop-shift-y", type=float, help="Contract of an --onnx file: crop centre shift, fraction of side.")
 @click.option("--crop-box-source", help="Contract of an --onnx file: landmark_extent (the crop is made from a face "
               "box) or aligned (the input is an aligned face, the whole image: recognition models).")
+@click.option("--crop-loose-k", type=float, help="Contract of an --onnx file: loosen the face box first as HopeNet "
+              "does on 300W-LP (its code: 0.2-0.4; pfpld's hopenet 0.3).  [default: 0, none]")
+@click.option("--crop-side", help="Contract of an --onnx file: the square's side is expand x the box's max side "
+              "(max) or min side (min: HopeNet's Resize + CenterCrop, expand 224/240).  [default: max]")
 @click.option("--output", "output_kinds", multiple=True, metavar="NAME=KIND", help="An --onnx file: what graph output "
               "NAME holds, so parity and int8 judge it in its task's terms: landmarks (x,y pairs in [0,1] of the crop; "
               "NME for 98, 68 or 5 points), pose (yaw,pitch,roll radians), pose_deg, embedding (cosine and "
-              "verification accuracy). Repeatable.")
+              "verification accuracy); a HopeNet-style model's three outputs of 66 bin logits as yaw_bins, "
+              "pitch_bins and roll_bins (the reference decode, bin index x 3 - 99, is appended as angles_deg). "
+              "Repeatable.")
 @click.option("--calib", type=click.Path(path_type=Path), help="Calibration set (`pfpld calib`): needed by the nnie "
               "target and by --int8.")
 @click.option("--precision", type=click.Choice(["int8", "int16", "mixed"]), default="mixed", show_default=True,
@@ -578,8 +584,8 @@ def models(markdown):
               help="onnxruntime QDQ activation type (u8 runs faster on x86).")
 @user_errors
 def export_cmd(ckpt, model, width, model_options, init, seed, onnx_file, targets, out, opset, fp16, force, color_order,
-               scale, mean, crop_expand, crop_shift_y, crop_box_source, output_kinds, calib, precision, hp_layers,
-               allow_layers, sdk_dir, internal_stride, int8, int8_activations):
+               scale, mean, crop_expand, crop_shift_y, crop_box_source, crop_loose_k, crop_side, output_kinds, calib,
+               precision, hp_layers, allow_layers, sdk_dir, internal_stride, int8, int8_activations):
     """Export a model to ONNX, Caffe 1.0, ncnn and the quantised formats, with manifest.json (check it with
     `pfpld check-parity`).
 
@@ -591,6 +597,9 @@ def export_cmd(ckpt, model, width, model_options, init, seed, onnx_file, targets
     pfpld export --onnx model.onnx --color-order RGB --scale 1/255 --target caffe --out DIR
     pfpld export --onnx arcface.onnx --color-order RGB --mean 127.5,127.5,127.5 --scale 1/127.5
                  --crop-box-source aligned --output fc1=embedding --target all --out DIR
+    pfpld export --onnx hopenet.onnx --color-order RGB --mean 123.675,116.28,103.53 --scale 1/57.63
+                 --crop-loose-k 0.3 --crop-side min --crop-expand 0.9333 --output fc_yaw=yaw_bins
+                 --output fc_pitch=pitch_bins --output fc_roll=roll_bins --target all --out DIR
     pfpld export CKPT --target nnie --calib calib_data/NAME --precision mixed --out DIR
     pfpld export CKPT --target ncnn --int8 --calib calib_data/NAME --out DIR
     """
@@ -603,7 +612,8 @@ def export_cmd(ckpt, model, width, model_options, init, seed, onnx_file, targets
     if sum(v is not None for v in (ckpt, model, onnx_file)) != 1:
         raise click.UsageError("give exactly one source: CKPT, --model NAME --init random, or --onnx FILE")
     contract_options = {"color_order": color_order, "scale": scale, "mean": _parse_mean(mean),
-                        "expand": crop_expand, "shift_y": crop_shift_y, "box_source": crop_box_source}
+                        "expand": crop_expand, "shift_y": crop_shift_y, "box_source": crop_box_source,
+                        "loose_k": crop_loose_k, "side": crop_side}
     if onnx_file is None and (output_kinds or any(v is not None for v in contract_options.values())):
         raise click.UsageError("contract options (--color-order, --scale, ...) and --output apply to --onnx only: a "
                                "checkpoint and a registry model carry their own contract and output kinds")

@@ -101,10 +101,13 @@ def test_bins_of_the_wrong_size_are_refused_from_the_command_line(tmp_path):
 
 def test_their_hopenet_goes_through_every_fp32_stage_judged_on_the_angles(their_onnx, tmp_path):
     out = tmp_path / "export"
-    proc = run("export", "--onnx", their_onnx, *CONTRACT, *BINS, "--target", "all", "--out", out)
+    hopenet_crop = ["--crop-loose-k", "0.3", "--crop-side", "min", "--crop-expand", str(224 / 240)]
+    proc = run("export", "--onnx", their_onnx, *CONTRACT, *hopenet_crop, *BINS, "--target", "all", "--out", out)
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"]["spec_from"] == "graph+options"
+    assert manifest["contract"]["crop"] == {"box_source": "landmark_extent", "expand": 224 / 240, "shift_y": 0.0,
+                                            "loose_k": 0.3, "side": "min"}
     assert [(o["name"], o["kind"]) for o in manifest["spec"]["outputs"]] == [
         ("fc_yaw", "pose_bins"), ("fc_pitch", "pose_bins"), ("fc_roll", "pose_bins"), ("angles_deg", "pose_deg")]
     proc = run("check-parity", out)
@@ -113,3 +116,10 @@ def test_their_hopenet_goes_through_every_fp32_stage_judged_on_the_angles(their_
     stages = {s["stage"]: s for s in parity["stages"]}
     assert parity["verdict"] == "pass" and {"onnxsim", "caffe", "ncnn"} <= set(stages)
     assert "pose diff (deg)" in proc.stdout
+
+
+def test_a_crop_side_that_does_not_exist_is_one_line(their_onnx, tmp_path):
+    proc = run("export", "--onnx", their_onnx, *CONTRACT, "--crop-side", "middle", "--target", "onnx",
+               "--out", tmp_path / "out")
+    assert_user_error(proc, "crop side 'middle': expected one of max, min")
+    assert not (tmp_path / "out").exists()
