@@ -4,7 +4,8 @@
                marked for 16 bit, preflight, activation ranges for the simulation, and the SDK bundle
                (quant/nnie.py), in DIR/nnie_sdk or at --sdk-dir; its runner is the NNIE simulation;
 - onnx-int8  (`--int8 --calib DIR` with an ONNX target): onnxruntime QDQ, uint8 activations, per-channel int8
-               weights in [-64, 64] so that CPUs without VNNI do not saturate (quant/ort_int8.py);
+               weights in [-64, 64] so that CPUs without VNNI do not saturate, a conv output only PRelu reads
+               kept float (quant/ort_int8.py);
 - ncnn-int8  (`--int8 --calib DIR` with the ncnn target): calibration table + int8 param/bin as ncnn2table and
                ncnn2int8 would write them (quant/ncnn_int8.py).
 
@@ -119,7 +120,8 @@ def export_onnx_int8(job: ExportJob) -> dict[str, Path]:
     recipe = quantize_qdq(job.files["onnxsim"], path, xc, activations=activations)
     job.info["onnx-int8"] = {"format": "QDQ", "activations": recipe.activations, "weights": recipe.weights,
                              "calibration": str(Path(job.options["calib"]).resolve()),
-                             "calibration_images": recipe.calibration_images, "method": recipe.method}
+                             "calibration_images": recipe.calibration_images, "method": recipe.method,
+                             "float_conv_outputs": recipe.float_conv_outputs, "recipe": recipe.describe()}
     return {"onnx-int8": path}
 
 
