@@ -452,6 +452,8 @@ def nnie_what_if_runners(export: ExportFolder, calib_x: np.ndarray | None) -> li
 def int8_detail(name: str, info: dict) -> str:
     fmt = FORMATS[name]
     facts = [f"{k} {info[k]}" for k in ("precision", "compile_mode", "activations", "weights") if k in info]
+    if info.get("float_conv_outputs"):      # onnx-int8: conv outputs only PRelu reads (quant/ort_int8.py)
+        facts.append(f"{info['float_conv_outputs']} conv outputs before PRelu float")
     return ", ".join([fmt.runtime or fmt.title] + facts)
 
 

@@ -214,6 +214,7 @@ def test_int8_report_is_in_verification_terms(export, identities):
     assert report.float_metrics.verification_pct == pytest.approx(100 * expected.accuracy_mean)
     stages = {r.stage: r for r in report.rows}
     assert set(stages) == {"nnie", "onnx-int8", "ncnn-int8", "nnie-sim int8", "nnie-sim int16"}
+    assert stages["onnx-int8"].detail.endswith(", 33 conv outputs before PRelu float")   # of 50 convs: quant/ort_int8.py
     for row in report.rows:
         assert row.error is None, (row.stage, row.error)
         assert 0 <= row.verification_pct <= 100
