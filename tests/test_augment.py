@@ -84,15 +84,16 @@ def test_batched_labels_equal_the_reference_on_the_same_draws(augmented):
 
 def test_batched_images_match_the_cv2_reference_within_the_measured_tolerance(augmented):
     """Measured on this fixture (2 epochs of 166 faces): mean 0.11 grey levels, 90.6 % of the values equal,
-    98.7 % within 1 level, 99.71 % within 2, 99.98 % within 4, max 10; the limits leave a small margin for other
-    CPUs. Where the paths differ: cv2 samples at 1/32-pixel positions with 15-bit weights (this warp is exact),
+    98.7 % within 1 level, 99.71 % within 2, 99.98 % within 4, max 10; on an AMD EPYC with AVX-512 (where cv2 runs
+    its AVX512-SKX code) mean 0.19, 82.9 % equal, 98.64 % within 1, 99.70 % within 2, 99.98 % within 4, max 10. The
+    limits cover both with a margin. Where the paths differ: cv2 samples at 1/32-pixel positions with 15-bit weights (this warp is exact),
     and cv2 finishes each 112-pixel row of its 8-bit HSV -> BGR with scalar code that rounds where its vector code
     truncates; whole-level steps between the colour operations pass a one-level difference on, and the hue round
     trip can widen it at saturated edges. The labels are equal (measured: 0.0)."""
     d = augmented.image_diff
-    assert d.mean() < 0.15
-    assert (d <= 1.5).mean() >= 0.985
-    assert (d <= 2.5).mean() >= 0.996
+    assert d.mean() < 0.25
+    assert (d <= 1.5).mean() >= 0.98
+    assert (d <= 2.5).mean() >= 0.995
     assert (d <= 4.5).mean() >= 0.9995
     assert d.max() <= 16
 
