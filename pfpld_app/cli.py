@@ -582,10 +582,15 @@ def models(markdown):
               "(onnx-int8) and ncnn int8 (ncnn-int8), calibrated on --calib.")
 @click.option("--int8-activations", type=click.Choice(["u8", "s8"]), default="u8", show_default=True,
               help="onnxruntime QDQ activation type (u8 runs faster on x86).")
+@click.option("--qdq-prelu", type=click.Choice(["float", "int8"]), default="float", show_default=True,
+              help="onnxruntime QDQ of a PReLU network: float leaves a conv output that only a PRelu reads unquantised "
+              "(onnxruntime has no integer PReLU: one rounding per activation instead of two; those convs run in "
+              "float), int8 quantises it too (faster where most convs feed a PReLU, less accurate; "
+              "quant/ort_int8.py has the numbers).")
 @user_errors
 def export_cmd(ckpt, model, width, model_options, init, seed, onnx_file, targets, out, opset, fp16, force, color_order,
                scale, mean, crop_expand, crop_shift_y, crop_box_source, crop_loose_k, crop_side, output_kinds, calib,
-               precision, hp_layers, allow_layers, sdk_dir, internal_stride, int8, int8_activations):
+               precision, hp_layers, allow_layers, sdk_dir, internal_stride, int8, int8_activations, qdq_prelu):
     """Export a model to ONNX, Caffe 1.0, ncnn and the quantised formats, with manifest.json (check it with
     `pfpld check-parity`).
 
@@ -644,7 +649,7 @@ def export_cmd(ckpt, model, width, model_options, init, seed, onnx_file, targets
         check_output_folder(sdk_dir, "nnie-bundle", force)
     described = " ".join(f"{k}={v}" for k, v in source.spec.options.items())
     click.echo(f"export {source.spec.name}{' ' + described if described else ''} ({source.kind}) -> {out}")
-    options = {"calib": calib, "int8_activations": int8_activations,
+    options = {"calib": calib, "int8_activations": int8_activations, "qdq_prelu": qdq_prelu,
                "nnie": NnieOptions(calib=calib, precision=precision, hp_layers=list(hp_layers),
                                    allow_layers=list(allow_layers), sdk_dir=sdk_dir, force=force,
                                    internal_stride=int(internal_stride)) if calib is not None else None}

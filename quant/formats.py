@@ -113,11 +113,12 @@ def export_nnie(job: ExportJob) -> dict[str, Path]:
 
 
 def export_onnx_int8(job: ExportJob) -> dict[str, Path]:
-    from .ort_int8 import quantize_qdq
+    from .ort_int8 import FLOAT_READERS, quantize_qdq
     activations = job.options.get("int8_activations") or "u8"
+    float_readers = () if job.options.get("qdq_prelu") == "int8" else FLOAT_READERS
     _, xc = _calibration(job)
     path = job.path(".int8.onnx")
-    recipe = quantize_qdq(job.files["onnxsim"], path, xc, activations=activations)
+    recipe = quantize_qdq(job.files["onnxsim"], path, xc, activations=activations, float_readers=float_readers)
     job.info["onnx-int8"] = {"format": "QDQ", "activations": recipe.activations, "weights": recipe.weights,
                              "calibration": str(Path(job.options["calib"]).resolve()),
                              "calibration_images": recipe.calibration_images, "method": recipe.method,

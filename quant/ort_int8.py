@@ -29,6 +29,7 @@ not dequantised again at every run). The cost is onnxruntime's: facerec's demo m
 thread against 2.38 with every output quantised and 2.16 in float, its file 0.91 MB against 0.62 (float 1.53);
 landmark5, where 5 of 7 convs precede a PReLU, 0.43 ms against 0.23 (float 0.21), 0.29 MB against 0.10 (float 0.30).
 A PReLU network's QDQ model was not faster than float in onnxruntime before either (PReLU breaks the integer chain).
+`pfpld export --qdq-prelu int8` quantises those outputs too (quantize_qdq's float_readers=()).
 
 Before quantising, BatchNormalization after a Gemm (a user's Linear -> BatchNorm1d embedding layer) is folded into it
 with convert.fold_bn, as the Caffe stage does: onnxruntime's QDQ BatchNormalization would quantise the 1-D BN scale

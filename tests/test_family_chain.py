@@ -186,3 +186,22 @@ def test_a_wrong_model_option_is_one_line(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "backbone 'vgg'" in lines[0], proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("choice, float_outputs", [("float", 5), ("int8", 0)])
+def test_qdq_prelu_choice_reaches_the_onnx_int8_file_and_its_manifest(tmp_path, choice, float_outputs):
+    """landmark5: 5 of its 7 convs feed a PReLU. `--qdq-prelu float` (the default) leaves their outputs unquantised,
+    `int8` quantises every conv output (quant/ort_int8.py says what each costs)."""
+    from pfpld.models import build_model
+    _, _, contract = build_model("landmark5")
+    calib = write_calibration_crops(tmp_path / "calib", contract)
+    out = tmp_path / "export"
+    proc = run("export", "--model", "landmark5", "--init", "random", "--target", "onnx-int8", "--calib", calib,
+               "--qdq-prelu", choice, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    info = {s["name"]: s for s in json.loads((out / "manifest.json").read_text())["stages"]}["onnx-int8"]["info"]
+    assert info["float_conv_outputs"] == float_outputs
+    model = onnx.load(str(out / "landmark5.int8.onnx"))
+    quantised = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    convs = [n.output[0] for n in model.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 7 and sum(c not in quantised for c in convs) == float_outputs
