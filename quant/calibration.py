@@ -519,9 +519,11 @@ def read_calibration_set(folder: Path, contract: PreprocessContract) -> Calibrat
         if stored:
             stored = PreprocessContract.from_dict(stored)
             if stored.input_hw != contract.input_hw or stored.crop != contract.crop:
+                how = ("faces aligned at its size" if contract.aligned else
+                       "a dataset prepared with its contract, or images with boxes.txt and --ckpt")
                 raise InputError(f"{folder}: made for input size {stored.size_text} and crop {stored.crop}; the "
                                  f"model's contract says {contract.size_text} and {contract.crop} (rows x columns): "
-                                 f"make the set for this model (`pfpld calib` on faces aligned at its size)")
+                                 f"make the set for this model (`pfpld calib` on {how})")
     files, crops = [], []
     for number, line in enumerate(listing.read_text().splitlines(), start=1):
         if not line.strip():
