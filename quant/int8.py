@@ -534,14 +534,19 @@ def check_int8(export_dir: Path, images: Path | None = None, calib: Path | None 
         report.rows.append(Int8Row("nnie-sim", "-", False, verdict="ERROR", error=one_line(exc, 300)))
     # A QDQ model made now from --calib when the export has none.
     if not export.has("onnx-int8") and calib_x is not None and export.has("onnxsim"):
-        from .ort_int8 import QdqRecipe, quantize_qdq
+        from .ort_int8 import quantize_qdq
+        made_now = Int8Row("onnx-int8", "QDQ made now from --calib", True)
         with tempfile.TemporaryDirectory(prefix="pfpld-int8-") as work:
             def built_now():
                 path = Path(work) / "int8.onnx"
-                quantize_qdq(export.require("onnxsim"), path, calib_x)
+                recipe = quantize_qdq(export.require("onnxsim"), path, calib_x)
+                # the row says what the recipe did, as an exported onnx-int8's row does (int8_detail)
+                made_now.detail = int8_detail("onnx-int8", {"activations": recipe.activations, "weights":
+                                                            recipe.weights,
+                                                            "float_conv_outputs": recipe.float_conv_outputs})
+                made_now.detail += " (made now from --calib)"
                 return OnnxRunner(path, threads=threads)
-            recipe = QdqRecipe(activations="u8", per_channel=True, calibration_images=len(calib_x))
-            run_row(Int8Row("onnx-int8", f"QDQ u8 act, {recipe.weights} (made now from --calib)", True), built_now)
+            run_row(made_now, built_now)
     if write:
         report.markdown = export.folder / "int8.md"
         write_text_atomic(report.markdown, report.to_markdown())
