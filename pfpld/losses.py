@@ -20,9 +20,9 @@ import torch.nn.functional as F
 
 from .errors import InputError
 
-# HopeNet's regression on the softmax expectation beside the bins' CE (pfpld/pose_bins.py hopenet_loss): smooth-L1 in
-# bin widths (the default: it learns at alpha 1 in short runs) or the paper's MSE in degrees^2.
-BINS_REGRESSIONS = ("smooth_l1", "mse")
+# HopeNet's regression on the softmax expectation beside the bins' CE (pfpld/pose_bins.py hopenet_loss): the paper's
+# MSE in degrees^2 (the default) or smooth-L1 in bin widths.
+BINS_REGRESSIONS = ("mse", "smooth_l1")
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class LossConfig:
     pose_weight: float = 10.0            # on smooth-L1 of radians (the reference: 1000, see above)
     pose_beta_rad: float = 1.0
     bins_alpha: float = 1.0              # HopeNet: weight of the regression on the expectation beside the bins' CE
-    bins_regression: str = "smooth_l1"   # HopeNet: that regression, one of BINS_REGRESSIONS
+    bins_regression: str = "mse"         # HopeNet: that regression, one of BINS_REGRESSIONS
     head: str = "arcface"                # facerec: the margin head (pfpld.heads.HEADS) and its scale and margin
     head_s: float | None = None          # (None: the head's default)
     head_m: float | None = None

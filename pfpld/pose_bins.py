@@ -1,6 +1,6 @@
 """HopeNet's pose bins: 66 bins of 3 degrees over [-99, 99), the labels its classification heads learn, the
-softmax expectation that decodes them, and its loss (per angle CrossEntropy + alpha x a regression on the
-expectation: by default smooth-L1 in bin widths; the paper's MSE in degrees^2 on request; hopenet_loss says why).
+softmax expectation that decodes them, and its loss (per angle CrossEntropy + alpha x the paper's MSE in degrees^2
+on the expectation, or smooth-L1 in bin widths on request; hopenet_loss).
 
 numpy for data preparation and evaluation, torch for training and for the module's in-graph decode; each
 function takes either. Angles are in DEGREES here, as in the HopeNet code; the rest of the project speaks
@@ -88,29 +88,26 @@ class PoseBinLoss:
     mse_deg2: torch.Tensor          # (3,) per angle, squared degrees, batch mean, detached (the paper's term)
 
 
-def hopenet_loss(yaw_logits, pitch_logits, roll_logits, angles_deg, alpha: float = 1.0, regression: str = "smooth_l1",
+def hopenet_loss(yaw_logits, pitch_logits, roll_logits, angles_deg, alpha: float = 1.0, regression: str = "mse",
                  expected_deg=None) -> PoseBinLoss:
     """HopeNet's loss: for each angle, CrossEntropy of its logits (N,66) against the bin label of the true angle,
     plus alpha x a regression of the softmax expectation on the true angle. angles_deg (N,3) must pass
     keep_for_training. The paper uses alpha 1 or 2.
 
-    regression "smooth_l1" (the default): smooth-L1 of the expectation's error in bin widths (beta one bin: e^2 / 2
-    within one bin of the true angle, |e| - 1/2 beyond). "mse": the paper's MSE in degrees^2. Both are measured and
-    returned whichever one the total uses.
+    regression "mse" (the default, the paper's): the MSE of the expectation in degrees^2. "smooth_l1": smooth-L1 of
+    the expectation's error in bin widths (beta one bin: e^2 / 2 within one bin of the true angle, |e| - 1/2
+    beyond), whose pull on the expectation is bounded whatever the error. Both are measured and returned whichever
+    one the total uses.
 
     expected_deg (N,3): the expectation the model decoded (its own bin values, e.g. a released model's left edges,
     pfpld/models/hopenet.py); None decodes the logits at the bin centres.
 
-    Why smooth-L1 is the default: the MSE in degrees^2 has a gradient that grows with the error. Measured in short
-    runs (180 synthetic faces with a pose, MobileNetV2 w0.5 at 112, Adam lr 3e-3): at alpha 1 its gradient in the
-    logits was 360 times the CE's at the start (uniform softmax, errors of tens of degrees) and 40-50 times later.
-    Adam normalises the step, so the CE had no say: the softmax saturated on wrong bins (the CE rose from 3 x ln 66 =
-    12.6 to 35 nats) where the expectation's gradient p_k (c_k - E) vanishes, and no run learned (0.84-0.88 x the mean
-    pose's MAE). Gradient clipping, a warm-up of alpha and a 5 x learning rate for the heads did not help (0.81-0.90 x);
-    the MSE in bin widths did partly (0.75 x). Smooth-L1 in bin widths pulls on the expectation by at most one per bin
-    width, whatever the error: its gradient was 2.2 times the CE's at the first step and 1.1-1.3 times after, the
-    softmax stayed spread (2.3-2.7 nats), and alpha 1 learned (0.60-0.72 x over five seeds). With the MSE, alpha 0.01
-    learned (0.67-0.74 x); the reference trained with Adam at lr 1e-5 (not measured here)."""
+    The MSE's gradient grows with the error: at alpha 1 it was 360 times the CE's in the logits at the start of a
+    training from scratch (uniform softmax, errors of tens of degrees) and 40-50 times later. Trained that way with
+    every layer at one learning rate, the bin layers outran the trunk and their softmax saturated on wrong bins
+    (mean top probability 0.8, the CE rising from 3 x ln 66 = 12.6 to 20-35 nats) where the expectation's gradient
+    p_k (c_k - E) vanishes. HopeNet's training therefore runs its bin layers at 0.1 x the learning rate
+    (pfpld/models/hopenet.py, the measurements there)."""
     if regression not in BINS_REGRESSIONS:
         raise ValueError(f"HopeNet regression {regression!r}: expected one of {', '.join(BINS_REGRESSIONS)}")
     logits = torch.stack([yaw_logits, pitch_logits, roll_logits], 1)         # (N, 3, 66)

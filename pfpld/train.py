@@ -19,7 +19,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from . import DEFAULT_MODEL
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from .contract import PreprocessContract
 from .devices import resolve_amp, resolve_device
 from .data.augment import AugmentConfig
@@ -46,7 +46,7 @@ from .recognition import identification_error
 
 
 # What a checkpoint written before a setting existed was trained with.
-LEGACY_CONFIG = {"val_fraction": 0.0}
+LEGACY_CONFIG = {"val_fraction": 0.0, "output_lr_factor": 1.0}    # what runs saved before a key existed did
 POSTFIX_EVERY = 10                      # batches between the progress bar's loss updates
 
 
@@ -73,6 +73,8 @@ class TrainConfig:
     amp: str = "auto"                   # auto | bf16 | fp16 | off (mixed precision on CUDA only)
     channels_last: bool = False
     val_fraction: float = 0.05          # of the training split, held out to validate every epoch and pick best.pt
+    output_lr_factor: float | None = None   # lr of the model's output layers / lr (None: the model's, Task's)
+    init_from: str | None = None        # start from this checkpoint's weights, model and options (fresh optimizer)
     loss: LossConfig = field(default_factory=LossConfig)
 
     def resolved_milestones(self) -> list[int]:
@@ -133,6 +135,31 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     return factor
 
 
+def output_lr_factor(cfg: TrainConfig, task: Task) -> float:
+    """The output layers' learning rate as a multiple of cfg.lr: the config's, else the model's (Task)."""
+    factor = task.output_lr_factor if cfg.output_lr_factor is None else float(cfg.output_lr_factor)
+    if not factor > 0:
+        raise InputError(f"--output-lr-factor {factor:g}: expected a positive multiple of --lr")
+    if factor != 1.0 and not task.output_layers:
+        raise InputError(f"--output-lr-factor {factor:g}: model {cfg.model} declares no output layers to apply it "
+                         f"to; leave it at 1")
+    return factor
+
+
+def parameter_groups(model: torch.nn.Module, head: torch.nn.Module | None, task: Task, cfg: TrainConfig) -> list:
+    """The optimizer's groups: everything at cfg.lr, and the task's output layers at cfg.lr x their factor (a
+    second group only when it is not 1, so runs saved with one group resume)."""
+    named = list(model.named_parameters()) + (list(head.named_parameters(prefix="head")) if head is not None else [])
+    if cfg.output_lr_factor == 1.0:
+        return [{"params": [p for _, p in named], "lr": cfg.lr}]
+    outputs = [p for n, p in named if n.startswith(task.output_layers)]
+    if not outputs:
+        raise ModelError(f"model {cfg.model}: no parameter is named after its output layers "
+                         f"{', '.join(task.output_layers)}")
+    rest = [p for n, p in named if not n.startswith(task.output_layers)]
+    return [{"params": rest, "lr": cfg.lr}, {"params": outputs, "lr": cfg.lr * cfg.output_lr_factor}]
+
+
 def _distributed(device: torch.device) -> tuple[int, int]:
     """(rank, world size); initialises the process group when torchrun started us (NCCL for CUDA, else gloo)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -167,14 +194,24 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     out = Path(cfg.out)
     header = read_prepared_header(Path(cfg.data))
     torch.manual_seed(cfg.seed)
-    options = cfg.model_options_for(header["contract"]["input_size"])
-    check_model_options(cfg.model, options)
-    try:
-        model, spec, contract = build_model(cfg.model, **options)
-    except ModelError as e:     # e.g. another model's input size: say where it came from
-        raise ModelError(f"{e}; {Path(cfg.data) / 'index.jsonl'} was prepared for input size "
-                         f"{header['contract']['input_size']}: prepare the data with `pfpld prepare-data --model "
-                         f"{cfg.model}`") from None
+    if cfg.init_from:
+        if resume:
+            raise InputError(f"--init-from {cfg.init_from} and --resume {resume}: give one (--resume continues a run "
+                             f"with its optimizer, --init-from starts a new one from a checkpoint's weights)")
+        model, start = load_model(Path(cfg.init_from))
+        spec, contract = start.spec, start.contract
+        options = dict(spec.options)
+        cfg = replace(cfg, model=spec.name, width=options.pop("width", 1.0),
+                      model_options={k: v for k, v in options.items() if k != "input_size"})
+    else:
+        options = cfg.model_options_for(header["contract"]["input_size"])
+        check_model_options(cfg.model, options)
+        try:
+            model, spec, contract = build_model(cfg.model, **options)
+        except ModelError as e:     # e.g. another model's input size: say where it came from
+            raise ModelError(f"{e}; {Path(cfg.data) / 'index.jsonl'} was prepared for input size "
+                             f"{header['contract']['input_size']}: prepare the data with `pfpld prepare-data --model "
+                             f"{cfg.model}`") from None
     task = model_task(spec)
     check_data_contract(PreprocessContract.from_dict(header["contract"]), contract, Path(cfg.data), spec)
 
@@ -200,8 +237,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                                f"identities from an ImageFolder set (`pfpld prepare-data --model {cfg.model} "
                                f"--imagefolder DIR`)")
         head = task.head(spec, len(train_set.identity_names), cfg.loss).to(device)
-    parameters = list(model.parameters()) + (list(head.parameters()) if head is not None else [])
-    optimizer = torch.optim.Adam(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    cfg = replace(cfg, output_lr_factor=output_lr_factor(cfg, task))    # saved with the run: resume checks it
+    optimizer = torch.optim.Adam(parameter_groups(model, head, task, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(DataLoader(train_set, **loader_args))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
     select = f"val_{task.select_metric}"           # what best.pt is chosen on (lower is better)
@@ -224,20 +261,21 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             except RuntimeError:
                 raise CheckpointError(f"{resume}: its {saved_head} head does not fit the "
                                       f"{len(train_set.identity_names)} identities of {cfg.data}") from None
-        optimizer.load_state_dict(ckpt.optimizer)
-        # The scheduler state is a step count: the curve must match; and so must the faces trained on.
-        for key in ("schedule", "warmup_epochs", "val_fraction"):
+        # The scheduler state is a step count: the curve must match; and so must the faces trained on, and the
+        # optimizer's parameter groups.
+        for key in ("schedule", "warmup_epochs", "val_fraction", "output_lr_factor"):
             saved = (ckpt.config or {}).get(key, LEGACY_CONFIG.get(key, getattr(TrainConfig, key)))
             if saved != getattr(cfg, key):
                 raise CheckpointError(f"{resume}: was trained with {key} {saved!r}, this run asks for "
                                       f"{getattr(cfg, key)!r}: resume with the same --{key.replace('_', '-')}")
+        optimizer.load_state_dict(ckpt.optimizer)
         if "lr_lambdas" not in ckpt.scheduler:
             raise CheckpointError(f"{resume}: its scheduler state is an older pfpld's epoch-stepped MultiStepLR, not "
                                   f"the per-step schedule: resume it with the pfpld version that wrote it")
         scheduler.load_state_dict(ckpt.scheduler)
         start_epoch, history = ckpt.epoch, list(ckpt.history)
         best_val = min((h[select] for h in history if not math.isnan(h.get(select, math.nan))), default=math.inf)
-    if not resume and hasattr(model, "init_landmark_head"):
+    if not resume and not cfg.init_from and hasattr(model, "init_landmark_head"):
         model.init_landmark_head(torch.from_numpy(train_set.mean_landmarks()))
     # bn8 and fc_aux exist only so released state_dicts load strictly: forward never uses them.
     ddp_model, ddp_head = model, head

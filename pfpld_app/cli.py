@@ -212,6 +212,9 @@ def label_pose_cmd(data, out):
 @click.option("--warmup-epochs", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Linear warm-up from lr/100 over this many epochs (fractions allowed), before either schedule.")
 @click.option("--resume", type=click.Path(path_type=Path), help="A last.pt to continue exactly.")
+@click.option("--init-from", type=click.Path(path_type=Path), help="Start from this pfpld checkpoint's weights (a run's, "
+              "or a released model's from `pfpld import`): its model, options and contract, a new optimizer and "
+              "schedule. The data must be prepared with its contract.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), help="Loader processes (default: none on the CPU, where "
               "crops are memory-mapped and augmented batched in the training process; 2 with CUDA).")
@@ -224,9 +227,11 @@ def label_pose_cmd(data, out):
               "with Wing on [0,1] coordinates; see pfpld/losses.py).  [default: LossConfig's]")
 @click.option("--bins-alpha", type=float, help="hopenet: weight of the regression on the softmax expectation "
               "beside the bins' cross-entropy.  [default: LossConfig's, 1, the paper's]")
-@click.option("--bins-regression", help="hopenet: that regression, smooth_l1 (of the error in bin widths: learns at "
-              "alpha 1) or mse (the paper's MSE in degrees^2: at alpha 1 it did not learn in short runs at lr 3e-3, "
-              "see pfpld/pose_bins.py).  [default: smooth_l1]")
+@click.option("--bins-regression", help="hopenet: that regression, mse (the paper's, in degrees^2) or smooth_l1 (of "
+              "the error in bin widths; see pfpld/pose_bins.py).  [default: LossConfig's, mse]")
+@click.option("--output-lr-factor", type=float, help="Learning rate of the model's output layers as a multiple of "
+              "--lr (hopenet: its three bin layers, 0.1 by default: at 1 the paper's loss saturates their softmax "
+              "when training from scratch; the paper's code fine-tunes them at 5).  [default: the model's]")
 @click.option("--head", help="facerec: the margin head, arcface, cosface or sphereface (training only; the export is "
               "the embedding network).  [default: arcface]")
 @click.option("--s", "head_s", type=float, help="facerec: the head's scale s.  [default: the head's: 64, 64, 30]")
@@ -243,11 +248,17 @@ def label_pose_cmd(data, out):
               "eval`.  [default: TrainConfig's, 0.05]")
 @user_errors
 def train(data, out, model, width, backbone, epochs, batch_size, lr, weight_decay, milestones, schedule, warmup_epochs,
-          resume, seed, workers, val_fraction, wing_w, wing_epsilon, eye_weight, landmark_weight, pose_weight,
-          bins_alpha, bins_regression, head, head_s, head_m, no_augment, device, amp, channels_last):
+          resume, init_from, seed, workers, val_fraction, wing_w, wing_epsilon, eye_weight, landmark_weight, pose_weight,
+          bins_alpha, bins_regression, output_lr_factor, head, head_s, head_m, no_augment, device, amp,
+          channels_last):
     """Train a model on a prepared dataset (data-parallel when started with torchrun)."""
     from pfpld.losses import LossConfig
     from pfpld.train import TrainConfig, train as run_training
+    given = [f"--{p}" for p in ("model", "width", "backbone")
+             if click.get_current_context().get_parameter_source(p) is not click.core.ParameterSource.DEFAULT]
+    if init_from and given:
+        raise InputError(f"--init-from {init_from} takes the model and its options from the checkpoint: drop "
+                         f"{', '.join(given)}")
     try:
         ms = tuple(int(m) for m in milestones.split(",") if m.strip())
     except ValueError:
@@ -259,6 +270,7 @@ def train(data, out, model, width, backbone, epochs, batch_size, lr, weight_deca
                       seed=seed, workers=workers,
                       augment=not no_augment, device=device, amp=amp, channels_last=channels_last,
                       **({} if val_fraction is None else {"val_fraction": val_fraction}),
+                      output_lr_factor=output_lr_factor, init_from=str(init_from) if init_from else None,
                       loss=LossConfig(**{k: v for k, v in dict(
                           wing_w_px=wing_w, wing_epsilon_px=wing_epsilon, eye_weight=eye_weight,
                           landmark_weight=landmark_weight, pose_weight=pose_weight,

@@ -132,5 +132,5 @@ def test_prepare_data_with_missing_image_names_the_image(synth_dir, tmp_path):
 def test_unknown_hopenet_regression_is_one_line(prepared_dir, tmp_path):
     proc = run("train", "--data", prepared_dir, "--out", tmp_path / "run", "--model", "hopenet", "--epochs", "1",
                "--bins-regression", "l2")
-    assert_one_line_error(proc, "bins regression 'l2'", "smooth_l1, mse")
+    assert_one_line_error(proc, "bins regression 'l2'", "mse, smooth_l1")
     assert not (tmp_path / "run").exists()

@@ -99,22 +99,24 @@ def test_loss_pieces_on_a_tiny_batch_by_hand():
     assert loss.smooth_l1_bins.tolist() == pytest.approx(smooth_l1, rel=1e-5)
     assert smooth_l1 == pytest.approx([1.460069, 3.168403, 4.75], rel=1e-6)
     assert loss.mse_deg2.tolist() == pytest.approx(mse, rel=1e-5)
-    assert loss.total.item() == pytest.approx(sum(ce) + alpha * sum(smooth_l1), rel=1e-5)
+    assert loss.total.item() == pytest.approx(sum(ce) + alpha * sum(mse), rel=1e-5)      # the paper's, by default
     assert not any(t.requires_grad for t in (loss.cross_entropy, loss.smooth_l1_bins, loss.mse_deg2))
 
 
-def test_the_papers_mse_in_degrees_squared_on_request():
-    # Same batch as above: the total takes alpha x the MSE in degrees^2 instead of the smooth-L1; both are returned.
+def test_smooth_l1_in_bin_widths_on_request():
+    # Same batch as above: the total takes alpha x the smooth-L1 in bin widths instead of the MSE; both are returned.
     two_bin = torch.full((NUM_BINS,), -1e4)
     two_bin[33], two_bin[34] = math.log(0.75), math.log(0.25)
     logits = torch.stack([torch.zeros(NUM_BINS), two_bin])
     angles = torch.tensor([[10.0, -20.0, 30.0], [1.0, 4.0, 2.25]])
-    smooth = hopenet_loss(logits, logits, logits, angles, alpha=0.5)
-    mse = hopenet_loss(logits, logits, logits, angles, alpha=0.5, regression="mse")
-    expected_mse = [(10.0 ** 2 + 1.25 ** 2) / 2, (20.0 ** 2 + 1.75 ** 2) / 2, (30.0 ** 2 + 0.0) / 2]
-    assert mse.total.item() == pytest.approx(sum(mse.cross_entropy.tolist()) + 0.5 * sum(expected_mse), rel=1e-5)
-    assert mse.smooth_l1_bins.tolist() == pytest.approx(smooth.smooth_l1_bins.tolist())
+    mse = hopenet_loss(logits, logits, logits, angles, alpha=0.5)
+    smooth = hopenet_loss(logits, logits, logits, angles, alpha=0.5, regression="smooth_l1")
+    expected_smooth = [1.460069, 3.168403, 4.75]                  # the test above
+    assert smooth.total.item() == pytest.approx(sum(smooth.cross_entropy.tolist()) + 0.5 * sum(expected_smooth),
+                                                rel=1e-5)
+    assert smooth.mse_deg2.tolist() == pytest.approx(mse.mse_deg2.tolist())
     assert mse.total.item() != pytest.approx(smooth.total.item())
+    assert LossConfig().bins_regression == "mse" and LossConfig().bins_alpha == 1.0
     with pytest.raises(ValueError, match="regression 'l2'"):
         hopenet_loss(logits, logits, logits, angles, regression="l2")
     with pytest.raises(InputError, match="bins regression 'l2'"):
@@ -143,21 +145,25 @@ def test_training_loss_regresses_the_models_own_decode():
     assert abs(own.total.item() - centres.total.item()) > 1.0
 
 
-def test_regression_pull_on_the_expectation_is_bounded_beyond_one_bin():
-    """The regression term's gradient in the expectation is the error in bins within one bin and +-1 per bin width
-    beyond it, however large the error: a face 90 degrees off pulls as hard as one 6 degrees off (the paper's MSE in
-    degrees^2 would pull 15 times harder), so the bins' CE keeps its say early in training."""
+def test_smooth_l1_pull_on_the_expectation_is_bounded_beyond_one_bin():
+    """smooth-L1's gradient in the expectation is the error in bins within one bin and +-1 per bin width beyond it,
+    however large the error: a face 90 degrees off pulls as hard as one 6 degrees off (the paper's MSE in degrees^2
+    pulls 15 times harder, 2 x the error in degrees: checked too)."""
     logits = torch.zeros(4, NUM_BINS, requires_grad=True)                # expectation 0 for every face
     angles = torch.tensor([[1.5, 0.0, 0.0], [-6.0, 0.0, 0.0], [90.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     zero = torch.zeros(4, NUM_BINS)
-    hopenet_loss(logits, zero, zero, angles, alpha=1.0).total.backward()
+    hopenet_loss(logits, zero, zero, angles, alpha=1.0, regression="smooth_l1").total.backward()
+    squared = torch.zeros(4, NUM_BINS, requires_grad=True)
+    hopenet_loss(squared, zero, zero, angles, alpha=1.0, regression="mse").total.backward()
     ce_only = torch.zeros(4, NUM_BINS, requires_grad=True)
     hopenet_loss(ce_only, zero, zero, angles, alpha=0.0).total.backward()
-    regression = logits.grad - ce_only.grad
     # d expectation / d logit_k = p_k (c_k - E) = c_k / 66 here; d loss / d expectation = clip(e, -1, 1) / 3 / N
+    # for smooth-L1 in bin widths, 2 e / N for the MSE in degrees^2 (e = expectation - angle)
     d_expectation = torch.tensor(BIN_CENTRES_DEG, dtype=torch.float32) / NUM_BINS
     pull = torch.tensor([-0.5, 1.0, -1.0, 0.0]) / BIN_WIDTH_DEG / 4
-    assert torch.allclose(regression, pull[:, None] * d_expectation, atol=1e-6)
+    assert torch.allclose(logits.grad - ce_only.grad, pull[:, None] * d_expectation, atol=1e-6)
+    mse_pull = 2 * -angles[:, 0] / 4
+    assert torch.allclose(squared.grad - ce_only.grad, mse_pull[:, None] * d_expectation, atol=1e-5)
 
 
 def test_loss_backpropagates_into_the_logits():

@@ -49,10 +49,16 @@ class Task:
     pose_only: bool = False                 # train only on faces with a pose label inside the +-99 degree range
     head: HeadFn | None = None              # identity tasks: the margin head, trained with the model, never exported
     augment: Any = None                     # its AugmentConfig (None: the reference's, pfpld.data.augment)
+    # the parameter-name prefixes of its output layers and their learning rate as a multiple of the trunk's (the
+    # default of TrainConfig.output_lr_factor; the model's file says why when it is not 1)
+    output_layers: tuple[str, ...] = ()
+    output_lr_factor: float = 1.0
 
     def __post_init__(self):
         if self.select_metric not in SELECT_METRICS:
             raise ValueError(f"select_metric {self.select_metric!r}: expected one of {SELECT_METRICS}")
+        if self.output_lr_factor <= 0 or (self.output_lr_factor != 1.0 and not self.output_layers):
+            raise ValueError(f"output_lr_factor {self.output_lr_factor}: expected > 0, and output_layers to apply to")
         if self.points_from_98 is not None:
             w = np.asarray(self.points_from_98)
             if w.ndim != 2 or w.shape[1] != NUM_POINTS or not np.allclose(w.sum(1), 1.0):
