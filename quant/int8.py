@@ -454,6 +454,8 @@ def int8_detail(name: str, info: dict) -> str:
     facts = [f"{k} {info[k]}" for k in ("precision", "compile_mode", "activations", "weights") if k in info]
     if info.get("float_conv_outputs"):      # onnx-int8: conv outputs only PRelu reads (quant/ort_int8.py)
         facts.append(f"{info['float_conv_outputs']} conv outputs before PRelu float")
+    if info.get("softmax_readers_float"):   # ncnn-int8: layers decoding probabilities (quant/ncnn_int8.py)
+        facts.append(f"{len(info['softmax_readers_float'])} layers reading a Softmax float")
     return ", ".join([fmt.runtime or fmt.title] + facts)
 
 

@@ -171,6 +171,34 @@ def test_int8_estimate_is_in_the_models_metric(family_export):
     assert "budget" in report.table() and (out / "int8.md").is_file()
 
 
+def test_ncnn_int8_keeps_the_layers_that_read_a_softmax_float(family_export):
+    """HopeNet's expectation layers (an InnerProduct over each angle's bin softmax) get no table entry and stay fp32
+    in the int8 param, and the int8 row says so; landmark5 has no such layer. (KL calibration clipped the
+    probabilities of a trained HopeNet's peaked softmax: +3.4 degrees MAE with them int8, +0.04 without.)"""
+    from convert.runtimes import read_ncnn_param
+    from quant.int8 import int8_detail
+    from quant.ncnn_int8 import parse_params
+    name, out = family_export
+    info = json.loads((out / f"{name}.int8.ncnn.names.json").read_text())["int8"]
+    entries = {line.split()[0] for line in (out / f"{name}.ncnn.int8.table").read_text().splitlines()}
+    layers = {layer.name: layer for layer in read_ncnn_param(out / f"{name}.int8.ncnn.param")}
+    producers = {top: layer for layer in layers.values() for top in layer.tops}
+    readers = info["softmax_readers_float"]
+    assert len(readers) == (3 if name == "hopenet" else 0)
+    for layer_name in readers:
+        layer = layers[layer_name]
+        assert layer.type == "InnerProduct" and 8 not in parse_params(layer.params)      # fp32 in the int8 model
+        assert layer_name not in entries and f"{layer_name}_param_0" not in entries
+        source = producers[layer.bottoms[0]]
+        while source.type != "Softmax":
+            assert source.type in ("Reshape", "Flatten", "Split"), source
+            source = producers[source.bottoms[0]]
+    quantised = [n for n, layer in layers.items() if int(parse_params(layer.params).get(8, "0"))]
+    assert quantised and not set(quantised) & set(readers) and set(info["quantised_layers"]) == set(quantised)
+    detail = int8_detail("ncnn-int8", info)
+    assert ("3 layers reading a Softmax float" in detail) == (name == "hopenet")
+
+
 def test_model_options_parse_to_typed_values_and_refuse_malformed_pairs():
     assert parse_model_options(["backbone=mobilenetv2", "input_size=112", "width=0.5"]) == \
         {"backbone": "mobilenetv2", "input_size": 112, "width": 0.5}
