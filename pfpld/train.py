@@ -46,7 +46,7 @@ from .recognition import identification_error
 
 
 # What a checkpoint written before a setting existed was trained with.
-LEGACY_CONFIG = {"val_fraction": 0.0, "output_lr_factor": 1.0}    # what runs saved before a key existed did
+LEGACY_CONFIG = {"val_fraction": 0.0, "output_lr_factor": 1.0}
 POSTFIX_EVERY = 10                      # batches between the progress bar's loss updates
 
 

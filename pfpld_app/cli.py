@@ -212,8 +212,8 @@ def label_pose_cmd(data, out):
 @click.option("--warmup-epochs", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Linear warm-up from lr/100 over this many epochs (fractions allowed), before either schedule.")
 @click.option("--resume", type=click.Path(path_type=Path), help="A last.pt to continue exactly.")
-@click.option("--init-from", type=click.Path(path_type=Path), help="Start from this pfpld checkpoint's weights (a run's, "
-              "or a released model's from `pfpld import`): its model, options and contract, a new optimizer and "
+@click.option("--init-from", type=click.Path(path_type=Path), help="Start from this pfpld checkpoint's weights (a "
+              "run's, or a released model's from `pfpld import`): its model, options and contract, a new optimizer and "
               "schedule. The data must be prepared with its contract.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), help="Loader processes (default: none on the CPU, where "
@@ -248,8 +248,8 @@ def label_pose_cmd(data, out):
               "eval`.  [default: TrainConfig's, 0.05]")
 @user_errors
 def train(data, out, model, width, backbone, epochs, batch_size, lr, weight_decay, milestones, schedule, warmup_epochs,
-          resume, init_from, seed, workers, val_fraction, wing_w, wing_epsilon, eye_weight, landmark_weight, pose_weight,
-          bins_alpha, bins_regression, output_lr_factor, head, head_s, head_m, no_augment, device, amp,
+          resume, init_from, seed, workers, val_fraction, wing_w, wing_epsilon, eye_weight, landmark_weight,
+          pose_weight, bins_alpha, bins_regression, output_lr_factor, head, head_s, head_m, no_augment, device, amp,
           channels_last):
     """Train a model on a prepared dataset (data-parallel when started with torchrun)."""
     from pfpld.losses import LossConfig

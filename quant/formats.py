@@ -122,7 +122,8 @@ def export_onnx_int8(job: ExportJob) -> dict[str, Path]:
     job.info["onnx-int8"] = {"format": "QDQ", "activations": recipe.activations, "weights": recipe.weights,
                              "calibration": str(Path(job.options["calib"]).resolve()),
                              "calibration_images": recipe.calibration_images, "method": recipe.method,
-                             "float_conv_outputs": recipe.float_conv_outputs, "recipe": recipe.describe()}
+                             "float_conv_outputs": recipe.float_conv_outputs,
+                             "float_decode_nodes": recipe.float_decode_nodes, "recipe": recipe.describe()}
     return {"onnx-int8": path}
 
 

@@ -454,6 +454,8 @@ def int8_detail(name: str, info: dict) -> str:
     facts = [f"{k} {info[k]}" for k in ("precision", "compile_mode", "activations", "weights") if k in info]
     if info.get("float_conv_outputs"):      # onnx-int8: conv outputs only PRelu reads (quant/ort_int8.py)
         facts.append(f"{info['float_conv_outputs']} conv outputs before PRelu float")
+    if info.get("float_decode_nodes"):      # onnx-int8: a decode over a Softmax (quant/ort_int8.py)
+        facts.append(f"{info['float_decode_nodes']} decode nodes after a Softmax float")
     if info.get("softmax_readers_float"):   # ncnn-int8: layers decoding probabilities (quant/ncnn_int8.py)
         facts.append(f"{len(info['softmax_readers_float'])} layers reading a Softmax float")
     return ", ".join([fmt.runtime or fmt.title] + facts)
@@ -545,7 +547,8 @@ def check_int8(export_dir: Path, images: Path | None = None, calib: Path | None 
                 # the row says what the recipe did, as an exported onnx-int8's row does (int8_detail)
                 made_now.detail = int8_detail("onnx-int8", {"activations": recipe.activations, "weights":
                                                             recipe.weights,
-                                                            "float_conv_outputs": recipe.float_conv_outputs})
+                                                            "float_conv_outputs": recipe.float_conv_outputs,
+                                                            "float_decode_nodes": recipe.float_decode_nodes})
                 made_now.detail += " (made now from --calib)"
                 return OnnxRunner(path, threads=threads)
             run_row(made_now, built_now)

@@ -7,8 +7,10 @@ Table (ncnn2table's text format), one line per entry, values separated by spaces
                                   dilation-1 Convolution, whose int8 Winograd kernel needs 6-bit weights)
     <layer> s                     scale of the layer's input blob: 127 / threshold, the threshold chosen by
                                   KL divergence over a 2048-bin histogram of |x| (ncnn2table's default method)
-Calibration inputs are the calibration crops preprocessed by the contract, which is what ncnn2table's mean, norm,
-shape and pixel options would do (mean = contract mean, norm = contract scale, pixel = contract colour order).
+A layer that reads a Softmax's output (a decode over probabilities, softmax_readers) gets no table entry and stays
+fp32, as ncnn2int8 leaves any layer the table does not name. Calibration inputs are the calibration crops
+preprocessed by the contract, which is what ncnn2table's mean, norm, shape and pixel options would do (mean =
+contract mean, norm = contract scale, pixel = contract colour order).
 
 int8 model (ncnn2int8): each quantised layer gets `8=2` (Convolution, InnerProduct) or `8=1`
 (ConvolutionDepthWise) in the param; in the bin its weights become int8 (tag 0x000D4B38, then the int8 values

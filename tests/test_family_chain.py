@@ -199,6 +199,29 @@ def test_ncnn_int8_keeps_the_layers_that_read_a_softmax_float(family_export):
     assert ("3 layers reading a Softmax float" in detail) == (name == "hopenet")
 
 
+def test_onnx_int8_leaves_the_decode_after_a_softmax_float(family_export):
+    """HopeNet's decode (Softmax, the expectation MatMul, the Concat of the three angles) runs float in the QDQ file:
+    nothing it computes is quantised, angles_deg included; the bin logits still are. landmark5 has no Softmax."""
+    from convert.artifacts import ExportFolder
+    from quant.int8 import int8_detail
+    name, out = family_export
+    model = onnx.load(str(out / f"{name}.int8.onnx"))
+    info = ExportFolder.open(out).info("onnx-int8")
+    quantised = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    decode = [n for n in model.graph.node if n.op_type in ("Softmax", "MatMul", "Concat")]
+    recipe = next(m.value for m in model.metadata_props if m.key == "pfpld.int8")
+    if name == "hopenet":
+        assert len(decode) == 7 and not {o for n in decode for o in n.output} & quantised
+        # (onnxruntime renames a graph output it quantises: yaw_logits_QuantizeLinear_Input)
+        assert not any(q.startswith("angles_deg") for q in quantised)
+        assert all(any(q.startswith(f"{a}_logits") for q in quantised) for a in ("yaw", "pitch", "roll"))
+        assert "7 nodes of a decode over a Softmax's probabilities left float" in recipe
+        assert info["float_decode_nodes"] == 7
+        assert "7 decode nodes after a Softmax float" in int8_detail("onnx-int8", info)
+    else:
+        assert not decode and "Softmax" not in recipe and info["float_decode_nodes"] == 0
+
+
 def test_model_options_parse_to_typed_values_and_refuse_malformed_pairs():
     assert parse_model_options(["backbone=mobilenetv2", "input_size=112", "width=0.5"]) == \
         {"backbone": "mobilenetv2", "input_size": 112, "width": 0.5}

@@ -216,7 +216,8 @@ def test_a_model_decoding_at_the_left_edges_is_fine_tuned_as_it_decodes(hopenet_
     from pfpld.pose_bins import BIN_EDGES_DEG, expectation_deg
     trained = load_checkpoint(hopenet_run)
     spec = hopenet_spec(**{**trained.spec.options, "decode": "reference"})
-    save_checkpoint(tmp_path / "reference.pt", state_dict=trained.state_dict, spec=spec, contract=hopenet_contract(spec))
+    save_checkpoint(tmp_path / "reference.pt", state_dict=trained.state_dict, spec=spec,
+                    contract=hopenet_contract(spec))
     proc = run("train", "--data", family_data["hopenet"], "--out", tmp_path / "tuned", "--init-from",
                tmp_path / "reference.pt", "--epochs", "1", "--batch-size", "16", "--lr", "1e-4", "--val-fraction", "0")
     assert proc.returncode == 0, proc.stderr
