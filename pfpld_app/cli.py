@@ -214,7 +214,8 @@ def label_pose_cmd(data, out):
 @click.option("--resume", type=click.Path(path_type=Path), help="A last.pt to continue exactly.")
 @click.option("--init-from", type=click.Path(path_type=Path), help="Start from this pfpld checkpoint's weights (a "
               "run's, or a released model's from `pfpld import`): its model, options and contract, a new optimizer and "
-              "schedule. The data must be prepared with its contract.")
+              "schedule (and a new margin head for a recognition model). The data must be prepared with its "
+              "contract.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), help="Loader processes (default: none on the CPU, where "
               "crops are memory-mapped and augmented batched in the training process; 2 with CUDA).")

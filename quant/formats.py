@@ -119,11 +119,7 @@ def export_onnx_int8(job: ExportJob) -> dict[str, Path]:
     _, xc = _calibration(job)
     path = job.path(".int8.onnx")
     recipe = quantize_qdq(job.files["onnxsim"], path, xc, activations=activations, float_readers=float_readers)
-    job.info["onnx-int8"] = {"format": "QDQ", "activations": recipe.activations, "weights": recipe.weights,
-                             "calibration": str(Path(job.options["calib"]).resolve()),
-                             "calibration_images": recipe.calibration_images, "method": recipe.method,
-                             "float_conv_outputs": recipe.float_conv_outputs,
-                             "float_decode_nodes": recipe.float_decode_nodes, "recipe": recipe.describe()}
+    job.info["onnx-int8"] = {**recipe.info(), "calibration": str(Path(job.options["calib"]).resolve())}
     return {"onnx-int8": path}
 
 

@@ -545,11 +545,7 @@ def check_int8(export_dir: Path, images: Path | None = None, calib: Path | None 
                 path = Path(work) / "int8.onnx"
                 recipe = quantize_qdq(export.require("onnxsim"), path, calib_x)
                 # the row says what the recipe did, as an exported onnx-int8's row does (int8_detail)
-                made_now.detail = int8_detail("onnx-int8", {"activations": recipe.activations, "weights":
-                                                            recipe.weights,
-                                                            "float_conv_outputs": recipe.float_conv_outputs,
-                                                            "float_decode_nodes": recipe.float_decode_nodes})
-                made_now.detail += " (made now from --calib)"
+                made_now.detail = int8_detail("onnx-int8", recipe.info()) + " (made now from --calib)"
                 return OnnxRunner(path, threads=threads)
             run_row(made_now, built_now)
     if write:

@@ -83,6 +83,13 @@ class QdqRecipe:
         return (f"{count}Conv/Gemm outputs read only by {'/'.join(self.float_readers)} kept float, those layers run "
                 f"in float on the int8 grid's weights (no integer kernel: one rounding after it, not two)")
 
+    def info(self) -> dict:
+        """What an onnx-int8 stage records in the manifest (and quant.int8.int8_detail reads back)."""
+        return {"format": "QDQ", "activations": self.activations, "weights": self.weights,
+                "calibration_images": self.calibration_images, "method": self.method,
+                "float_conv_outputs": self.float_conv_outputs, "float_decode_nodes": self.float_decode_nodes,
+                "recipe": self.describe()}
+
     def describe(self) -> str:
         decode = (f", {self.float_decode_nodes} nodes of a decode over a Softmax's probabilities left float"
                   if self.float_decode_nodes else "")
@@ -165,15 +172,15 @@ def softmax_decode_nodes(model: onnx.ModelProto) -> list[str]:
         if not node.name:
             node.name = f"pfpld_node_{i}_{node.op_type}"
     index = GraphIndex(model)
-    found: dict[str, None] = {}
+    found: dict[int, str] = {}          # by node, not name: a user's graph may repeat a name
     stack = [n for n in model.graph.node if n.op_type == "Softmax"]
     while stack:
         node = stack.pop()
-        if node.name in found:
+        if id(node) in found:
             continue
-        found[node.name] = None
+        found[id(node)] = node.name
         stack += [c for name in node.output for c in index.consumers.get(name, [])]
-    return list(found)
+    return list(dict.fromkeys(found.values()))
 
 
 def keep_float_before(model: onnx.ModelProto, readers: tuple[str, ...]) -> list[str]:
